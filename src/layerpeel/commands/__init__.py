@@ -1,0 +1,1 @@
+"""Sub-commands of the `layerpeel` command line, one module each."""
