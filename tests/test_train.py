@@ -19,8 +19,16 @@ TINY = GPTConfig(vocab_size=256, n_layer=2, n_head=2, d_model=32, block_size=16)
 
 def tiny_train(corpus, steps=12, **kw):
     return TrainConfig(
-        data=str(corpus), max_steps=steps, batch_size=4, lr=1e-2, warmup_steps=2,
-        eval_every=4, eval_sequences=8, log_every=2, checkpoint_every=4, **kw,
+        data=str(corpus),
+        max_steps=steps,
+        batch_size=4,
+        lr=1e-2,
+        warmup_steps=2,
+        eval_every=4,
+        eval_sequences=8,
+        log_every=2,
+        checkpoint_every=4,
+        **kw,
     )
 
 
@@ -150,9 +158,27 @@ def test_cli_bad_inputs_exit_2_with_one_line(tmp_path, capsys):
 
 
 def test_existing_run_is_never_overwritten(tmp_path, tiny_corpus, capsys):
-    assert run_cli("train", "--out", tmp_path / "run", "--data", tiny_corpus, "--n-layer", "1",
-                   "--d-model", "16", "--n-head", "2", "--block-size", "16", "--max-steps", "2",
-                   "--no-progress") == 0
+    assert (
+        run_cli(
+            "train",
+            "--out",
+            tmp_path / "run",
+            "--data",
+            tiny_corpus,
+            "--n-layer",
+            "1",
+            "--d-model",
+            "16",
+            "--n-head",
+            "2",
+            "--block-size",
+            "16",
+            "--max-steps",
+            "2",
+            "--no-progress",
+        )
+        == 0
+    )
     before = (tmp_path / "run" / "config.json").read_text()
     code = run_cli("train", "--out", tmp_path / "run", "--data", tiny_corpus, "--no-progress")
     assert code == 2 and "already holds a run" in capsys.readouterr().err
@@ -182,7 +208,9 @@ t = Trainer.create({str(tmp_path / "run")!r},
                    on_step=hook)
 print(t.fit())
 """
-    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    out = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120
+    )
     assert out.returncode == 0, out.stderr
     assert "'interrupted': True" in out.stdout
     resumed = Trainer.resume(tmp_path / "run")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -21,8 +22,9 @@ from layerpeel.models.gpt import GPT, Block
 
 def effective_weight(linear: nn.Module) -> torch.Tensor:
     """The weight a Linear (or QuantLinear) really multiplies by: (out, in)."""
-    fn = getattr(linear, "quantized_weight", None)
-    return (fn() if callable(fn) else linear.weight).detach()
+    fn: Any = getattr(linear, "quantized_weight", None)
+    weight: torch.Tensor = fn() if callable(fn) else cast(torch.Tensor, linear.weight)
+    return weight.detach()
 
 
 def plain_linear(linear: nn.Module) -> nn.Linear:
@@ -64,8 +66,8 @@ class BlockView:
     attn: Callable[[torch.Tensor], torch.Tensor]  # attention sub-block output, input x (B,T,C)
     mlp: Callable[[torch.Tensor], torch.Tensor]  # MLP sub-block output, input = residual after attn
 
-    def linear(self, name: str) -> nn.Module:
-        return get_submodule(self.block, name)
+    def linear(self, name: str) -> nn.Linear:
+        return cast(nn.Linear, get_submodule(self.block, name))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """The block's output on x (B,T,C): x + attn, then + mlp."""
@@ -112,7 +114,9 @@ class ModelView:
     def run_block(self, block: nn.Module, x: torch.Tensor) -> torch.Tensor:
         return block(x)
 
-    def run_from(self, start: int, x: torch.Tensor, replace: dict[int, nn.Module] | None = None) -> torch.Tensor:
+    def run_from(
+        self, start: int, x: torch.Tensor, replace: dict[int, nn.Module] | None = None
+    ) -> torch.Tensor:
         """Logits from the residual x entering block `start` (0-based), with some blocks replaced."""
         replace = replace or {}
         for i in range(start, self.n_blocks):

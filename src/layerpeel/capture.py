@@ -94,24 +94,31 @@ def capture(
     pre: dict[nn.Module, Callable] = {}
     post: dict[nn.Module, Callable] = {}
     blocks = view.blocks
-    pre[blocks[0]] = lambda m, args: acts.add(acts.residual, 0, _first(args))
+
+    def keep_input(store: dict[int, list[torch.Tensor]], i: int) -> Callable:
+        return lambda module, args: acts.add(store, i, _first(args))
+
+    def keep_output(store: dict[int, list[torch.Tensor]], i: int) -> Callable:
+        return lambda module, args, out: acts.add(store, i, _first((out,)))
+
+    pre[blocks[0]] = keep_input(acts.residual, 0)
     for i, block in enumerate(blocks):
-        post[block] = (lambda i: lambda m, args, out: acts.add(acts.residual, i + 1, _first((out,))))(i)
+        post[block] = keep_output(acts.residual, i + 1)
         if sub_blocks:
             bv = view.block_view(block)
-            attn = bv.linear(bv.out_name.rpartition(".")[0]) if "." in bv.out_name else block
-            mlp = bv.linear(bv.proj_name.rpartition(".")[0]) if "." in bv.proj_name else block
-            pre[attn] = (lambda i: lambda m, args: acts.add(acts.attn_in, i, _first(args)))(i)
-            post[attn] = (lambda i: lambda m, a, out: acts.add(acts.attn_out, i, _first((out,))))(i)
-            pre[mlp] = (lambda i: lambda m, args: acts.add(acts.mlp_in, i, _first(args)))(i)
-            post[mlp] = (lambda i: lambda m, a, out: acts.add(acts.mlp_out, i, _first((out,))))(i)
+            attn = bv.linear(bv.out_name.rpartition(".")[0])
+            mlp = bv.linear(bv.proj_name.rpartition(".")[0])
+            pre[attn], post[attn] = keep_input(acts.attn_in, i), keep_output(acts.attn_out, i)
+            pre[mlp], post[mlp] = keep_input(acts.mlp_in, i), keep_output(acts.mlp_out, i)
     with hooks(pre, post):
         yield acts
 
 
 @torch.no_grad()
 def residual_stream(
-    view: ModelView, tokens: torch.Tensor, batch_size: int = 16,
+    view: ModelView,
+    tokens: torch.Tensor,
+    batch_size: int = 16,
     budget_bytes: int = DEFAULT_BUDGET_BYTES,
 ) -> list[torch.Tensor]:
     """G_0..G_L of the model on token windows (S, T): a list of L+1 tensors (S, T, C), float32.

@@ -135,7 +135,9 @@ def _load_tensors(path: Path, expected_sha: str | None) -> dict[str, torch.Tenso
     if not path.is_file():
         raise CheckpointError(f"checkpoint file missing: {path}")
     if expected_sha is not None and _sha256(path) != expected_sha:
-        raise CheckpointError(f"checkpoint file is truncated or corrupted (sha256 mismatch): {path}")
+        raise CheckpointError(
+            f"checkpoint file is truncated or corrupted (sha256 mismatch): {path}"
+        )
     try:
         return load_file(str(path))
     except (SafetensorError, OSError, ValueError) as exc:
@@ -174,7 +176,9 @@ def load_model_state(model: nn.Module, ckpt: Checkpoint) -> None:
     except RuntimeError as exc:
         first = str(exc).strip().splitlines()
         detail = next((ln.strip() for ln in first if "size mismatch" in ln), first[-1].strip())
-        raise CheckpointError(f"checkpoint {ckpt.path} does not match its config: {detail}") from None
+        raise CheckpointError(
+            f"checkpoint {ckpt.path} does not match its config: {detail}"
+        ) from None
     if missing or unexpected:
         what = f"missing {list(missing)[:3]}" if missing else f"unexpected {list(unexpected)[:3]}"
         raise CheckpointError(f"checkpoint {ckpt.path} does not match its config: {what}")

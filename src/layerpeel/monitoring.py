@@ -46,9 +46,7 @@ class MonitoringSet:
         return h.hexdigest()
 
 
-def monitoring_set(
-    windows: torch.Tensor | np.ndarray, held_fraction: float = 0.5
-) -> MonitoringSet:
+def monitoring_set(windows: torch.Tensor | np.ndarray, held_fraction: float = 0.5) -> MonitoringSet:
     """Split windows (S, T+1) by sequence: every other sequence held out (for 0.5), deterministically."""
     w = torch.as_tensor(np.asarray(windows), dtype=torch.long)
     if w.ndim != 2 or w.shape[1] < 2:

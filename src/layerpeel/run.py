@@ -88,7 +88,7 @@ class RunFolder:
 
     def metrics(self) -> list[dict[str, Any]]:
         """Rows of metrics.jsonl; a torn last line (a killed run) is skipped."""
-        rows = []
+        rows: list[dict[str, Any]] = []
         if not self.metrics_path.exists():
             return rows
         for line in self.metrics_path.read_text().splitlines():

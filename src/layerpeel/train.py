@@ -67,7 +67,9 @@ class TrainConfig(ConfigBase):
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ConfigError(f"TrainConfig.{name} must be a positive integer, got {value!r}")
         if not 0.0 < self.val_fraction < 1.0:
-            raise ConfigError(f"TrainConfig.val_fraction must be in (0, 1), got {self.val_fraction}")
+            raise ConfigError(
+                f"TrainConfig.val_fraction must be in (0, 1), got {self.val_fraction}"
+            )
         if not self.lr > 0 or not 0.0 <= self.min_lr_ratio <= 1.0:
             raise ConfigError("TrainConfig.lr must be > 0 and min_lr_ratio in [0, 1]")
         if self.warmup_steps < 0 or self.grad_clip < 0 or self.keep_checkpoints < 0:
@@ -92,7 +94,8 @@ def batch_ids(step: int, n_train: int, batch_size: int, seed: int) -> torch.Tens
 
 def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
     """AdamW with weight decay on matrices only; tied parameters appear once."""
-    decay, no_decay = [], []
+    decay: list[nn.Parameter] = []
+    no_decay: list[nn.Parameter] = []
     for _, p in model.named_parameters():  # named_parameters() already drops tied duplicates
         if not p.requires_grad:
             continue
@@ -308,9 +311,7 @@ class Trainer:
         assert self.data is not None
         cfg = self.cfg
         tokens_per_step = cfg.batch_size * self.model_cfg.block_size
-        bar = tqdm(
-            total=cfg.max_steps, initial=self.step, disable=not self.progress, unit="step"
-        )
+        bar = tqdm(total=cfg.max_steps, initial=self.step, disable=not self.progress, unit="step")
         interrupted = False
         t_last, step_last = time.perf_counter(), self.step
         with _interrupt_flag() as flag:
@@ -329,12 +330,18 @@ class Trainer:
                     bar.set_postfix(loss=f"{loss:.3f}", tok_s=f"{tps:,.0f}")
                     append_jsonl(
                         self.run.metrics_path,
-                        {"step": self.step, "train_loss": loss, "lr": lr_at(self.step - 1, cfg),
-                         "tokens_per_s": tps},
+                        {
+                            "step": self.step,
+                            "train_loss": loss,
+                            "lr": lr_at(self.step - 1, cfg),
+                            "tokens_per_s": tps,
+                        },
                     )
                 if self.step % cfg.eval_every == 0 or self.step == cfg.max_steps:
                     val = evaluate(
-                        self.model, self.data.dataset, self.data.val_ids[: cfg.eval_sequences],
+                        self.model,
+                        self.data.dataset,
+                        self.data.val_ids[: cfg.eval_sequences],
                         cfg.batch_size,
                     )
                     append_jsonl(self.run.metrics_path, {"step": self.step, "val_loss": val})

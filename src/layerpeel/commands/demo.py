@@ -14,8 +14,9 @@ from layerpeel.train import TrainConfig, Trainer
 
 # The demo model: 4 layers, d_model 128, 4 heads, context 128, bytes.
 DEMO_MODEL = GPTConfig(n_layer=4, n_head=4, d_model=128, block_size=128, vocab_size=256)
-DEMO_TRAIN = TrainConfig(max_steps=1500, batch_size=32, lr=3e-3, warmup_steps=50, eval_every=250,
-                         checkpoint_every=250)
+DEMO_TRAIN = TrainConfig(
+    max_steps=1500, batch_size=32, lr=3e-3, warmup_steps=50, eval_every=250, checkpoint_every=250
+)
 
 
 def add_parser(sub: Any) -> argparse.ArgumentParser:

@@ -24,8 +24,14 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     return p
 
 
-def generate_text(run_path: Path, prompt: str, tokens: int, temperature: float = 0.8,
-                  top_k: int | None = None, seed: int = 0) -> str:
+def generate_text(
+    run_path: Path,
+    prompt: str,
+    tokens: int,
+    temperature: float = 0.8,
+    top_k: int | None = None,
+    seed: int = 0,
+) -> str:
     """Continue `prompt` with `tokens` sampled tokens from the run's latest checkpoint."""
     run = open_run(run_path)
     tokenizer = load_tokenizer(run.tokenizer_path)
@@ -35,7 +41,10 @@ def generate_text(run_path: Path, prompt: str, tokens: int, temperature: float =
         raise DataError("the prompt encodes to no tokens")
     idx = torch.tensor([ids], dtype=torch.long)
     out = model.generate(
-        idx, tokens, temperature=temperature, top_k=top_k,
+        idx,
+        tokens,
+        temperature=temperature,
+        top_k=top_k,
         generator=torch.Generator().manual_seed(seed),
     )
     return prompt + tokenizer.decode(out[0, len(ids) :].tolist())
@@ -44,5 +53,7 @@ def generate_text(run_path: Path, prompt: str, tokens: int, temperature: float =
 def run(args: argparse.Namespace) -> int:
     if args.tokens < 1:
         raise DataError("--tokens must be at least 1")
-    print(generate_text(args.run, args.prompt, args.tokens, args.temperature, args.top_k, args.seed))
+    print(
+        generate_text(args.run, args.prompt, args.tokens, args.temperature, args.top_k, args.seed)
+    )
     return 0

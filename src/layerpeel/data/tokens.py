@@ -33,8 +33,12 @@ def write_tokens(path: Path, ids: np.ndarray, tokenizer_name: str) -> None:
     ids = np.asarray(ids)
     dtype = "<u2" if (ids.size == 0 or int(ids.max()) < 2**16) else "<u4"
     atomic_write(path, lambda tmp: ids.astype(dtype).tofile(tmp))
-    meta = {"dtype": dtype, "count": int(ids.size), "tokenizer": tokenizer_name,
-            "sha256": _sha256(path)}
+    meta = {
+        "dtype": dtype,
+        "count": int(ids.size),
+        "tokenizer": tokenizer_name,
+        "sha256": _sha256(path),
+    }
     atomic_write_json(path.with_suffix(".json"), meta)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 from collections.abc import Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -44,31 +45,29 @@ class GlobalScale(nn.Module):
 
 
 def ste(w: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
-    """Forward q, backward identity to w: the straight-through estimator."""
-    return w + (q - w).detach()
+    """Forward exactly q, backward identity to w: the straight-through estimator."""
+    return q + (w - w.detach())
 
 
 class QuantMixin:
     """Shared by QuantLinear and QuantEmbedding: effective weight = STE(scale * codes(latent))."""
 
     quantizer: Quantizer
-    weight: nn.Parameter
 
     def _scale(self) -> torch.Tensor:
         shared = self.__dict__.get("_shared_scale")
         if shared is not None:
             return shared.value
-        return self.quantizer.init_scale(self.weight).detach()
+        return self.quantizer.init_scale(self.weight).detach()  # type: ignore[attr-defined]
 
     def quantized_weight(self) -> torch.Tensor:
         """The weight the layer multiplies by (out, in), with STE gradients to the latent weight.
 
         For a learnable shared scale the gradient also reaches the scale: d/dlambda = sum g * codes.
         """
-        w = self.weight
+        w = self.weight  # type: ignore[attr-defined]
         codes = self.quantizer.codes(w).detach()
-        scale = self._scale()
-        return ste(w, scale.detach() * codes) + (scale - scale.detach()) * codes
+        return ste(w, self._scale() * codes)
 
     @property
     def bits_per_weight(self) -> float:
@@ -78,8 +77,14 @@ class QuantMixin:
 class QuantLinear(QuantMixin, nn.Linear):
     """nn.Linear whose forward uses the quantized weight; `weight` stays the latent full precision."""
 
-    def __init__(self, in_features: int, out_features: int, bias: bool, quantizer: Quantizer,
-                 shared_scale: GlobalScale | None = None) -> None:
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        bias: bool,
+        quantizer: Quantizer,
+        shared_scale: GlobalScale | None = None,
+    ) -> None:
         super().__init__(in_features, out_features, bias=bias)
         self.quantizer = quantizer
         self.__dict__["_shared_scale"] = shared_scale  # not a submodule: stored once, on the root
@@ -94,8 +99,9 @@ class QuantLinear(QuantMixin, nn.Linear):
 class QuantEmbedding(QuantMixin, nn.Embedding):
     """nn.Embedding whose lookups use the quantized table."""
 
-    def __init__(self, num: int, dim: int, quantizer: Quantizer,
-                 shared_scale: GlobalScale | None = None) -> None:
+    def __init__(
+        self, num: int, dim: int, quantizer: Quantizer, shared_scale: GlobalScale | None = None
+    ) -> None:
         super().__init__(num, dim)
         self.quantizer = quantizer
         self.__dict__["_shared_scale"] = shared_scale
@@ -141,9 +147,12 @@ def quantize_(model: nn.Module, cfg: QuantConfig, filter_fn: FilterFn | None = N
     quantizer = get_quantizer(cfg.scheme)
     keep = filter_fn or default_filter(cfg)
     chosen = [
-        (name, m) for name, m in model.named_modules()
-        if name and isinstance(m, (nn.Linear, nn.Embedding))
-        and not isinstance(m, QuantMixin) and keep(m, name)
+        (name, m)
+        for name, m in model.named_modules()
+        if name
+        and isinstance(m, (nn.Linear, nn.Embedding))
+        and not isinstance(m, QuantMixin)
+        and keep(m, name)
     ]
     if not chosen:
         log.warning("quantize_: no layer matched; the model is unchanged")
@@ -155,7 +164,7 @@ def quantize_(model: nn.Module, cfg: QuantConfig, filter_fn: FilterFn | None = N
         count = sum(w.numel() for w in weights.values())
         shared = GlobalScale(total / count)
         model.add_module(GLOBAL_SCALE_NAME, shared)
-    swapped: dict[int, nn.Parameter] = {}
+    swapped: dict[int, Any] = {}
     for name, m in chosen:
         new: nn.Module
         if isinstance(m, nn.Embedding):

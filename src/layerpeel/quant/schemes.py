@@ -35,7 +35,7 @@ class Quantizer:
         raise NotImplementedError
 
     def quantize(self, w: torch.Tensor, scale: torch.Tensor | None = None) -> torch.Tensor:
-        """scale * codes(w), with the scheme's own scale when none is given."""
+        """Scale * codes(w), with the scheme's own scale when none is given."""
         s = self.init_scale(w) if scale is None else scale
         return s * self.codes(w)
 
@@ -62,7 +62,7 @@ def get_quantizer(name: str) -> Quantizer:
 
 
 def _sign(w: torch.Tensor) -> torch.Tensor:
-    """sign with sign(0) = +1, so binary values are never zero."""
+    """Sign with sign(0) = +1, so binary values are never zero."""
     return torch.where(w >= 0, 1.0, -1.0).to(w.dtype)
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -34,7 +35,7 @@ class ClosedFormOptions:
     scheme: str | None = None  # quantizer the reference must obey (None = full precision)
 
 
-def _set_linear(linear: nn.Module, w: torch.Tensor, b: torch.Tensor | None) -> None:
+def _set_linear(linear: nn.Linear, w: torch.Tensor, b: torch.Tensor | None) -> None:
     """Write a solution w (in, out) and bias (out,) into a Linear (weight (out, in))."""
     with torch.no_grad():
         linear.weight.copy_(w.T.to(linear.weight.dtype))
@@ -42,7 +43,7 @@ def _set_linear(linear: nn.Module, w: torch.Tensor, b: torch.Tensor | None) -> N
             linear.bias.copy_(b.to(linear.bias.dtype))
 
 
-def _linear_params(linear: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
+def _linear_params(linear: nn.Linear) -> tuple[torch.Tensor, torch.Tensor]:
     """The (w (in, out), b (out,)) of a Linear, in float64."""
     w = effective_weight(linear).T.to(DTYPE)
     bias = getattr(linear, "bias", None)
@@ -56,13 +57,15 @@ def _batches(x: torch.Tensor, t: torch.Tensor, size: int):
 
 
 def _head_mix(patterns: torch.Tensor, xs: torch.Tensor) -> torch.Tensor:
-    """sum over keys of A_h x: patterns (B,H,T,T), xs (B,H,T,D) -> (B,T,H*D)."""
+    """Sum over keys of A_h x: patterns (B,H,T,T), xs (B,H,T,D) -> (B,T,H*D)."""
     b, h, t, _ = patterns.shape
     return (patterns @ xs).transpose(1, 2).reshape(b, t, -1)
 
 
 @torch.no_grad()
-def fit_attention(bv: BlockView, x: torch.Tensor, target: torch.Tensor, opts: ClosedFormOptions) -> None:
+def fit_attention(
+    bv: BlockView, x: torch.Tensor, target: torch.Tensor, opts: ClosedFormOptions
+) -> None:
     """Re-solve the block's value and output projections so that the block output nears `target`.
 
     x, target: (S, T, C). The MLP contribution is held at its value on the trained attention.
@@ -84,7 +87,7 @@ def fit_attention(bv: BlockView, x: torch.Tensor, target: torch.Tensor, opts: Cl
         vals = v_lin(xn).view(bsz, t, h, hd).transpose(1, 2)  # (B,H,T,hd)
         g_out.update(_head_mix(a, vals), r)
     w0, b0 = _linear_params(out_lin)
-    candidates = [("trained", g_out.sse(w0, b0), None)]
+    candidates: list[tuple[str, float, Any]] = [("trained", g_out.sse(w0, b0), None)]
     w1, b1 = constrained_solve(g_out, opts.scheme, opts.ridge)
     candidates.append(("out", g_out.sse(w1, b1), (None, (w1, b1))))
     joint = _joint_value_out(bv, x, target, g_joint, opts)
@@ -100,8 +103,9 @@ def fit_attention(bv: BlockView, x: torch.Tensor, target: torch.Tensor, opts: Cl
     _set_linear(out_lin, *out_sol)
 
 
-def _joint_value_out(bv: BlockView, x: torch.Tensor, target: torch.Tensor, g_joint: Gram,
-                     opts: ClosedFormOptions):
+def _joint_value_out(
+    bv: BlockView, x: torch.Tensor, target: torch.Tensor, g_joint: Gram, opts: ClosedFormOptions
+):
     """Joint least squares in the per-head maps M_h = W_v^h W_o^h, factored back by truncated SVD.
 
     The output projection is then re-fitted exactly to the new values.
@@ -158,7 +162,11 @@ def fit_mlp(bv: BlockView, x: torch.Tensor, target: torch.Tensor, opts: ClosedFo
 
 
 def peel_block(
-    view: ModelView, index: int, x: torch.Tensor, target: torch.Tensor, part: str = "block",
+    view: ModelView,
+    index: int,
+    x: torch.Tensor,
+    target: torch.Tensor,
+    part: str = "block",
     opts: ClosedFormOptions | None = None,
 ) -> nn.Module:
     """A reference for block `index` mapping x (S,T,C) towards target (S,T,C); `part` picks what moves.
