@@ -65,6 +65,15 @@ class BlockView:
     mlp_hidden: Callable[[torch.Tensor], torch.Tensor]  # MLP input -> hidden features (B,T,F)
     attn: Callable[[torch.Tensor], torch.Tensor]  # attention sub-block output, input x (B,T,C)
     mlp: Callable[[torch.Tensor], torch.Tensor]  # MLP sub-block output, input = residual after attn
+    attn_prefixes: tuple[str, ...] = ("ln_1.", "attn.")  # parameters of the attention sub-block
+    mlp_prefixes: tuple[str, ...] = ("ln_2.", "mlp.")  # parameters of the MLP sub-block
+
+    def part_parameters(self, part: str) -> list[nn.Parameter]:
+        """Parameters a peel of `part` ("block", "attn" or "mlp") may change."""
+        prefixes = {"attn": self.attn_prefixes, "mlp": self.mlp_prefixes}.get(
+            part, self.attn_prefixes + self.mlp_prefixes
+        )
+        return [p for n, p in self.block.named_parameters() if n.startswith(prefixes)]
 
     def linear(self, name: str) -> nn.Linear:
         return cast(nn.Linear, get_submodule(self.block, name))

@@ -93,7 +93,9 @@ def fit_attention(
     joint = _joint_value_out(bv, x, target, g_joint, opts)
     if joint is not None:
         candidates.append(joint)
-    name, sse, sol = min(candidates, key=lambda c_: c_[1])
+    # a new solution must beat the trained one by more than rounding noise
+    margin = 1e-9 * float(g_out.yy)
+    name, sse, sol = min(candidates, key=lambda c_: c_[1] + (margin if c_[2] is not None else 0.0))
     log.debug("attention candidates %s -> %s", [(n, round(s, 3)) for n, s, _ in candidates], name)
     if sol is None:
         return
@@ -157,7 +159,7 @@ def fit_mlp(bv: BlockView, x: torch.Tensor, target: torch.Tensor, opts: ClosedFo
         g.update(bv.mlp_hidden(bv.mlp_norm(x1)), tb - x1)
     w0, b0 = _linear_params(proj)
     w1, b1 = constrained_solve(g, opts.scheme, opts.ridge)
-    if g.sse(w1, b1) < g.sse(w0, b0):
+    if g.sse(w1, b1) < g.sse(w0, b0) - 1e-9 * float(g.yy):
         _set_linear(proj, w1, b1)
 
 

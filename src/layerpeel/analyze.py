@@ -1,0 +1,162 @@
+"""`peel(model, data, PeelConfig) -> PeelReport`: run P1, P2 and P3 on one model."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from typing import Any
+
+import torch
+from torch import nn
+
+from layerpeel.arch import model_view
+from layerpeel.bounds.cascade import cascade
+from layerpeel.bounds.context import build_context
+from layerpeel.bounds.ladder import ladder
+from layerpeel.bounds.peel import GapOptions, layer_gap
+from layerpeel.bounds.report import PeelReport
+from layerpeel.bounds.scoring import Thresholds
+from layerpeel.config import ConfigBase
+from layerpeel.errors import ConfigError
+from layerpeel.monitoring import MonitoringSet
+from layerpeel.quant import model_scheme
+from layerpeel.solvers import SOLVERS
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass
+class PeelConfig(ConfigBase):
+    """What to compute and how; recorded in every report."""
+
+    solver: str = "closed"  # P1 solver: "closed" (target propagation) or "adam"
+    parts: tuple[str, ...] = ("block", "attn", "mlp")  # P1 parts per block
+    blocks: tuple[int, ...] | None = None  # P1 blocks (0-based); None = all
+    ladder: bool = True  # compute P2
+    cascade: bool = True  # compute P3
+    max_anchors: int | None = None  # P3 subset size cap; None = all for L <= 8, else 2
+    cascade_target: str = "preimage"  # P3 final target: "preimage" or "trained"
+    red: float = 0.02  # a gap is red when its interval's lower end exceeds this (nats/token)
+    yellow: float = 0.005  # a gap is yellow when it exceeds this (nats/token)
+    etas: tuple[float, ...] = (0.0, 0.01, 0.03, 0.1, 0.3)  # target-propagation steps, relative
+    search_sequences: int = 64  # fit sequences for the eta line search
+    ridge: float = 1e-6  # ridge of closed-form solves, relative to feature energy
+    adam_steps: int = 200  # steps of the Adam solver
+    adam_lr: float = 1e-3  # learning rate of the Adam solver
+    n_boot: int = 1000  # bootstrap resamples
+    batch: int = 16  # sequences per forward batch
+    budget_mb: int = 2048  # memory budget for cached activations
+    seed: int = 0  # seed of bootstrap and Adam batches
+
+    def validate(self) -> None:
+        if self.solver not in SOLVERS:
+            raise ConfigError(f"unknown solver {self.solver!r}; known: {', '.join(SOLVERS)}")
+        bad = set(self.parts) - {"block", "attn", "mlp"}
+        if bad:
+            raise ConfigError(f"unknown part(s) {sorted(bad)}; known: block, attn, mlp")
+        if self.cascade_target not in ("preimage", "trained"):
+            raise ConfigError("cascade_target must be 'preimage' or 'trained'")
+        if self.budget_mb < 1 or self.batch < 1 or self.n_boot < 1:
+            raise ConfigError("budget_mb, batch and n_boot must be positive")
+
+
+class _ModelState:
+    """Puts a model in eval mode for the analysis and restores its mode afterwards."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.model = model
+        self.modes = {m: m.training for m in model.modules()}
+
+    def __enter__(self) -> None:
+        self.model.eval()
+
+    def __exit__(self, *exc: object) -> None:
+        for m, mode in self.modes.items():
+            m.training = mode
+
+
+def peel(
+    model: nn.Module,
+    data: MonitoringSet,
+    cfg: PeelConfig | None = None,
+    progress: bool = False,
+) -> PeelReport:
+    """Analyse `model` on the monitoring set: P1 rows, P2 ladder, P3 cascade."""
+    from tqdm.auto import tqdm
+
+    from layerpeel import __version__
+
+    cfg = cfg or PeelConfig()
+    cfg.validate()
+    view = model_view(model)
+    found = model_scheme(model)
+    scheme = None if found in (None, "none") else found
+    n = view.n_blocks
+    blocks = tuple(range(n)) if cfg.blocks is None else tuple(cfg.blocks)
+    if any(not 0 <= b < n for b in blocks):
+        raise ConfigError(f"blocks must be in 0..{n - 1}, got {list(blocks)}")
+    timings: dict[str, float] = {}
+    with _ModelState(model):
+        t0 = time.perf_counter()
+        ctx = build_context(view, data, cfg.batch, cfg.budget_mb * 2**20)
+        timings["capture"] = time.perf_counter() - t0
+        opts = GapOptions(
+            solver=cfg.solver,
+            etas=tuple(cfg.etas),
+            search_sequences=cfg.search_sequences,
+            ridge=cfg.ridge,
+            adam_steps=cfg.adam_steps,
+            adam_lr=cfg.adam_lr,
+            n_boot=cfg.n_boot,
+            seed=cfg.seed,
+        )
+        thresholds = Thresholds(red=cfg.red, yellow=cfg.yellow)
+        rows: list[dict[str, Any]] = []
+        t0 = time.perf_counter()
+        jobs = [(b, p) for b in blocks for p in cfg.parts]
+        for b, p in tqdm(jobs, desc="P1 layer gaps", disable=not progress, unit="peel"):
+            rows.append(layer_gap(ctx, b, p, scheme, opts, thresholds))
+        timings["p1"] = time.perf_counter() - t0
+        ladder_rows: list[dict[str, Any]] = []
+        if cfg.ladder:
+            t0 = time.perf_counter()
+            with tqdm(total=n * (n + 1) // 2, desc="P2 ladder", disable=not progress) as bar:
+                ladder_rows = ladder(ctx, scheme, cfg.ridge, bar)
+            timings["p2"] = time.perf_counter() - t0
+        casc = None
+        if cfg.cascade:
+            t0 = time.perf_counter()
+            cap = cfg.max_anchors if cfg.max_anchors is not None else (None if n <= 8 else 2)
+            from layerpeel.bounds.cascade import anchor_subsets
+
+            with tqdm(
+                total=len(anchor_subsets(n, cap)), desc="P3 cascade", disable=not progress
+            ) as bar:
+                casc = cascade(ctx, scheme, cap, cfg.cascade_target, cfg.ridge, bar)
+            timings["p3"] = time.perf_counter() - t0
+    return PeelReport(
+        layers=rows,
+        ladder=ladder_rows,
+        cascade=casc,
+        config=cfg.to_dict(),
+        monitoring={
+            "sha256": data.digest(),
+            "tokens": data.n_tokens,
+            "fit_sequences": len(data.fit_ids),
+            "held_sequences": len(data.held_ids),
+            "seq_len": data.seq_len,
+        },
+        model={
+            "class": type(model).__name__,
+            "blocks": n,
+            "quant": scheme,
+            "params": sum(p.numel() for p in model.parameters()),
+        },
+        timings=timings,
+        version=__version__,
+    )
+
+
+def report_is_finite(report: PeelReport) -> bool:
+    return all(torch.isfinite(torch.tensor(r["gap"])) for r in report.layers)

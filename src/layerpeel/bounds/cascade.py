@@ -1,0 +1,125 @@
+"""P3, the YES cascade on the residual stream: blocks peeled in sequence onto anchor subsets.
+
+As in the YES bounds for MLPs (METHOD.md section 1) with blocks in place of layers: starting from
+G_0, blocks 1..s_1 are peeled in turn onto the anchor G_{s_1}, blocks s_1+1..s_2 onto G_{s_2}, and
+the blocks after the last anchor onto the final target. J(sigma) is the held-out CE of the
+cascade network, a real model of the same class. YES-k = min(min_{|sigma|=k} J, YES-(k-1)).
+Paths sharing a prefix of anchors share their first blocks (a memo keyed by block and anchors).
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from typing import Any
+
+import torch
+from torch import nn
+
+from layerpeel.bounds.context import PeelContext
+from layerpeel.solvers import get_solver
+
+
+@torch.no_grad()
+def preimage_target(ctx: PeelContext, part: str, ridge: float = 1e-3) -> torch.Tensor:
+    """Residual-space preimage of the next-token targets through the trained head.
+
+    Ridge least squares Z = onehot(y) W (W^T W + rho I)^-1 with W the unembedding (V, C), mapped
+    back through the final norm's affine part and scaled per token to the trained G_L's norm.
+    """
+    w = ctx.view.unembed_weight().double()  # (V, C)
+    targets = ctx.fit_targets if part == "fit" else ctx.held_targets
+    g_last = ctx.fit[-1] if part == "fit" else ctx.held[-1]
+    gram = w.T @ w
+    rho = ridge * float(torch.diagonal(gram).mean())
+    solve = torch.linalg.solve(gram + rho * torch.eye(gram.shape[0], dtype=gram.dtype), w.T)
+    z = solve.T[targets]  # (S, T, C): row y of W (W^T W + rho I)^-1
+    norm = ctx.view.final_norm
+    weight = getattr(norm, "weight", None)
+    bias = getattr(norm, "bias", None)
+    if bias is not None:
+        z = z - bias.double()
+    if weight is not None:
+        z = z / weight.double().abs().clamp_min(1e-6) * weight.double().sign()
+    z = z - z.mean(-1, keepdim=True)
+    scale = g_last.double().norm(dim=-1, keepdim=True) / z.norm(dim=-1, keepdim=True).clamp_min(
+        1e-12
+    )
+    return (z * scale).float()
+
+
+def anchor_subsets(n_blocks: int, max_anchors: int | None) -> list[tuple[int, ...]]:
+    """Increasing subsets of hidden anchors 1..L-1, by size, up to `max_anchors`."""
+    hidden = range(1, n_blocks)
+    k_max = n_blocks - 1 if max_anchors is None else min(max_anchors, n_blocks - 1)
+    return [s for k in range(k_max + 1) for s in itertools.combinations(hidden, k)]
+
+
+@torch.no_grad()
+def cascade(
+    ctx: PeelContext,
+    scheme: str | None,
+    max_anchors: int | None = None,
+    final: str = "preimage",
+    ridge: float = 1e-6,
+    progress: Any = None,
+) -> dict[str, Any]:
+    """YES-0..YES-k on the residual stream, the best subsets and the whole-model colour."""
+    solve = get_solver("closed")
+    n = ctx.n_blocks
+    final_fit = preimage_target(ctx, "fit") if final == "preimage" else ctx.fit[-1]
+    memo: dict[tuple[int, tuple[int, ...]], tuple[nn.Module, torch.Tensor, torch.Tensor]] = {}
+
+    def stage(i: int, subset: tuple[int, ...]) -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
+        """Reference of block i (0-based) on the path of `subset`, with its fit and held outputs.
+
+        It depends only on the anchors up to the first one at or after block i+1, so paths that
+        share that prefix share the reference.
+        """
+        nxt = [a for a in subset if a >= i + 1]
+        key = (i, tuple(a for a in subset if not nxt or a <= nxt[0]))
+        if key not in memo:
+            x_fit, x_held = (ctx.fit[0], ctx.held[0]) if i == 0 else stage(i - 1, subset)[1:]
+            target = ctx.fit[nxt[0]] if nxt else final_fit
+            ref = solve(ctx.view, i, x_fit, target, "block", scheme=scheme, ridge=ridge)
+            memo[key] = (ref, ref(x_fit), ref(x_held))
+        return memo[key]
+
+    rows: list[dict[str, Any]] = []
+    for subset in anchor_subsets(n, max_anchors):
+        t0 = time.perf_counter()
+        ce = float(ctx.held_ce(n, stage(n - 1, subset)[2], {}).mean())
+        rows.append({"anchors": list(subset), "ce": ce, "time_s": time.perf_counter() - t0})
+        if progress is not None:
+            progress.update(1)
+    k_max = max(len(r["anchors"]) for r in rows)
+    yes: list[float] = []
+    best: list[list[int]] = []
+    for k in range(k_max + 1):
+        cands = [r for r in rows if len(r["anchors"]) == k]
+        top = min(cands, key=lambda r: r["ce"])
+        if yes and yes[-1] <= top["ce"]:
+            yes.append(yes[-1])
+            best.append(best[-1])
+        else:
+            yes.append(top["ce"])
+            best.append(top["anchors"])
+    ce_trained = float(ctx.ce_trained_held.mean())
+    return {
+        "yes0": yes[0],
+        "yes": yes[1:],
+        "best_anchors": best,
+        "ce_trained": ce_trained,
+        "verdict": yes_colour(ce_trained, yes[0], yes[-1]),
+        "final_target": final,
+        "subsets": rows,
+    }
+
+
+def yes_colour(loss: float, yes0: float, yes_last: float) -> str:
+    """Red above YES-0, green at or below YES-(L-1), yellow in between (METHOD.md section 1)."""
+    if loss > yes0:
+        return "red"
+    if loss <= yes_last:
+        return "green"
+    return "yellow"

@@ -1,0 +1,79 @@
+"""What every bound needs, computed once per analysis: residual streams, trained CE, gradients."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from layerpeel.arch import ModelView
+from layerpeel.bounds.scoring import sequence_ce
+from layerpeel.capture import DEFAULT_BUDGET_BYTES, residual_stream
+from layerpeel.monitoring import MonitoringSet
+
+
+@dataclass
+class PeelContext:
+    """Residual streams G_0..G_L on the fit and held-out parts, and the trained model's scores."""
+
+    view: ModelView
+    mset: MonitoringSet
+    fit: list[torch.Tensor]  # G_l on the fit part, each (S_fit, T, C)
+    held: list[torch.Tensor]  # G_l on the held-out part, each (S_held, T, C)
+    fit_targets: torch.Tensor  # (S_fit, T)
+    held_targets: torch.Tensor  # (S_held, T)
+    ce_trained_held: torch.Tensor  # per held-out sequence, (S_held,)
+    batch: int = 16
+    _grads: list[torch.Tensor] | None = None
+
+    @property
+    def n_blocks(self) -> int:
+        return self.view.n_blocks
+
+    def held_ce(self, start: int, x: torch.Tensor, replace: dict) -> torch.Tensor:
+        return sequence_ce(self.view, start, x, self.held_targets, replace, self.batch)
+
+    def grads(self) -> list[torch.Tensor]:
+        """dCE/dG_l on the fit part for l = 1..L (index l-1), from one backward pass per batch.
+
+        Uses `torch.autograd.grad`, so no parameter's `.grad` is touched.
+        """
+        if self._grads is None:
+            out: list[list[torch.Tensor]] = [[] for _ in range(self.n_blocks)]
+            n_tok = self.fit_targets.numel()
+            for s in range(0, self.fit[0].shape[0], self.batch):
+                with torch.enable_grad():
+                    x = self.fit[0][s : s + self.batch].clone().requires_grad_(True)
+                    outs = []
+                    for block in self.view.blocks:
+                        x = block(x)
+                        outs.append(x)
+                    logits = self.view.head(x)
+                    loss = (
+                        F.cross_entropy(
+                            logits.transpose(1, 2),
+                            self.fit_targets[s : s + self.batch],
+                            reduction="sum",
+                        )
+                        / n_tok
+                    )
+                    gs = torch.autograd.grad(loss, outs)
+                for i, g in enumerate(gs):
+                    out[i].append(g.detach())
+            self._grads = [torch.cat(g, 0) for g in out]
+        return self._grads
+
+
+@torch.no_grad()
+def build_context(
+    view: ModelView,
+    mset: MonitoringSet,
+    batch: int = 16,
+    budget_bytes: int = DEFAULT_BUDGET_BYTES,
+) -> PeelContext:
+    fit = residual_stream(view, mset.inputs("fit"), batch, budget_bytes)
+    held = residual_stream(view, mset.inputs("held"), batch, budget_bytes)
+    held_targets = mset.targets("held")
+    ce = sequence_ce(view, view.n_blocks, held[-1], held_targets, None, batch)
+    return PeelContext(view, mset, fit, held, mset.targets("fit"), held_targets, ce, batch)

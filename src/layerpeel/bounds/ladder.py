@@ -1,0 +1,46 @@
+"""P2, the projection ladder: whether block l alone can do the work of blocks l..j.
+
+For each l and j >= l, block l is peeled (closed form) to map G_{l-1} onto G_j; blocks j+1..L and
+the head then run on its output. CE_{l->j} is scored on the held-out part.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import torch
+
+from layerpeel.bounds.context import PeelContext
+from layerpeel.solvers import get_solver
+
+
+@torch.no_grad()
+def ladder(
+    ctx: PeelContext, scheme: str | None, ridge: float = 1e-6, progress: Any = None
+) -> list[dict[str, Any]]:
+    """Rows {"from_block", "to_block", "ce", "ce_trained", "time_s"}, blocks 0-based."""
+    solve = get_solver("closed")
+    rows = []
+    ce_trained = float(ctx.ce_trained_held.mean())
+    n = ctx.n_blocks
+    for i in range(n):
+        for j in range(i, n):
+            t0 = time.perf_counter()
+            ref = solve(
+                ctx.view, i, ctx.fit[i], ctx.fit[j + 1], "block", scheme=scheme, ridge=ridge
+            )
+            x = ref(ctx.held[i])
+            ce = float(ctx.held_ce(j + 1, x, {}).mean())
+            rows.append(
+                {
+                    "from_block": i,
+                    "to_block": j,
+                    "ce": ce,
+                    "ce_trained": ce_trained,
+                    "time_s": time.perf_counter() - t0,
+                }
+            )
+            if progress is not None:
+                progress.update(1)
+    return rows
