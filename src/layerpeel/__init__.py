@@ -1,5 +1,6 @@
 """layerpeel: find the under-optimized layers of transformer language models, in loss units."""
 
+from layerpeel.bounds import YesBounds, YesTracker, yes_bounds
 from layerpeel.errors import CheckpointError, ConfigError, DataError, LayerpeelError
 from layerpeel.models import GPT, MLP, GPTConfig, MLPConfig
 
@@ -14,5 +15,8 @@ __all__ = [
     "ConfigError",
     "CheckpointError",
     "DataError",
+    "YesBounds",
+    "YesTracker",
+    "yes_bounds",
     "__version__",
 ]

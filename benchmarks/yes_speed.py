@@ -1,0 +1,161 @@
+"""YES bounds speed: layerpeel against a plain per-subset pinv computation, timed side by side.
+
+    python benchmarks/yes_speed.py                 # the paper's setting, then L = 3..10
+    python benchmarks/yes_speed.py --threads 2 --naive-max-layers 8
+
+Setting: the paper's synthetic task (y = |Ax|, n = 20, m = 100, N = 800 training samples), the
+hidden outputs of an MLP trained for a few epochs with the paper's recipe. "plain" is METHOD.md
+written directly: for every anchor subset and every layer, W = T pinv([H; 1]) with numpy's (or
+torch's) pinv, nothing shared. Both run in this process with the same BLAS threads; each time is
+the median of interleaved repeats.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+# Thread counts must be fixed before numpy or torch load their BLAS.
+_ARGS = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+_ARGS.add_argument("--threads", type=int, default=1, help="BLAS / torch threads for both sides")
+_ARGS.add_argument("--repeats", type=int, default=5, help="interleaved repeats per timing")
+_ARGS.add_argument("--train-epochs", type=int, default=30, help="epochs of the paper's recipe")
+_ARGS.add_argument("--naive-max-layers", type=int, default=7, help="time plain pinv up to this L")
+_ARGS.add_argument("--cap", type=int, default=2, help="max_anchors of the capped column")
+_ARGS.add_argument("--torch-pinv", action="store_true", help="also time plain torch.linalg.pinv")
+ARGS = _ARGS.parse_args()
+for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ[_var] = str(ARGS.threads)
+
+import itertools  # noqa: E402
+import statistics  # noqa: E402
+import time  # noqa: E402
+from collections.abc import Callable  # noqa: E402
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from layerpeel.bounds import YesTracker, yes_bounds  # noqa: E402
+from layerpeel.models import MLP, MLPConfig  # noqa: E402
+from layerpeel.yes_experiments import TASKS  # noqa: E402
+
+torch.set_num_threads(ARGS.threads)
+
+
+def plain_losses(x: np.ndarray, y: np.ndarray, hidden: list[np.ndarray], pinv: Callable) -> dict:
+    """J(sigma) for every subset: per subset, per layer, one pinv of [H; 1]; nothing shared."""
+    n_layers, n = len(hidden) + 1, y.shape[1]
+    losses = {}
+    for k in range(n_layers):
+        for sub in itertools.combinations(range(1, n_layers), k):
+            h = x
+            for layer in range(1, n_layers + 1):
+                anchor = min([s for s in sub if s >= layer], default=n_layers)
+                t = y if anchor == n_layers else hidden[anchor - 1]
+                ht = np.vstack([h, np.ones((1, n))])
+                h = (t @ pinv(ht)) @ ht
+                if layer < n_layers:
+                    h = np.maximum(h, 0.0)
+            losses[sub] = float(((h - y) ** 2).sum() / n)
+    return losses
+
+
+def numpy_pinv(a: np.ndarray) -> np.ndarray:
+    return np.linalg.pinv(a, rcond=max(a.shape) * np.finfo(float).eps)
+
+
+def torch_pinv(a: np.ndarray) -> np.ndarray:
+    return torch.linalg.pinv(torch.from_numpy(a)).numpy()
+
+
+def synthetic_setting(n_layers: int, epochs: int, seed: int = 0):
+    """X (20, 800), Y (100, 800) and the L-1 hidden outputs (100, 800) of a briefly trained MLP."""
+    task = TASKS["synthetic"](np.random.default_rng(seed), 0)
+    torch.manual_seed(seed)
+    net = MLP(MLPConfig(n_in=20, width=100, n_layers=n_layers))
+    opt = torch.optim.Adam(net.parameters(), lr=1e-3)
+    for _ in range(epochs):
+        perm = torch.randperm(task.x_train.shape[0])
+        for s in range(0, len(perm), 50):
+            idx = perm[s : s + 50]
+            loss = (net(task.x_train[idx]) - task.y_train[idx]).square().sum(1).mean()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    with torch.no_grad():
+        hidden = [h.T.double().numpy() for h in net.hidden(task.x_train)]
+    return task.x_train.T.double().numpy(), task.y_train.T.double().numpy(), hidden
+
+
+def side_by_side(jobs: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
+    """Median seconds of each job, the jobs interleaved in every repeat."""
+    times: dict[str, list[float]] = {name: [] for name in jobs}
+    for _ in range(repeats):
+        for name, fn in jobs.items():
+            t0 = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t0)
+    return {name: statistics.median(v) for name, v in times.items()}
+
+
+def paper_setting() -> None:
+    x, y, hidden = synthetic_setting(5, ARGS.train_epochs)
+    tracker = YesTracker(x, y)
+    tracker.bounds(hidden)  # builds the cached X factorization and YES-0
+    jobs: dict[str, Callable[[], object]] = {
+        "layerpeel yes_bounds": lambda: yes_bounds(x, y, hidden),
+        "layerpeel tracker check (YES-0 cached)": lambda: tracker.bounds(hidden),
+        "plain numpy pinv per subset": lambda: plain_losses(x, y, hidden, numpy_pinv),
+    }
+    if ARGS.torch_pinv:
+        jobs["plain torch pinv per subset"] = lambda: plain_losses(x, y, hidden, torch_pinv)
+    med = side_by_side(jobs, ARGS.repeats)
+    fast = yes_bounds(x, y, hidden)
+    ref = plain_losses(x, y, hidden, numpy_pinv)
+    err = max(abs(fast.losses[s] - v) / v for s, v in ref.items())
+    print(f"Paper setting: N=800, m=100, n=20, L=5, {ARGS.train_epochs} training epochs, ", end="")
+    print(f"{ARGS.threads} thread(s), median of {ARGS.repeats} interleaved repeats")
+    print(f"work: {fast.stats}")
+    print(f"max relative difference of J(sigma), layerpeel vs plain pinv: {err:.1e}")
+    base = med["plain numpy pinv per subset"]
+    print(f"{'method':44s} {'seconds':>9s} {'plain numpy / this':>19s}")
+    for name, sec in med.items():
+        print(f"{name:44s} {sec:9.4f} {base / sec:18.1f}x")
+
+
+def depth_table() -> None:
+    print()
+    print(
+        f"Time against depth (N=800, m=100; capped = max_anchors {ARGS.cap}; plain pinv up to "
+        f"L={ARGS.naive_max_layers}; one run each, seconds; nodes = factorizations)"
+    )
+    print(
+        f"{'L':>3s} {'subsets':>8s} {'full':>8s} {'nodes':>6s} {'capped':>8s} "
+        f"{'subsets':>8s} {'nodes':>6s} {'plain':>8s} {'plain/full':>10s}"
+    )
+    for n_layers in range(3, 11):
+        x, y, hidden = synthetic_setting(n_layers, ARGS.train_epochs)
+        t0 = time.perf_counter()
+        full = yes_bounds(x, y, hidden)
+        t_full = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        cap = YesTracker(x, y, max_anchors=ARGS.cap).bounds(hidden)
+        t_cap = time.perf_counter() - t0
+        plain = f"{'-':>8s} {'-':>10s}"
+        if n_layers <= ARGS.naive_max_layers:
+            t0 = time.perf_counter()
+            plain_losses(x, y, hidden, numpy_pinv)
+            t_plain = time.perf_counter() - t0
+            plain = f"{t_plain:8.2f} {t_plain / t_full:9.1f}x"
+        print(
+            f"{n_layers:3d} {full.stats['subsets']:8d} {t_full:8.2f} "
+            f"{full.stats['factorizations']:6d} {t_cap:8.2f} "
+            f"{cap.stats['subsets']:8d} {cap.stats['factorizations']:6d} {plain}"
+        )
+        sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    paper_setting()
+    depth_table()

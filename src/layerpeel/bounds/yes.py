@@ -1,0 +1,526 @@
+"""YES training bounds for MLPs: achievable reference losses from least-squares layer projections."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import warnings
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from layerpeel.errors import LayerpeelError
+from layerpeel.models.mlp import MLP, MLPConfig
+
+logger = logging.getLogger(__name__)
+
+DTYPE = torch.float64
+EPS = float(torch.finfo(DTYPE).eps)
+# The Gram (normal-equation) fast path is taken only when a bound on the condition number of the
+# row-equilibrated Gram is at most this; its predictions are then within ~1e-8 of pinv's.
+GRAM_COND_LIMIT = 1e8
+# Above that, a QR of H~ is used while the Gram still certifies full rank.
+QR_COND_LIMIT = 1e12
+VERDICTS = ("red", "yellow", "green")
+VERDICT_WORDS = {"red": "ineffective training", "yellow": "caution", "green": "effective training"}
+
+_KINDS = ("gram", "qr", "eig", "svd")  # how a representation was factored (see `_Basis`)
+Subset = tuple[int, ...]  # increasing 1-based indices of the hidden layers used as anchors
+
+
+class YesInputError(LayerpeelError):
+    """Data that YES bounds cannot be computed on (shapes, widths, NaN/Inf, empty lists)."""
+
+
+def to_db(value: float) -> float:
+    """A loss in decibels, 10*log10(value), floored at -300 dB for a loss of exactly 0."""
+    return 10.0 * math.log10(max(value, 1e-30))
+
+
+def verdict(train_loss: float, yes0: float, yes_last: float) -> str:
+    """METHOD.md colour: red above YES-0, green at or below YES-(L-1), yellow in between."""
+    if train_loss > yes0:
+        return "red"
+    if train_loss <= yes_last:
+        return "green"
+    return "yellow"
+
+
+# ----------------------------------------------------------------------------- projections
+
+
+class _Basis:
+    """The row space of one representation H~ (r, N), factored once and projected onto many targets.
+
+    H~ already holds the bias row of ones when the net has biases. Predictions T pinv(H~) H~ are
+    unique even when the weights are not; this class reproduces pinv's in one of four ways:
+
+    - "gram" (the fast path): rows that are numerically zero (dead ReLU units) dropped, normal
+      equations on the row-equilibrated Gram K with a Cholesky factor, taken when the bound
+      ||K||_F ||K^-1||_F >= cond_2(K) is at most `GRAM_COND_LIMIT`;
+    - "qr": full rank but worse conditioned (up to `QR_COND_LIMIT`): a Householder QR of H~^T;
+    - "eig" (rank deficient with a clear gap): an eigendecomposition of the Gram, every eigenvalue
+      either above 1e-8 lambda_max or, checked on H~ itself, a singular value below
+      1e-10 sigma_max, which pinv drops too unless it lies in the band [rtol, 1e-10] sigma_max
+      where pinv's own answer changes under a perturbation of that size;
+    - "svd" (anything else): the SVD of H~ (through a QR of H~^T) with pinv's cutoff
+      sigma > rtol * sigma_max, rtol = max(r, N) * eps (torch.linalg.pinv's default).
+    """
+
+    def __init__(self, h: torch.Tensor) -> None:
+        self.h = h  # (r, N)
+        r, n = h.shape
+        self.rtol = max(r, n) * EPS
+        gram = h @ h.T  # (r, r)
+        diag = gram.diagonal()
+        self.keep = diag > (self.rtol**2) * float(diag.max()) if r else diag > 0  # rows not ~0
+        self.cond = math.inf
+        rk = int(self.keep.sum())
+        kind = self._gram_path(gram, rk) if 0 < rk <= n else None
+        if kind is not None:
+            self.kind = kind
+        elif rk > 0 and self._eig_path(gram):
+            self.kind = "eig"
+        else:
+            self.kind = "svd"
+            self._svd_path()
+
+    def _gram_path(self, gram: torch.Tensor, rk: int) -> str | None:
+        all_rows = rk == self.h.shape[0]
+        k = gram if all_rows else gram[self.keep][:, self.keep]  # (rk, rk)
+        scale = k.diagonal().rsqrt()  # (rk,) 1 / row norms
+        ke = k * scale[:, None] * scale[None, :]  # unit diagonal
+        chol, info = torch.linalg.cholesky_ex(ke)
+        if int(info) != 0:
+            return None
+        kinv = torch.cholesky_inverse(chol)  # (rk, rk)
+        self.cond = float(torch.linalg.matrix_norm(ke) * torch.linalg.matrix_norm(kinv))
+        self.hk = self.h if all_rows else self.h[self.keep]  # (rk, N)
+        if self.cond <= GRAM_COND_LIMIT:
+            self.kinv = kinv * scale[:, None] * scale[None, :]  # K^-1 of the kept rows
+            return "gram"
+        # Full rank but too ill-conditioned for normal equations: a Householder QR is as accurate
+        # as pinv and gives pinv's predictions when every singular value is far above pinv's
+        # cutoff. The Gram certifies that only while its smallest eigenvalue is well above its
+        # rounding (cond <= QR_COND_LIMIT); then sigma_min(H~) >= cond^-1/2 * min row norm and
+        # sigma_max(H~) <= ||H~||_F.
+        if self.cond > QR_COND_LIMIT:
+            return None
+        min_norm = 1.0 / float(scale.max())
+        if min_norm < 1e3 * self.rtol * (self.cond * float(k.diagonal().sum())) ** 0.5:
+            return None
+        q, r = torch.linalg.qr(self.hk.T)  # (N, rk), (rk, rk): H~_k = r^T q^T
+        self.v, self.r = q, r
+        return "qr"
+
+    def _eig_path(self, gram: torch.Tensor) -> bool:
+        lam, vec = torch.linalg.eigh(gram)  # ascending
+        big = lam > 1e-8 * float(lam[-1])
+        small = vec[:, ~big]  # (r, r - q)
+        if small.shape[1] and float(torch.linalg.matrix_norm(small.T @ self.h)) > 1e-10 * float(
+            lam[-1].sqrt()
+        ):
+            return False
+        self.s = lam[big].sqrt()  # (q,) singular values of H~
+        self.u = vec[:, big]  # (r, q)
+        self.v = (self.h.T @ self.u) / self.s  # (N, q) orthonormal to ~eps * 1e8
+        return True
+
+    def _svd_path(self) -> None:
+        h = self.h
+        if h.shape[0] == 0:  # no rows at all: the predictions are 0
+            self.u, self.s, self.v = h.new_zeros(0, 0), h.new_zeros(0), h.new_zeros(h.shape[1], 0)
+            return
+        if h.shape[0] <= h.shape[1]:  # H~ = R^T Q^T, so the SVD of the small R^T gives that of H~
+            q, rr = torch.linalg.qr(h.T)  # (N, r), (r, r)
+            u, s, w = torch.linalg.svd(rr.T)
+            v = q @ w.T  # (N, r) right singular vectors of H~
+        else:
+            u, s, vh = torch.linalg.svd(h, full_matrices=False)
+            v = vh.T
+        sel = s > self.rtol * float(s[0]) if s.numel() else s > 0
+        self.u, self.s, self.v = u[:, sel], s[sel], v[:, sel]  # (r, q), (q,), (N, q)
+
+    def project(self, t: torch.Tensor) -> torch.Tensor:
+        """T pinv(H~) H~ for targets T (c, N): the least-squares predictions, (c, N)."""
+        if self.kind == "gram":
+            return ((t @ self.hk.T) @ self.kinv) @ self.hk
+        return (t @ self.v) @ self.v.T
+
+    def sse(self, t: torch.Tensor, tt: float) -> float:
+        """||T - T pinv(H~) H~||_F^2 for one target T (m, N) with ||T||_F^2 = tt.
+
+        On the fast path it is tt - trace(C K^-1 C^T) with C = T H~^T when the error of that
+        difference, about eps * cond(K) * tt, is below 1e-7 of it; otherwise the residual is formed.
+        """
+        if self.kind != "gram":
+            return float((t - self.project(t)).square().sum())
+        c = t @ self.hk.T  # (m, rk)
+        w = c @ self.kinv  # (m, rk)
+        value = tt - float((w * c).sum())
+        if 4 * self.cond * EPS * tt <= 1e-7 * value:
+            return value
+        return float((t - w @ self.hk).square().sum())
+
+    def weights(self, t: torch.Tensor) -> torch.Tensor:
+        """The minimum-norm least-squares weights T pinv(H~), (m, r); the bias is the last column."""
+        if self.kind in ("gram", "qr"):
+            w = t.new_zeros(t.shape[0], self.h.shape[0])
+            if self.kind == "gram":
+                w[:, self.keep] = (t @ self.hk.T) @ self.kinv
+            else:  # pinv(H~_k) = q r^-T, so W_k r^T = T q
+                w[:, self.keep] = torch.linalg.solve_triangular(
+                    self.r.T, t @ self.v, upper=False, left=False
+                )
+            return w
+        return ((t @ self.v) / self.s) @ self.u.T
+
+
+def _tilde(h: torch.Tensor, bias: bool) -> torch.Tensor:
+    """H~ = [H; 1^T] (d + 1, N) with a bias row, else H itself."""
+    return torch.cat([h, h.new_ones(1, h.shape[1])]) if bias else h
+
+
+# ----------------------------------------------------------------------------- inputs
+
+
+def _tensor(a: Any, name: str) -> torch.Tensor:
+    if isinstance(a, torch.Tensor):
+        t = a.detach().to(device="cpu", dtype=DTYPE)
+    else:
+        try:
+            t = torch.from_numpy(np.asarray(a, dtype=np.float64))
+        except (TypeError, ValueError) as exc:
+            raise YesInputError(f"{name} must be a numeric array or tensor: {exc}") from None
+    if t.ndim != 2:
+        raise YesInputError(f"{name} must be 2-D (features x samples), got shape {tuple(t.shape)}")
+    if not bool(torch.isfinite(t).all()):
+        raise YesInputError(f"{name} contains NaN or Inf")
+    return t
+
+
+def _check_xy(x: Any, y: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    """Validate and convert X (n, N) and Y (m, N) to float64 CPU tensors; warn when N < m + 1."""
+    xt, yt = _tensor(x, "X"), _tensor(y, "Y")
+    (m, n_samples), n_x = yt.shape, xt.shape[1]
+    if n_x != n_samples:
+        raise YesInputError(f"X has {n_x} samples (columns) but Y has {n_samples}")
+    if n_samples < m + 1:
+        warnings.warn(
+            f"only N={n_samples} samples for width m={m}: with fewer than m+1 samples the "
+            "least-squares fits are underdetermined; layerpeel uses the minimum-norm (pinv) "
+            "solutions and the bounds are easy to reach",
+            UserWarning,
+            stacklevel=3,
+        )
+    return xt, yt
+
+
+def _check_hidden(hidden: Sequence[Any], m: int, n_samples: int) -> list[torch.Tensor]:
+    """Validate and convert the L-1 hidden outputs, each (m, N), to float64 CPU tensors."""
+    if isinstance(hidden, (torch.Tensor, np.ndarray)) or not isinstance(hidden, Sequence):
+        raise YesInputError("hidden must be a list of the L-1 hidden outputs, each (m, N)")
+    if len(hidden) == 0:
+        raise YesInputError("hidden is empty: YES needs the L-1 >= 1 hidden outputs of the net")
+    hs = []
+    for i, h in enumerate(hidden):
+        ht = _tensor(h, f"hidden[{i}]")
+        if ht.shape[1] != n_samples:
+            hint = " (pass h.T: columns are samples)" if ht.shape[0] == n_samples else ""
+            raise YesInputError(
+                f"hidden[{i}] has shape {tuple(ht.shape)}, expected ({m}, {n_samples}){hint}"
+            )
+        if ht.shape[0] != m:
+            raise YesInputError(
+                f"hidden layer {i + 1} has width {ht.shape[0]} but the output width is m={m}: "
+                "YES needs every hidden width equal to m, because each layer is fitted onto a "
+                "hidden output or onto Y, and only then is the reference a network of the "
+                "trained shape"
+            )
+        hs.append(ht)
+    return hs
+
+
+# ----------------------------------------------------------------------------- results
+
+
+@dataclasses.dataclass(frozen=True)
+class YesBounds:
+    """YES bounds of one check: YES-0, YES-1..YES-(L-1), every J(sigma), and the best paths.
+
+    `yes[k-1]` is YES-k, already the minimum with YES-(k-1). `best_subsets[k]` is the anchor
+    subset whose network reaches YES-k (it may hold fewer than k anchors). With `max_anchors` = c
+    below L-1, YES-k for k > c repeats YES-c.
+    """
+
+    yes0: float  # YES-0: every layer projected onto Y
+    yes: list[float]  # YES-1..YES-(L-1), non-increasing
+    losses: dict[Subset, float]  # J(sigma) of every evaluated subset; () is the YES-0 path
+    best_subsets: list[Subset]  # best_subsets[k] reaches YES-k, k = 0..L-1
+    max_anchors: int  # the largest subset size evaluated
+    stats: dict[str, int]  # subsets, factorizations, projections, and the count of each path
+    bias: bool = True
+    _data: tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]] = dataclasses.field(
+        default=(torch.empty(0), torch.empty(0), []), repr=False, compare=False
+    )
+
+    @property
+    def n_layers(self) -> int:
+        """L, the number of Linear layers of the net."""
+        return len(self.yes) + 1
+
+    @property
+    def best_subset(self) -> Subset:
+        """The anchor subset of the network that reaches YES-(L-1), the smallest bound."""
+        return self.best_subsets[-1]
+
+    def rows(self) -> list[dict[str, Any]]:
+        """A tidy table, one row per evaluated subset: subset, k, loss and loss in dB."""
+        return [
+            {"subset": list(s), "k": len(s), "loss": v, "loss_db": to_db(v)}
+            for s, v in sorted(self.losses.items(), key=lambda kv: (len(kv[0]), kv[0]))
+        ]
+
+    def reference_mlp(self, subset: Sequence[int] | None = None) -> MLP:
+        """The float64 `MLP` whose weights are the least-squares solutions of one path.
+
+        Its training MSE on (X, Y) is J(subset); by default the path of `best_subset`.
+        Inputs to the returned net are rows: `net(X.T)` gives the predictions (N, m).
+        """
+        x, y, hidden = self._data
+        sub = self.best_subset if subset is None else tuple(int(s) for s in subset)
+        n_layers = self.n_layers
+        if list(sub) != sorted(set(sub)) or any(not 1 <= s < n_layers for s in sub):
+            raise YesInputError(f"subset must be increasing layer indices in 1..{n_layers - 1}")
+        targets = [*hidden, y]
+        net = MLP(MLPConfig(n_in=x.shape[0], width=y.shape[0], n_layers=n_layers, bias=self.bias))
+        net = net.double()
+        h = x
+        with torch.no_grad():
+            for layer in range(1, n_layers + 1):
+                t = targets[min([s for s in sub if s >= layer], default=n_layers) - 1]
+                basis = _Basis(_tilde(h, self.bias))
+                w = basis.weights(t)  # (m, d + bias)
+                lin = net.layers[layer - 1]
+                assert isinstance(lin, torch.nn.Linear)
+                lin.weight.copy_(w[:, : h.shape[0]])
+                if self.bias:
+                    lin.bias.copy_(w[:, -1])
+                h = torch.relu(basis.project(t))
+        return net.eval()
+
+
+# ----------------------------------------------------------------------------- the cascade
+
+
+class _Cascade:
+    """All J(sigma) for fixed data X (n, N), Y (m, N): a depth-first walk over anchor prefixes.
+
+    A node is one input representation of one layer; all subsets that share the targets of the
+    layers before it share the node, its factorization, and one stacked projection onto every
+    target it can fit next. The X factorization and YES-0 do not depend on the net: done once.
+    """
+
+    def __init__(self, x: torch.Tensor, y: torch.Tensor, n_layers: int, bias: bool) -> None:
+        self.x, self.y, self.n_layers, self.bias = x, y, n_layers, bias
+        self.m, self.n_samples = y.shape
+        self.yy = float(y.square().sum())
+        self.y_live = y[y.abs().amax(1) > 0]  # (m', N): zero rows of Y are fitted exactly
+        self.x_basis = _Basis(_tilde(x, bias))
+        basis = self.x_basis
+        for _ in range(1, n_layers):
+            basis = _Basis(_tilde(torch.relu(basis.project(y)), bias))
+        self.yes0 = basis.sse(y, self.yy) / self.n_samples
+        # Per run: the stacked targets, the cap, the results and the work counts.
+        self.targets = y
+        self.sizes: list[int] = []
+        self.offsets: list[int] = []
+        self.cap = 0
+        self.losses: dict[Subset, float] = {}
+        self.stats: dict[str, int] = {}
+
+    def run(self, hidden: list[torch.Tensor], max_anchors: int | None = None) -> YesBounds:
+        """Evaluate J(sigma) for every subset of at most `max_anchors` anchors, sharing prefixes."""
+        n_layers = self.n_layers
+        self.cap = n_layers - 1 if max_anchors is None else min(max_anchors, n_layers - 1)
+        # Dead units (all-zero rows) of a target give all-zero rows of every fit onto it, which
+        # change no row space: each target keeps only its live rows, stacked in layer order.
+        live = [t[t.abs().amax(1) > 0] for t in hidden]
+        self.targets = torch.cat([*live, self.y_live])  # (sum of live rows, N): G_1..G_{L-1}, Y
+        sizes = [t.shape[0] for t in live] + [self.y_live.shape[0]]
+        self.sizes = sizes
+        self.offsets = [sum(sizes[:i]) for i in range(len(sizes) + 1)]
+        self.losses = {(): self.yes0}
+        self.stats = dict.fromkeys(["subsets", "factorizations", "projections", *_KINDS], 0)
+        if self.cap > 0:
+            self._descend(self.x_basis, 1, (), None)
+        yes: list[float] = [self.yes0]
+        best: list[Subset] = [()]
+        by_size: dict[int, list[tuple[float, Subset]]] = {}
+        for sub, value in self.losses.items():
+            by_size.setdefault(len(sub), []).append((value, sub))
+        for k in range(1, n_layers):
+            value, sub = min(by_size.get(k, [(math.inf, ())]))
+            best.append(sub if value < yes[-1] else best[-1])
+            yes.append(min(value, yes[-1]))
+        self.stats["subsets"] = len(self.losses)
+        logger.debug("YES work: %s", self.stats)
+        return YesBounds(
+            yes0=self.yes0,
+            yes=yes[1:],
+            losses=dict(self.losses),
+            best_subsets=best,
+            max_anchors=self.cap,
+            stats=dict(self.stats),
+            bias=self.bias,
+            _data=(self.x, self.y, list(hidden)),
+        )
+
+    def _descend(self, basis: _Basis, layer: int, subset: Subset, forced: int | None) -> None:
+        """Fit `layer` from the input factored in `basis` onto each target it may take, recurse.
+
+        `forced` is the target this layer must fit (an anchor not reached yet, or Y = L); None
+        means the layer before reached its anchor, so the target is free: a later anchor or Y.
+        """
+        n_layers = self.n_layers
+        if forced is not None:
+            choices = [forced]
+        elif len(subset) < self.cap:
+            choices = list(range(layer, n_layers + 1))  # G_layer..G_{L-1}, Y
+        else:
+            choices = [n_layers]
+        if layer == 1:  # the all-onto-Y path is YES-0, already known
+            choices = [c for c in choices if c != n_layers]
+        if layer == n_layers:  # only Y is left: the loss needs no predictions
+            self.stats["projections"] += 1
+            self.losses[subset] = basis.sse(self.y_live, self.yy) / self.n_samples
+            return
+        lo, hi = self.offsets[choices[0] - 1], self.offsets[choices[-1]]
+        targets = self.targets[lo:hi]  # (rows of the chosen targets, N), a view
+        self.stats["projections"] += len(choices)
+        outs = basis.project(targets).split([self.sizes[c - 1] for c in choices])
+        for target, out in zip(choices, outs, strict=True):
+            new = subset + (target,) if forced is None and target < n_layers else subset
+            rows = out.shape[0]
+            h = out.new_empty(rows + int(self.bias), out.shape[1])  # H~ of the child
+            torch.clamp_min(out, 0.0, out=h[:rows])  # ReLU, written in place
+            if self.bias:
+                h[rows] = 1.0
+            child = _Basis(h)
+            self.stats["factorizations"] += 1
+            self.stats[child.kind] += 1
+            self._descend(child, layer + 1, new, None if target == layer else target)
+
+
+def yes_bounds(X: Any, Y: Any, hidden: Sequence[Any], *, bias: bool = True) -> YesBounds:
+    """YES-0 and YES-1..YES-(L-1) of one check, by full enumeration of the anchor subsets.
+
+    X (n, N) and Y (m, N) hold samples as columns; `hidden` is the trained net's L-1 post-ReLU
+    hidden outputs, each (m, N) (for `MLP.hidden(x)` outputs, pass `[h.T for h in ...]`).
+    Torch tensors or numpy arrays; computed in float64 on the CPU. Raises `YesInputError` (a
+    `ValueError`) for unusable input and warns when N < m + 1.
+    """
+    x, y = _check_xy(X, Y)
+    hs = _check_hidden(hidden, y.shape[0], y.shape[1])
+    return _Cascade(x, y, len(hs) + 1, bias).run(hs)
+
+
+# ----------------------------------------------------------------------------- over training
+
+
+@dataclasses.dataclass(frozen=True)
+class YesCheck:
+    """One check over training: the loss, this check's bounds, the running minima, the verdict."""
+
+    epoch: int  # the check's index (the epoch in the demos)
+    train_loss: float  # the trained net's training MSE at this check
+    yes0: float  # YES-0 of this check
+    yes: list[float]  # YES-1..YES-(L-1) of this check
+    yes0_min: float  # running minimum of YES-0
+    yes_min: list[float]  # running minima of YES-1..YES-(L-1): the thresholds of the verdict
+    verdict: str  # red / yellow / green
+    best_subset: Subset  # anchors of the best path of this check
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready row (one line of metrics.jsonl)."""
+        return {
+            "epoch": self.epoch,
+            "train_loss": self.train_loss,
+            "train_loss_db": to_db(self.train_loss),
+            "yes0": self.yes0,
+            "yes": list(self.yes),
+            "yes0_min": self.yes0_min,
+            "yes_min": list(self.yes_min),
+            "verdict": self.verdict,
+            "best_subset": list(self.best_subset),
+        }
+
+
+class YesTracker:
+    """Running minimum of the YES bounds over checks, the training loss, and the verdict.
+
+    Holds the training data (X (n, N), Y (m, N)), so that the X factorization and YES-0 are
+    computed once, at the first check. `max_anchors` caps the subset size for deep nets (docs/yes.md
+    says what the cap costs): YES-k for k above the cap repeats YES-cap, which can only make the
+    green threshold higher (looser); every value stays an achievable bound.
+    """
+
+    def __init__(
+        self, X: Any, Y: Any, *, bias: bool = True, max_anchors: int | None = None
+    ) -> None:
+        if max_anchors is not None and (
+            not isinstance(max_anchors, int) or isinstance(max_anchors, bool) or max_anchors < 0
+        ):
+            raise YesInputError(f"max_anchors must be None or an integer >= 0, got {max_anchors!r}")
+        self.x, self.y = _check_xy(X, Y)
+        self.bias, self.max_anchors = bias, max_anchors
+        self._cascade: _Cascade | None = None
+        self.history: list[YesCheck] = []
+
+    def bounds(self, hidden: Sequence[Any]) -> YesBounds:
+        """YES bounds of one check: `yes_bounds` with this tracker's cap and cached YES-0."""
+        hs = _check_hidden(hidden, self.y.shape[0], self.y.shape[1])
+        if self._cascade is None:
+            self._cascade = _Cascade(self.x, self.y, len(hs) + 1, self.bias)
+        elif len(hs) + 1 != self._cascade.n_layers:
+            raise YesInputError(
+                f"expected {self._cascade.n_layers - 1} hidden outputs as before, got {len(hs)}"
+            )
+        return self._cascade.run(hs, self.max_anchors)
+
+    def check(self, hidden: Sequence[Any], train_loss: float, epoch: int | None = None) -> YesCheck:
+        """Compute this check's bounds, fold them into the running minima, return the row."""
+        return self.update(self.bounds(hidden), train_loss, epoch)
+
+    def update(self, bounds: YesBounds, train_loss: float, epoch: int | None = None) -> YesCheck:
+        """Fold already computed bounds and the training loss into the running minima."""
+        loss = float(train_loss)
+        if not math.isfinite(loss) or loss < 0:
+            raise YesInputError(f"train_loss must be a finite MSE >= 0, got {train_loss!r}")
+        prev = self.history[-1] if self.history else None
+        if prev is not None and len(prev.yes) != len(bounds.yes):
+            raise YesInputError(
+                f"bounds are for {bounds.n_layers} layers, earlier checks for {len(prev.yes) + 1}"
+            )
+        yes0_min = bounds.yes0 if prev is None else min(prev.yes0_min, bounds.yes0)
+        yes_min = list(bounds.yes) if prev is None else list(map(min, prev.yes_min, bounds.yes))
+        row = YesCheck(
+            epoch=len(self.history) if epoch is None else int(epoch),
+            train_loss=loss,
+            yes0=bounds.yes0,
+            yes=list(bounds.yes),
+            yes0_min=yes0_min,
+            yes_min=yes_min,
+            verdict=verdict(loss, yes0_min, yes_min[-1]),
+            best_subset=bounds.best_subset,
+        )
+        self.history.append(row)
+        return row
+
+    @property
+    def latest(self) -> YesCheck | None:
+        """The last check, or None before the first."""
+        return self.history[-1] if self.history else None
