@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from layerpeel.bounds.context import PeelContext
+from layerpeel.bounds.yes import verdict
 from layerpeel.solvers import get_solver
 
 
@@ -110,16 +111,7 @@ def cascade(
         "yes": yes[1:],
         "best_anchors": best,
         "ce_trained": ce_trained,
-        "verdict": yes_colour(ce_trained, yes[0], yes[-1]),
+        "verdict": verdict(ce_trained, yes[0], yes[-1]),
         "final_target": final,
         "subsets": rows,
     }
-
-
-def yes_colour(loss: float, yes0: float, yes_last: float) -> str:
-    """Red above YES-0, green at or below YES-(L-1), yellow in between (METHOD.md section 1)."""
-    if loss > yes0:
-        return "red"
-    if loss <= yes_last:
-        return "green"
-    return "yellow"

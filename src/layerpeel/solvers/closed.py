@@ -123,9 +123,9 @@ def _joint_value_out(
     bv_zero = torch.zeros(h * hd, dtype=DTYPE)
     if opts.scheme not in (None, "none"):
         # the value map has no target of its own: quantize with the scheme's codes, scale by l1 mean
-        from layerpeel.solvers.quantized import CODE_FNS
+        from layerpeel.solvers.quantized import scheme_codes
 
-        codes, per_channel = CODE_FNS[opts.scheme](wv)
+        codes, per_channel = scheme_codes(opts.scheme, wv)
         denom = codes.abs().sum(0 if per_channel else None).clamp_min(1)
         scale = (wv.abs() * codes.abs()).sum(0 if per_channel else None) / denom
         wv = codes * scale

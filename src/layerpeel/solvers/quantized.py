@@ -8,59 +8,20 @@ bias it is METHOD.md's lambda = <T, S H~> / ||S H~||^2; with a bias it is the sa
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import torch
 
+from layerpeel.quant import get_quantizer
 from layerpeel.solvers.lstsq import DTYPE, Gram
 
-# scheme -> function from a least-squares weight w (p, q) to (codes (p, q), per_channel)
-CodeFn = Callable[[torch.Tensor], tuple[torch.Tensor, bool]]
-CODE_FNS: dict[str, CodeFn] = {}
 
+def scheme_codes(scheme: str, w: torch.Tensor) -> tuple[torch.Tensor, bool]:
+    """Integer codes of a solution w (in, out) under `scheme`, and whether scales are per channel.
 
-def register_codes(name: str) -> Callable[[CodeFn], CodeFn]:
-    """Register how scheme `name` turns a least-squares weight into integer codes."""
-
-    def deco(fn: CodeFn) -> CodeFn:
-        CODE_FNS[name] = fn
-        return fn
-
-    return deco
-
-
-def _sign(w: torch.Tensor) -> torch.Tensor:
-    return torch.where(w >= 0, 1.0, -1.0).to(w.dtype)
-
-
-@register_codes("binary-global")
-def _binary_global(w: torch.Tensor) -> tuple[torch.Tensor, bool]:
-    return _sign(w), False
-
-
-@register_codes("binary-channel")
-def _binary_channel(w: torch.Tensor) -> tuple[torch.Tensor, bool]:
-    return _sign(w), True
-
-
-@register_codes("ternary")
-def _ternary(w: torch.Tensor) -> tuple[torch.Tensor, bool]:
-    delta = 0.7 * w.abs().mean()
-    return torch.where(w.abs() > delta, _sign(w), torch.zeros_like(w)), False
-
-
-def _intk(bits: int) -> CodeFn:
-    qmax = 2 ** (bits - 1) - 1
-
-    def fn(w: torch.Tensor) -> tuple[torch.Tensor, bool]:
-        scale = w.abs().amax(dim=0, keepdim=True).clamp_min(1e-12) / qmax  # (1, q): per channel
-        return torch.clamp(torch.round(w / scale), -qmax, qmax), True
-
-    return fn
-
-
-for _bits in (2, 3, 4, 8):
-    register_codes(f"int{_bits}")(_intk(_bits))
+    The codes come from the scheme's own `Quantizer` (which works on (out, in) weights), so the
+    constrained fit and training quantize by one rule.
+    """
+    quantizer = get_quantizer(scheme)
+    return quantizer.codes(w.T).T.to(w.dtype), bool(quantizer.per_channel)
 
 
 def refit_scales(
@@ -100,7 +61,5 @@ def constrained_solve(
     w, b = gram.solve(ridge)
     if scheme is None or scheme == "none":
         return w, b
-    if scheme not in CODE_FNS:
-        raise KeyError(f"no constrained solver for scheme {scheme!r}")
-    codes, per_channel = CODE_FNS[scheme](w)
+    codes, per_channel = scheme_codes(scheme, w)
     return refit_scales(gram, codes, per_channel)
