@@ -1,6 +1,7 @@
-"""Corpora, tokenizers, token files and the train / validation split."""
+"""Corpora, tokenizers, token files, fixed-length windows and the train / validation split."""
 
 from layerpeel.data.corpus import builtin_corpus, builtin_corpus_files, load_text
+from layerpeel.data.sequences import SequenceDataset, sequence_hash, split_sequences
 from layerpeel.data.tokenizers import (
     BPETokenizer,
     ByteTokenizer,
@@ -9,19 +10,13 @@ from layerpeel.data.tokenizers import (
     load_tokenizer,
     save_tokenizer,
 )
-from layerpeel.data.tokens import (
-    SequenceDataset,
-    prepare_tokens,
-    read_tokens,
-    sequence_hash,
-    split_sequences,
-    write_tokens,
-)
+from layerpeel.data.tokens import TokenFile, prepare_tokens, read_tokens, write_tokens
 
 __all__ = [
     "BPETokenizer",
     "ByteTokenizer",
     "SequenceDataset",
+    "TokenFile",
     "Tokenizer",
     "builtin_corpus",
     "builtin_corpus_files",
