@@ -30,7 +30,7 @@ def ladder(
             ref = solve(
                 ctx.view, i, ctx.fit[i], ctx.fit[j + 1], "block", scheme=scheme, ridge=ridge
             )
-            x = ref(ctx.held[i])
+            x = ctx.view.run_block(ref, ctx.held[i])
             ce = float(ctx.held_ce(j + 1, x, {}).mean())
             rows.append(
                 {

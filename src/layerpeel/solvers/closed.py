@@ -1,8 +1,10 @@
 """Closed-form peel of one transformer block onto a target residual stream.
 
 With the block's own attention patterns held fixed, the attention output is linear in each head's
-value-output map, and given fixed MLP hidden features the MLP output is linear in its output
-projection: both are least-squares problems, solved through streamed Grams (`lstsq.Gram`).
+value-output map, and given fixed MLP hidden features (GELU, or act(gate) * up for a gated MLP)
+the MLP output is linear in its output projection: both are least-squares problems, solved through
+streamed Grams (`lstsq.Gram`). Parallel blocks (the MLP reads the block input) and grouped-query
+attention (heads of one key-value group share a value map) are handled through the `BlockView`.
 For each linear map the solver keeps whichever candidate -- the trained weights, the re-fitted
 output projection, or the joint value-output solution factored back per head -- has the lowest
 squared error on the fit part, so the reference never fits worse than the trained block.
@@ -17,9 +19,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from layerpeel.arch import BlockView, ModelView, effective_weight
+from layerpeel.arch import BlockView, ModelView, WeightSlot
 from layerpeel.solvers.lstsq import DTYPE, Gram
-from layerpeel.solvers.quantized import constrained_solve
+from layerpeel.solvers.quantized import constrained_solve, scheme_codes
 
 log = logging.getLogger(__name__)
 
@@ -35,20 +37,11 @@ class ClosedFormOptions:
     scheme: str | None = None  # quantizer the reference must obey (None = full precision)
 
 
-def _set_linear(linear: nn.Linear, w: torch.Tensor, b: torch.Tensor | None) -> None:
-    """Write a solution w (in, out) and bias (out,) into a Linear (weight (out, in))."""
-    with torch.no_grad():
-        linear.weight.copy_(w.T.to(linear.weight.dtype))
-        if linear.bias is not None and b is not None:
-            linear.bias.copy_(b.to(linear.bias.dtype))
-
-
-def _linear_params(linear: nn.Linear) -> tuple[torch.Tensor, torch.Tensor]:
-    """The (w (in, out), b (out,)) of a Linear, in float64."""
-    w = effective_weight(linear).T.to(DTYPE)
-    bias = getattr(linear, "bias", None)
-    b = bias.detach().to(DTYPE) if bias is not None else torch.zeros(w.shape[1], dtype=DTYPE)
-    return w, b
+def _slot_params(slot: WeightSlot) -> tuple[torch.Tensor, torch.Tensor]:
+    """The (w (in, out), b (out,)) of a slot, in float64 (b = 0 without a bias)."""
+    w, b = slot.get()
+    w = w.to(DTYPE)
+    return w, (b.to(DTYPE) if b is not None else torch.zeros(w.shape[1], dtype=DTYPE))
 
 
 def _batches(x: torch.Tensor, t: torch.Tensor, size: int):
@@ -62,37 +55,62 @@ def _head_mix(patterns: torch.Tensor, xs: torch.Tensor) -> torch.Tensor:
     return (patterns @ xs).transpose(1, 2).reshape(b, t, -1)
 
 
+def _head_values(bv: BlockView, vals: torch.Tensor) -> torch.Tensor:
+    """Values (B,T,H_kv*hd) -> per query head (B,H,T,hd); head h reads key-value group h // rep."""
+    b, t, _ = vals.shape
+    v = vals.view(b, t, bv.kv_heads, bv.head_dim).transpose(1, 2)
+    return v.repeat_interleave(bv.n_head // bv.kv_heads, dim=1)
+
+
+@torch.no_grad()
+def attention_targets(
+    bv: BlockView, x: torch.Tensor, target: torch.Tensor, size: int = 16
+) -> torch.Tensor:
+    """What attention should add, r = target - x - mlp (S,T,C), the MLP at the trained attention."""
+    return torch.cat(
+        [tb - xb - bv.mlp(bv.mlp_residual(xb)) for xb, tb in _batches(x, target, size)]
+    )
+
+
+@torch.no_grad()
+def attention_grams(
+    bv: BlockView, x: torch.Tensor, r_all: torch.Tensor, size: int = 16
+) -> tuple[Gram, Gram]:
+    """The two attention least-squares problems, as Grams, for inputs x and targets r (S,T,C).
+
+    joint: features A_h xn for every head h (H*C) -> r, unknowns the per-head maps W_v^h W_o^h;
+    out: the trained values mixed by the patterns (H*hd) -> r, unknown the output map.
+    """
+    h, hd, c = bv.n_head, bv.head_dim, x.shape[-1]
+    has_bias = bv.out.has_bias
+    g_joint = Gram(h * c, r_all.shape[-1], bias=has_bias)
+    g_out = Gram(h * hd, r_all.shape[-1], bias=has_bias)
+    v_slot = bv.value
+    for xb, rb in _batches(x, r_all, size):
+        xn = bv.attn_norm(xb)
+        a = bv.patterns(xn)  # (B,H,T,T)
+        bsz, t, _ = xb.shape
+        g_joint.update(_head_mix(a, xn[:, None].expand(bsz, h, t, c)), rb)
+        g_out.update(_head_mix(a, _head_values(bv, v_slot(xn))), rb)
+    return g_joint, g_out
+
+
 @torch.no_grad()
 def fit_attention(
     bv: BlockView, x: torch.Tensor, target: torch.Tensor, opts: ClosedFormOptions
 ) -> None:
-    """Re-solve the block's value and output projections so that the block output nears `target`.
+    """Re-solve the block's value and output maps so that the block output nears `target`.
 
     x, target: (S, T, C). The MLP contribution is held at its value on the trained attention.
     """
-    v_lin, out_lin = bv.linear(bv.v_name), bv.linear(bv.out_name)
-    h, hd = bv.n_head, bv.head_dim
-    c = x.shape[-1]
-    has_bias = out_lin.bias is not None
-    g_joint = Gram(h * c, c, bias=has_bias)  # features A_h xn per head -> attention target
-    g_out = Gram(h * hd, c, bias=has_bias)  # trained value mix -> attention target
-    for xb, tb in _batches(x, target, opts.batch):
-        xn = bv.attn_norm(xb)
-        a = bv.patterns(xn)  # (B,H,T,T)
-        x1 = xb + bv.attn(xb)
-        r = tb - xb - bv.mlp(x1)  # what attention should add, MLP held at the trained attention
-        bsz, t, _ = xb.shape
-        xs = xn[:, None].expand(bsz, h, t, c)
-        g_joint.update(_head_mix(a, xs), r)
-        vals = v_lin(xn).view(bsz, t, h, hd).transpose(1, 2)  # (B,H,T,hd)
-        g_out.update(_head_mix(a, vals), r)
-    w0, b0 = _linear_params(out_lin)
+    v_slot, out_slot = bv.value, bv.out
+    r_all = attention_targets(bv, x, target, opts.batch)
+    g_joint, g_out = attention_grams(bv, x, r_all, opts.batch)
+    w0, b0 = _slot_params(out_slot)
     candidates: list[tuple[str, float, Any]] = [("trained", g_out.sse(w0, b0), None)]
     w1, b1 = constrained_solve(g_out, opts.scheme, opts.ridge)
     candidates.append(("out", g_out.sse(w1, b1), (None, (w1, b1))))
-    joint = _joint_value_out(bv, x, target, g_joint, opts)
-    if joint is not None:
-        candidates.append(joint)
+    candidates.append(_joint_value_out(bv, x, r_all, g_joint, opts))
     # a new solution must beat the trained one by more than rounding noise
     margin = 1e-9 * float(g_out.yy)
     name, sse, sol = min(candidates, key=lambda c_: c_[1] + (margin if c_[2] is not None else 0.0))
@@ -101,66 +119,66 @@ def fit_attention(
         return
     v_sol, out_sol = sol
     if v_sol is not None:
-        _set_linear(v_lin, *v_sol)
-    _set_linear(out_lin, *out_sol)
+        v_slot.set(*v_sol)
+    out_slot.set(*out_sol)
+
+
+def factor_value_maps(m: torch.Tensor, bv: BlockView) -> torch.Tensor:
+    """Value map W_v (C, H_kv*hd) from joint per-head maps m (H*C, C_out), by truncated SVD.
+
+    The heads of one key-value group share their value map, so the group's maps are stacked side
+    by side, [M_h1 | M_h2 | ...] (C, rep*C_out), and their best rank-hd factor gives W_v^g.
+    """
+    h, hd, h_kv = bv.n_head, bv.head_dim, bv.kv_heads
+    c = m.shape[0] // h
+    rep = h // h_kv
+    wv = torch.zeros(c, h_kv * hd, dtype=DTYPE)
+    for g in range(h_kv):
+        group = torch.cat([m[(g * rep + j) * c : (g * rep + j + 1) * c] for j in range(rep)], 1)
+        u, s, _ = torch.linalg.svd(group, full_matrices=False)
+        k = min(hd, s.numel())
+        wv[:, g * hd : g * hd + k] = u[:, :k] * s[:k].sqrt()
+    return wv
 
 
 def _joint_value_out(
-    bv: BlockView, x: torch.Tensor, target: torch.Tensor, g_joint: Gram, opts: ClosedFormOptions
+    bv: BlockView, x: torch.Tensor, r_all: torch.Tensor, g_joint: Gram, opts: ClosedFormOptions
 ):
-    """Joint least squares in the per-head maps M_h = W_v^h W_o^h, factored back by truncated SVD.
+    """Joint least squares in the per-head maps M_h = W_v^h W_o^h, factored back per key-value group.
 
-    The output projection is then re-fitted exactly to the new values.
+    The output map is then re-fitted exactly to the new values.
     """
-    v_lin, out_lin = bv.linear(bv.v_name), bv.linear(bv.out_name)
-    h, hd = bv.n_head, bv.head_dim
-    c = x.shape[-1]
+    out_slot = bv.out
     m, _ = g_joint.solve(opts.ridge)  # (H*C, C)
-    wv = torch.zeros(c, h * hd, dtype=DTYPE)  # value map, (in C, out H*hd)
-    for i in range(h):
-        u, s, vt = torch.linalg.svd(m[i * c : (i + 1) * c], full_matrices=False)
-        wv[:, i * hd : (i + 1) * hd] = u[:, :hd] * s[:hd].sqrt()
-    bv_zero = torch.zeros(h * hd, dtype=DTYPE)
+    wv = factor_value_maps(m, bv)
     if opts.scheme not in (None, "none"):
         # the value map has no target of its own: quantize with the scheme's codes, scale by l1 mean
-        from layerpeel.solvers.quantized import scheme_codes
-
-        codes, per_channel = scheme_codes(opts.scheme, wv)
+        codes, per_channel = scheme_codes(str(opts.scheme), wv)
         denom = codes.abs().sum(0 if per_channel else None).clamp_min(1)
         scale = (wv.abs() * codes.abs()).sum(0 if per_channel else None) / denom
         wv = codes * scale
-    old_w, old_b = _linear_params(v_lin)
-    _set_linear(v_lin, wv, bv_zero)
-    has_bias = out_lin.bias is not None
-    g2 = Gram(h * hd, c, bias=has_bias)
-    with torch.no_grad():
-        for xb, tb in _batches(x, target, opts.batch):
-            xn = bv.attn_norm(xb)
-            a = bv.patterns(xn)
-            _set_linear(v_lin, old_w, old_b)  # the MLP term is held at the trained attention
-            x1 = xb + bv.attn(xb)
-            r = tb - xb - bv.mlp(x1)
-            _set_linear(v_lin, wv, bv_zero)
-            bsz, t, _ = xb.shape
-            vals = v_lin(xn).view(bsz, t, h, hd).transpose(1, 2)
-            g2.update(_head_mix(a, vals), r)
-    _set_linear(v_lin, old_w, old_b)
+    bv_zero = torch.zeros(wv.shape[1], dtype=DTYPE)
+    g2 = Gram(bv.n_head * bv.head_dim, r_all.shape[-1], bias=out_slot.has_bias)
+    for xb, rb in _batches(x, r_all, opts.batch):
+        xn = bv.attn_norm(xb)
+        vals = xn @ wv.to(xn.dtype)  # (B,T,H_kv*hd), no value bias
+        g2.update(_head_mix(bv.patterns(xn), _head_values(bv, vals)), rb)
     w2, b2 = constrained_solve(g2, opts.scheme, opts.ridge)
     return ("value-out", g2.sse(w2, b2), ((wv, bv_zero), (w2, b2)))
 
 
 @torch.no_grad()
 def fit_mlp(bv: BlockView, x: torch.Tensor, target: torch.Tensor, opts: ClosedFormOptions) -> None:
-    """Re-solve the MLP output projection so that the block output nears `target` (S, T, C)."""
-    proj = bv.linear(bv.proj_name)
-    g = Gram(proj.in_features, proj.out_features, bias=proj.bias is not None)
+    """Re-solve the MLP output map so that the block output nears `target` (S, T, C)."""
+    proj = bv.proj
+    g = Gram(proj.in_features, proj.out_features, bias=proj.has_bias)
     for xb, tb in _batches(x, target, opts.batch):
-        x1 = xb + bv.attn(xb)
-        g.update(bv.mlp_hidden(bv.mlp_norm(x1)), tb - x1)
-    w0, b0 = _linear_params(proj)
+        base = xb + bv.attn(xb)
+        g.update(bv.mlp_hidden(bv.mlp_norm(bv.mlp_residual(xb))), tb - base)
+    w0, b0 = _slot_params(proj)
     w1, b1 = constrained_solve(g, opts.scheme, opts.ridge)
     if g.sse(w1, b1) < g.sse(w0, b0) - 1e-9 * float(g.yy):
-        _set_linear(proj, w1, b1)
+        proj.set(w1, b1)
 
 
 def peel_block(
