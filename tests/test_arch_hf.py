@@ -9,12 +9,7 @@ from hf_models import ARCHS, VOCAB, tiny_model
 from layerpeel.arch import ARCHITECTURES, model_view
 from layerpeel.capture import hooks, residual_stream
 from layerpeel.errors import ConfigError
-from layerpeel.solvers.closed import (
-    ClosedFormOptions,
-    attention_grams,
-    attention_targets,
-    peel_block,
-)
+from layerpeel.solvers.closed import BlockProblem, ClosedFormOptions, peel_block
 
 # module names the tests read directly (independent of layerpeel.arch_hf's table)
 ATTN = {
@@ -169,12 +164,11 @@ def test_closed_form_solves_match_lstsq_on_the_materialised_problem(arch):
     bv = view.block_view(view.reference_copy(0))
     bias_attn = bv.out.has_bias
     # attention: both Grams against lstsq on the features the model itself computed
-    r_view = attention_targets(bv, x, target)
-    torch.testing.assert_close(r_view.reshape(r.shape), r)
-    g_joint, g_out = attention_grams(bv, x, r_view)
-    for g, feats in ((g_joint, joint), (g_out, mixed)):
+    problem = BlockProblem(view, 0, x, [target], ClosedFormOptions(ridge=0.0))
+    g_joint, g_out = problem.attention_grams((1.0,))
+    for g, feats, bias in ((g_joint, joint, True), (g_out, mixed, bias_attn)):
         w, b = g.solve(0.0)
-        expected, _ = lstsq_predictions(feats, r, bias_attn)
+        expected, _ = lstsq_predictions(feats, r, bias)
         # normal equations square the condition number: agree to 1e-6 of the target's scale
         torch.testing.assert_close(
             feats @ w + b, expected, rtol=0, atol=1e-6 * float(r.abs().max())
