@@ -143,7 +143,9 @@ def test_every_reported_reference_ce_equals_the_substituted_model_run_afresh(sch
 
 def test_quantized_references_stay_in_the_value_set():
     model = _model("ternary", seed=6)
-    mset = monitoring_set(torch.randint(0, 64, (16, 17), generator=torch.Generator().manual_seed(7)))
+    mset = monitoring_set(
+        torch.randint(0, 64, (16, 17), generator=torch.Generator().manual_seed(7))
+    )
     cfg = PeelConfig(n_boot=20, ladder=False, cascade=False)
     report = peel(model, mset, cfg, keep_references=True)
     for (_i, _part), ref in report.references["p1"].items():

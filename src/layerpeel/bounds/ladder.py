@@ -42,7 +42,7 @@ def ladder(
             ref = problem.solve("block", coef, scheme)
             if keep is not None:
                 keep[(i, j)] = ref
-            x = ref(ctx.held[i])
+            x = ctx.view.run_block(ref, ctx.held[i])
             ce = float(ctx.held_ce(j + 1, x, {}).mean())
             rows.append(
                 {
