@@ -192,7 +192,7 @@ class BlockProblem:
         w0, b0 = _slot_params(self.bv.out)
         sse0 = _partial_sse(g_out, w0, b0)
         candidates: list[tuple[str, float, object]] = [("trained", sse0, None)]
-        w1, b1 = constrained_solve(g_out, scheme, self.opts.ridge)
+        w1, b1 = constrained_solve(g_out, scheme, self.opts.ridge, start=w0)
         candidates.append(("out", _partial_sse(g_out, w1, b1), (self.v_trained, (w1, b1))))
         m, _ = joint.solve(self.opts.ridge)  # (H*C, C)
         wv = factor_value_maps(m, self.bv)  # (C, H_kv*hd)
@@ -251,7 +251,7 @@ class BlockProblem:
                 g = _combine(self._mlp_gram(ref), k, self.c)
             proj = bv.proj
             w0, b0 = _slot_params(proj)
-            w1, b1 = constrained_solve(g, scheme, self.opts.ridge)
+            w1, b1 = constrained_solve(g, scheme, self.opts.ridge, start=w0)
             sse0 = _partial_sse(g, w0, b0)
             if _partial_sse(g, w1, b1) < sse0 - MARGIN * abs(sse0):
                 proj.set(w1, b1)

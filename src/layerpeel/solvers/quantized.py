@@ -54,12 +54,33 @@ def refit_scales(
     return weight, bias
 
 
+STEPS = (0.125, 0.25, 0.5, 1.0)  # fractions of the way from the trained to the free solution
+
+
 def constrained_solve(
-    gram: Gram, scheme: str | None, ridge: float = 1e-6
+    gram: Gram,
+    scheme: str | None,
+    ridge: float = 1e-6,
+    start: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Least squares, then (for a quantized scheme) codes of the solution with exact scale re-fit."""
+    """Least squares, then (for a quantized scheme) codes of the solution with exact scale re-fit.
+
+    Quantizing the free solution in one go can land far from where the trained weights `start`
+    (p, q) are, and fit worse than they do. With `start` given, the codes of each point
+    start + t (free - start), t in `STEPS`, are tried (each with its exact scales) and the one
+    with the least squared error is returned.
+    """
     w, b = gram.solve(ridge)
     if scheme is None or scheme == "none":
         return w, b
-    codes, per_channel = scheme_codes(scheme, w)
-    return refit_scales(gram, codes, per_channel)
+    points = [w] if start is None else [start + t * (w - start) for t in STEPS]
+    best: tuple[torch.Tensor, torch.Tensor] | None = None
+    best_sse = float("inf")
+    for point in points:
+        codes, per_channel = scheme_codes(scheme, point)
+        cand = refit_scales(gram, codes, per_channel)
+        sse = gram.sse(*cand)
+        if sse < best_sse:
+            best, best_sse = cand, sse
+    assert best is not None
+    return best
