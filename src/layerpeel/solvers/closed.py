@@ -31,7 +31,7 @@ from torch import nn
 
 from layerpeel.arch import BlockView, ModelView, WeightSlot
 from layerpeel.solvers.lstsq import DTYPE, Gram
-from layerpeel.solvers.quantized import constrained_solve, scheme_codes
+from layerpeel.solvers.quantized import constrained_solve, project_weight
 
 log = logging.getLogger(__name__)
 
@@ -197,10 +197,7 @@ class BlockProblem:
         m, _ = joint.solve(self.opts.ridge)  # (H*C, C)
         wv = factor_value_maps(m, self.bv)  # (C, H_kv*hd)
         if scheme not in (None, "none"):
-            # the value map has no target of its own: the scheme's codes, scaled by the l1 mean
-            codes, per_channel = scheme_codes(str(scheme), wv)
-            denom = codes.abs().sum(0 if per_channel else None).clamp_min(1)
-            wv = codes * (wv.abs() * codes.abs()).sum(0 if per_channel else None) / denom
+            wv = project_weight(wv, str(scheme))  # the value map has no target of its own
         bv_zero = torch.zeros(wv.shape[1], dtype=DTYPE)
         g2 = self._value_gram(wv, bv_zero, joint)
         w2, b2 = constrained_solve(g2, scheme, self.opts.ridge)
