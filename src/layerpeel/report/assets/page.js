@@ -97,7 +97,8 @@
     var c = data.cloud;
     if (!c) {
       return section("cloud", "YES cloud",
-        note(data.kind === "empty" ? "No analysis yet." :
+        note(data.kind === "empty" ? "No analysis yet." + (data.progress.last_step === null ? "" :
+          " Training has logged up to step " + data.progress.last_step + " (" + data.progress.metrics_lines + " lines in metrics.jsonl).") :
           "No YES-cloud data: the analyses hold no cascade (P3)."));
     }
     var W = 820, H = 340, L = 64, R = 16, T = 14, B = 44;
