@@ -6,7 +6,6 @@ import urllib.error
 import urllib.request
 
 import pytest
-from report_runs import analysed_run, analysis_event, write_analysis
 
 from layerpeel.cli import main
 from layerpeel.errors import LayerpeelError
@@ -17,6 +16,7 @@ from layerpeel.report.payload import build_payload
 from layerpeel.report.reader import JsonlFollower
 from layerpeel.report.results import RunReader, read_results
 from layerpeel.report.server import Dashboard
+from report_runs import analysed_run, analysis_event, write_analysis
 
 SEVERITY = {"green": 1, "yellow": 2, "red": 3}
 

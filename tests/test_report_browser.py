@@ -5,34 +5,28 @@ installs Chromium where it can. Screenshots are written to each test's tmp_path.
 """
 
 import json
-import os
 import shutil
 
 import pytest
-from report_runs import analysed_run, analysis_event
 
+from layerpeel.report.chromium import CHROMIUM_ARGS, find_chromium
 from layerpeel.report.html import write_report
 from layerpeel.report.payload import LAYER, WHOLE_MODEL
 from layerpeel.report.server import Dashboard
+from report_runs import TINY, analysed_run, analysis_event
 
-# Debian's chromium in a closed network: no sandbox (root in containers), nothing in the background.
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 SEVERITY = {"green": 1, "yellow": 2, "red": 3}
-
-
-def chromium_path():
-    return os.environ.get("LAYERPEEL_CHROMIUM") or shutil.which("chromium") or shutil.which(
-        "chromium-browser"
-    )
+# [block, column, "rgb(...)"] of the pixel just inside the top-left corner of every heatmap cell
+CELL_COLOURS = """([n, rows]) => {
+  const canvas = document.getElementById("heatmap-canvas");
+  const [cw, ch, left, top] = document.getElementById("heatmap").dataset.cell.split(" ").map(Number);
+  const ratio = canvas.width / canvas.clientWidth, g = canvas.getContext("2d"), out = [];
+  for (let b = 0; b < rows; b++) for (let c = 0; c < n; c++) {
+    const p = g.getImageData(Math.round((left + c * cw + 2) * ratio), Math.round((top + b * ch + 2) * ratio), 1, 1).data;
+    out.push([b, c, `rgb(${p[0]}, ${p[1]}, ${p[2]})`]);
+  }
+  return out;
+}"""
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +35,7 @@ def browser():
         from playwright.sync_api import sync_playwright
     except ImportError:
         pytest.skip("browser tests need the `playwright` package (pip install -e '.[dev]')")
-    exe = chromium_path()
+    exe = find_chromium()
     if exe is None:
         pytest.skip(
             "browser tests need Chromium: `apt-get install chromium` (make test tries it) or set "
@@ -129,29 +123,19 @@ def test_report_offline_colours_words_and_sorting(browser, real_run, tmp_path):
         assert float(row.locator("td[data-key=gap]").inner_text()) == pytest.approx(
             want["gap"], abs=5e-5
         )
-    # the heatmap (whole blocks): the verdict of every cell, checkpoint by checkpoint
-    cells = page.eval_on_selector_all(
-        "#heatmap rect.cell",
-        "els => els.map(e => [+e.dataset.block, +e.dataset.col, e.dataset.verdict, e.getAttribute('fill')])",
-    )
-    want_cells = {
-        (r["block"], col): r["verdict"]
-        for col, s in enumerate(steps)
-        for r in reports[s]["layers"]
-        if r["part"] == "block"
-    }
-    assert {(b, c): v for b, c, v, _ in cells} == want_cells
-    assert all(fill.lower() == LAYER[v]["colour"] for _, _, v, fill in cells)
-    page.click("#heatmap button[data-part=mlp]")
-    cells = page.eval_on_selector_all(
-        "#heatmap rect.cell", "els => els.map(e => [+e.dataset.block, +e.dataset.col, e.dataset.verdict])"
-    )
-    assert {(b, c): v for b, c, v in cells} == {
-        (r["block"], col): r["verdict"]
-        for col, s in enumerate(steps)
-        for r in reports[s]["layers"]
-        if r["part"] == "mlp"
-    }
+    # the heatmap (a canvas): the colour of every cell, read back from its pixels, is the colour
+    # of the verdict in the JSON, checkpoint by checkpoint, for whole blocks and for MLPs
+    for part in ("block", "mlp"):
+        page.click(f"#heatmap button[data-part={part}]")
+        assert page.get_attribute("#heatmap-canvas", "data-part") == part
+        want = {
+            (r["block"], col): rgb(LAYER[r["verdict"]]["colour"])
+            for col, s in enumerate(steps)
+            for r in reports[s]["layers"]
+            if r["part"] == part
+        }
+        got = page.evaluate(CELL_COLOURS, [len(steps), TINY.n_layer])
+        assert {(b, c): colour for b, c, colour in got} == want
 
     # sorting by clicking a header: ascending, then descending; verdicts by severity
     def column(key):
@@ -161,7 +145,9 @@ def test_report_offline_colours_words_and_sorting(browser, real_run, tmp_path):
 
     page.click("#layer-table th[data-key=gap]")
     gaps = [float(v) for v in column("gap")]
-    assert gaps == sorted(gaps) and page.get_attribute("th[data-key=gap]", "aria-sort") == "ascending"
+    assert (
+        gaps == sorted(gaps) and page.get_attribute("th[data-key=gap]", "aria-sort") == "ascending"
+    )
     page.click("#layer-table th[data-key=gap]")
     gaps = [float(v) for v in column("gap")]
     assert gaps == sorted(gaps, reverse=True)
@@ -207,7 +193,9 @@ def test_report_of_bad_input_renders_and_names_what_it_skipped(browser, real_run
 def test_dashboard_picks_up_an_appended_line(browser, real_run, tmp_path):
     run, reports = real_run
     live = tmp_path / "live"
-    shutil.copytree(run, live, ignore=shutil.ignore_patterns("checkpoints", "analysis", "monitor.jsonl"))
+    shutil.copytree(
+        run, live, ignore=shutil.ignore_patterns("checkpoints", "analysis", "monitor.jsonl")
+    )
     dash = Dashboard(live, port=0).start()
     try:
         view = Page(browser)

@@ -193,6 +193,20 @@
   }
 
   // ------------------------------------------------------------------ heatmap
+  // The legend's symbols added to the current path of p (a 2D context) centred on (x, y), half-size r: \u2716 cross,
+  // \u25B2 triangle, \u2714 tick, ? for no verdict, a dot for a cell not analysed.
+  function glyph(p, v, x, y, r) {
+    if (v === "red") { p.moveTo(x - r, y - r); p.lineTo(x + r, y + r); p.moveTo(x + r, y - r); p.lineTo(x - r, y + r); }
+    else if (v === "yellow") { p.moveTo(x, y - r); p.lineTo(x + r, y + 0.8 * r); p.lineTo(x - r, y + 0.8 * r); p.closePath(); }
+    else if (v === "green") { p.moveTo(x - r, y); p.lineTo(x - 0.3 * r, y + 0.7 * r); p.lineTo(x + r, y - 0.8 * r); }
+    else if (v === "missing") { p.rect(x - 0.2 * r, y - 0.2 * r, 0.4 * r, 0.4 * r); }
+    else {
+      p.moveTo(x - 0.5 * r, y - 0.5 * r); p.quadraticCurveTo(x, y - 1.3 * r, x + 0.5 * r, y - 0.5 * r);
+      p.quadraticCurveTo(x + 0.5 * r, y, x, y + 0.2 * r); p.lineTo(x, y + 0.4 * r);
+      p.moveTo(x, y + 0.8 * r); p.lineTo(x, y + r);
+    }
+  }
+
   function heatmap(data) {
     var hm = data.heatmap;
     if (!hm) {
@@ -207,38 +221,63 @@
     var L = 70, T = 30, W = L + n * cw + 8, H = T + rows * ch + 8;
     var showGap = cw >= 56;
     var labelEvery = Math.max(1, Math.ceil(44 / cw));
-    var out = ['<svg xmlns="' + SVGNS + '" width="' + W + '" height="' + H + '" viewBox="0 0 ' + W + " " + H +
-      '" role="img" aria-label="gap verdict of each ' + esc(part) + ' (rows) at each checkpoint (columns)">'];
-    for (var col = 0; col < n; col += labelEvery) {
-      out.push('<text x="' + (L + col * cw + cw / 2) + '" y="' + (T - 8) + '" text-anchor="middle" font-size="10">' + hm.steps[col] + "</text>");
-    }
-    var fs = Math.min(cw, ch) * 0.62;
+    // Drawn on a canvas: 500 checkpoints x 48 blocks are 24,000 cells, too many DOM nodes.
+    var box = h("div", { "class": "scroll", id: "heatmap-box" });
+    var canvas = h("canvas", { id: "heatmap-canvas", role: "img", "data-part": part,
+      "aria-label": "gap verdict of each " + part + " (rows) at each checkpoint (columns); the table below lists the latest values" });
+    var ratio = window.devicePixelRatio || 1;
+    canvas.width = Math.ceil(W * ratio); canvas.height = Math.ceil(H * ratio);
+    canvas.style.width = W + "px"; canvas.style.height = H + "px";
+    box.appendChild(canvas);
+    var g = canvas.getContext("2d");
+    g.scale(ratio, ratio);
+    g.fillStyle = "#fff"; g.fillRect(0, 0, W, H);
+    g.fillStyle = "#1d1d1f"; g.font = "10px system-ui, sans-serif"; g.textAlign = "center";
+    for (var col = 0; col < n; col += labelEvery) g.fillText(String(hm.steps[col]), L + col * cw + cw / 2, T - 8);
+    g.textAlign = "right"; g.font = "11px system-ui, sans-serif";
+    var r = Math.min(cw, ch) * 0.26;  // half the size of a drawn symbol
+    // Each verdict's cell (colour and symbol) is drawn once on a small canvas, then copied into
+    // every cell with that verdict: 24,000 copies take a few tens of ms, 24,000 paths far longer.
+    var sprites = {};
+    ["red", "yellow", "green", "unknown", "missing"].forEach(function (v) {
+      var sp = document.createElement("canvas");
+      sp.width = Math.ceil(cw * ratio); sp.height = Math.ceil(ch * ratio);
+      var q = sp.getContext("2d");
+      q.scale(ratio, ratio);
+      q.fillStyle = leg[v] ? leg[v].colour : "#f0f0f0";
+      q.fillRect(0, 0, cw - 1, ch - 1);
+      if (!showGap) {
+        var ink = v === "yellow" || v === "missing" ? "#000" : "#fff";
+        q.lineCap = "round"; q.lineJoin = "round"; q.lineWidth = Math.max(1.2, r / 2.5);
+        q.beginPath();
+        glyph(q, v, cw / 2, ch / 2, r);
+        q.strokeStyle = ink; q.stroke();
+        if (v === "yellow" || v === "missing") { q.fillStyle = ink; q.fill(); }
+      }
+      sprites[v] = sp;
+    });
     for (var b = 0; b < rows; b++) {
-      var y = T + b * ch;
-      out.push('<text x="' + (L - 6) + '" y="' + (y + ch / 2 + 4) + '" text-anchor="end" font-size="11">block ' + b + "</text>");
-      var line = hm.verdict[part][b], gaps = hm.gap[part][b];
+      var y = T + b * ch, line = hm.verdict[part][b], gaps = hm.gap[part][b];
+      g.fillStyle = "#1d1d1f"; g.textAlign = "right";
+      g.fillText("block " + b, L - 6, y + ch / 2 + 4);
       for (var c = 0; c < n; c++) {
         var v = codes[line.charAt(c)], x = L + c * cw;
-        var d = leg[v] || { colour: "#f0f0f0", symbol: "\u00b7" };
-        out.push('<rect class="cell" data-verdict="' + v + '" data-block="' + b + '" data-col="' + c +
-          '" x="' + x + '" y="' + y + '" width="' + (cw - 1) + '" height="' + (ch - 1) + '" fill="' + d.colour + '"/>');
-        var fill = v === "yellow" || v === "missing" ? "#000" : "#fff";
-        var label = showGap && gaps[c] !== null ? d.symbol + " " + Number(gaps[c]).toFixed(3) : d.symbol;
-        out.push('<text x="' + (x + cw / 2) + '" y="' + (y + ch / 2 + fs * 0.35) + '" text-anchor="middle" font-size="' +
-          (showGap ? 11 : fs.toFixed(1)) + '" fill="' + fill + '" pointer-events="none">' + esc(label) + "</text>");
+        g.drawImage(sprites[v], x, y, cw, ch);
+        if (showGap) {
+          var d = leg[v] || { symbol: "\u00b7" };
+          g.fillStyle = v === "yellow" || v === "missing" ? "#000" : "#fff"; g.textAlign = "center";
+          g.fillText(gaps[c] !== null ? d.symbol + " " + Number(gaps[c]).toFixed(3) : d.symbol, x + cw / 2, y + ch / 2 + 4);
+        }
       }
     }
-    out.push("</svg>");
-    var box = h("div", { "class": "scroll", id: "heatmap-box" });
-    box.innerHTML = out.join("");
     var tip = document.getElementById("tooltip");
     box.addEventListener("mousemove", function (ev) {
-      var t = ev.target;
-      if (!t.classList || !t.classList.contains("cell")) { tip.style.display = "none"; return; }
-      var bi = +t.getAttribute("data-block"), ci = +t.getAttribute("data-col"), v = t.getAttribute("data-verdict");
-      var g = hm.gap[part][bi][ci];
+      var rect = canvas.getBoundingClientRect();
+      var ci = Math.floor((ev.clientX - rect.left - L) / cw), bi = Math.floor((ev.clientY - rect.top - T) / ch);
+      if (ci < 0 || ci >= n || bi < 0 || bi >= rows) { tip.style.display = "none"; return; }
+      var v = codes[hm.verdict[part][bi].charAt(ci)];
       tip.textContent = "step " + hm.steps[ci] + ", block " + bi + (part === "block" ? "" : " " + part) + ": " +
-        (v === "missing" ? "not analysed" : "gap " + num(g, 4) + " nats, " + (leg[v] || leg.unknown).word);
+        (v === "missing" ? "not analysed" : "gap " + num(hm.gap[part][bi][ci], 4) + " nats, " + (leg[v] || leg.unknown).word);
       tip.style.display = "block";
       tip.style.left = ev.clientX + 12 + "px";
       tip.style.top = ev.clientY + 12 + "px";
@@ -248,7 +287,7 @@
       hm.parts.map(function (p) {
         var btn = h("button", { type: "button", "aria-pressed": p === part ? "true" : "false", "data-part": p },
           p === "block" ? "whole block" : p);
-        btn.addEventListener("click", function () { state.part = p; redraw(); });
+        btn.addEventListener("click", function () { state.part = p; replace(heatmap(current)); });
         return btn;
       }));
     var legend = h("ul", { "class": "legend" },
@@ -256,9 +295,12 @@
         return h("li", null, h("span", { "class": "swatch", style: "background:" + leg[v].colour }, leg[v].symbol), leg[v].word);
       }),
       h("li", null, h("span", { "class": "swatch", style: "background:#f0f0f0" }, "\u00b7"), "not analysed at that step"));
-    return section("heatmap", "Layer gaps by checkpoint",
+    var node = section("heatmap", "Layer gaps by checkpoint",
       note("P1 gap of each block (rows) at each analysed checkpoint (columns), with its verdict. " +
         "Hover a cell for the gap in nats."), tabs, box, legend);
+    // cell geometry for whoever reads pixels back (the browser tests): width, height, left, top
+    node.setAttribute("data-cell", [cw, ch, L, T].join(" "));
+    return node;
   }
 
   // ------------------------------------------------------------------ table
@@ -307,7 +349,7 @@
       function go() {
         state.sortDir = state.sortKey === col.key ? -state.sortDir : 1;
         state.sortKey = col.key;
-        redraw();
+        replace(layerTable(current));
       }
       th.addEventListener("click", go);
       th.addEventListener("keydown", function (ev) { if (ev.key === "Enter" || ev.key === " ") { ev.preventDefault(); go(); } });
@@ -405,6 +447,14 @@
 
   // ------------------------------------------------------------------ page
   var current = null;
+  function replace(node) {
+    var old = document.getElementById(node.id);
+    var box = old && old.querySelector(".scroll");
+    var scroll = box ? box.scrollLeft : 0;
+    old.replaceWith(node);
+    box = node.querySelector(".scroll");
+    if (box) box.scrollLeft = scroll;
+  }
   function redraw() {
     var box = document.getElementById("heatmap-box");
     var scroll = box ? box.scrollLeft : 0;
