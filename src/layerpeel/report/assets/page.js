@@ -185,7 +185,7 @@
       h("li", null, "\u2014 black: " + (data.kind === "mlp" ? "training loss" : "trained model on the held-out monitoring tokens")),
       h("li", null, "\u2014 dark red: YES-0; dark green: YES-" + k + (k > 1 ? "; dashed: YES-1..YES-" + (k - 1) : "")),
       curve ? h("li", null, "\u2014 grey: training-batch loss from metrics.jsonl (context; not what the bounds are compared with)" +
-        (curve.stride > 1 ? ", every " + curve.stride + "th logged step" : "")) : null);
+        (curve.stride > 1 ? ", one in every " + curve.stride + " logged steps" : "")) : null);
     var text = data.kind === "mlp" ?
       "Training loss of the MLP against its YES bounds, in dB, as recorded at each check." :
       "Whole-model YES verdict at each analysed checkpoint (P3 cascade): the trained model's held-out cross-entropy against YES-0 and YES-" + k + ", plotted in dB (10 log10 of the loss in nats). Each checkpoint's own bounds, as recorded.";
