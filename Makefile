@@ -25,6 +25,8 @@ venv: $(STAMP)
 
 demo: $(STAMP)
 	$(BIN)/layerpeel demo --out $(DEMO_DIR)
+	$(BIN)/layerpeel analyze $(DEMO_DIR)
+	$(BIN)/layerpeel report $(DEMO_DIR)
 	$(BIN)/layerpeel report $(DEMO_DIR)
 
 lint: $(STAMP)
