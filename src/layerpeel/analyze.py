@@ -43,7 +43,7 @@ class PeelConfig(ConfigBase):
     yellow: float = 0.005  # a gap is yellow when it exceeds this (nats/token)
     etas: tuple[float, ...] = (0.0, 0.01, 0.03, 0.1, 0.3)  # target-propagation steps, relative
     search_sequences: int = 64  # fit sequences for the eta line search
-    ridge: float = 1e-6  # ridge of closed-form solves, relative to feature energy
+    ridge: float = 1e-3  # ridge of closed-form solves, relative to feature energy (see docs)
     adam_steps: int = 200  # steps of the Adam solver
     adam_lr: float = 1e-3  # learning rate of the Adam solver
     n_boot: int = 1000  # bootstrap resamples

@@ -63,7 +63,7 @@ def final_target(
     ctx: PeelContext,
     final: str,
     scheme: str | None,
-    ridge: float = 1e-6,
+    ridge: float = 1e-3,
     search_sequences: int = 64,
 ) -> tuple[torch.Tensor, float]:
     """The cascade's final target on the fit part and its preimage weight alpha."""
@@ -99,7 +99,7 @@ def cascade(
     scheme: str | None,
     max_anchors: int | None = None,
     final: str = "preimage",
-    ridge: float = 1e-6,
+    ridge: float = 1e-3,
     progress: Any = None,
     keep: dict[Any, Any] | None = None,
 ) -> dict[str, Any]:

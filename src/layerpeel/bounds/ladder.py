@@ -20,7 +20,7 @@ from layerpeel.solvers.closed import BlockProblem, ClosedFormOptions
 def ladder(
     ctx: PeelContext,
     scheme: str | None,
-    ridge: float = 1e-6,
+    ridge: float = 1e-3,
     progress: Any = None,
     keep: dict[Any, Any] | None = None,
 ) -> list[dict[str, Any]]:

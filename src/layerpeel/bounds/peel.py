@@ -30,7 +30,7 @@ class GapOptions:
     solver: str = "closed"  # "closed" (target propagation + closed form) or "adam"
     etas: tuple[float, ...] = (0.0, 0.01, 0.03, 0.1, 0.3)  # steps, relative to rms(G) / rms(grad)
     search_sequences: int = 64  # fit sequences for the eta line search (half fit, half score)
-    ridge: float = 1e-6  # ridge of the closed-form solves
+    ridge: float = 1e-3  # ridge of the closed-form solves, relative
     adam_steps: int = 200  # steps of the Adam solver
     adam_lr: float = 1e-3  # learning rate of the Adam solver
     n_boot: int = 1000  # bootstrap resamples of held-out sequences

@@ -45,7 +45,7 @@ MARGIN = 1e-9
 class ClosedFormOptions:
     """Settings of the closed-form block solver."""
 
-    ridge: float = 1e-6  # ridge relative to the mean feature energy
+    ridge: float = 1e-3  # ridge relative to the mean feature energy
     batch: int = 16  # sequences per streamed batch
     scheme: str | None = None  # quantizer the reference must obey (None = full precision)
 
