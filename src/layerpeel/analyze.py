@@ -48,7 +48,7 @@ class PeelConfig(ConfigBase):
     adam_lr: float = 1e-3  # learning rate of the Adam solver
     n_boot: int = 1000  # bootstrap resamples
     batch: int = 16  # sequences per forward batch
-    budget_mb: int = 2048  # memory budget for cached activations
+    budget_mb: float = 2048  # memory budget for cached activations (MiB)
     seed: int = 0  # seed of bootstrap and Adam batches
 
     def validate(self) -> None:
@@ -59,8 +59,10 @@ class PeelConfig(ConfigBase):
             raise ConfigError(f"unknown part(s) {sorted(bad)}; known: block, attn, mlp")
         if self.cascade_target not in ("preimage", "trained"):
             raise ConfigError("cascade_target must be 'preimage' or 'trained'")
-        if self.budget_mb < 1 or self.batch < 1 or self.n_boot < 1:
-            raise ConfigError("budget_mb, batch and n_boot must be positive")
+        if not self.budget_mb > 0:
+            raise ConfigError(f"the memory budget must be positive, got {self.budget_mb} MiB")
+        if self.batch < 1 or self.n_boot < 1:
+            raise ConfigError("batch and n_boot must be positive")
 
 
 class _ModelState:
@@ -109,7 +111,7 @@ def peel(
     keep = refs if keep_references else {"p1": None, "p2": None, "p3": None}
     with _ModelState(model):
         t0 = time.perf_counter()
-        ctx = build_context(view, data, cfg.batch, cfg.budget_mb * 2**20)
+        ctx = build_context(view, data, cfg.batch, int(cfg.budget_mb * 2**20))
         timings["capture"] = time.perf_counter() - t0
         opts = GapOptions(
             solver=cfg.solver,

@@ -62,7 +62,7 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     )
     p.add_argument("--yellow", type=float, default=d.yellow, help="yellow when a gap exceeds this")
     p.add_argument(
-        "--budget-mb", type=int, default=d.budget_mb, help="memory budget of cached activations"
+        "--budget-mb", type=float, default=d.budget_mb, help="memory budget of cached activations"
     )
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument(

@@ -1,0 +1,114 @@
+"""`layerpeel analyze`: the JSON it writes, the table it prints, and every bad input it refuses."""
+
+import json
+
+import pytest
+
+from layerpeel.checkpoint import list_checkpoints
+from layerpeel.cli import main
+from layerpeel.models import GPTConfig
+from layerpeel.quant import QuantConfig
+from layerpeel.train import TrainConfig, Trainer
+
+TINY = GPTConfig(vocab_size=256, n_layer=2, n_head=2, d_model=32, block_size=16)
+FAST = ["--tokens", "256", "--no-progress", "--no-ladder"]
+
+
+@pytest.fixture
+def run_dir(tmp_path, tiny_corpus):
+    cfg = TrainConfig(
+        data=str(tiny_corpus),
+        max_steps=8,
+        batch_size=4,
+        lr=1e-2,
+        warmup_steps=2,
+        eval_every=4,
+        eval_sequences=8,
+        log_every=2,
+        checkpoint_every=4,
+    )
+    Trainer.create(tmp_path / "run", TINY, QuantConfig(scheme="ternary"), cfg).fit()
+    return tmp_path / "run"
+
+
+def cli(*args):
+    return main([str(a) for a in args])
+
+
+def test_analyze_writes_the_report_and_prints_the_table(run_dir, tmp_path, capsys):
+    out = tmp_path / "r.json"
+    assert cli("analyze", run_dir, "--json", out, *FAST) == 0
+    text = capsys.readouterr().out
+    data = json.loads(out.read_text())
+    assert json.loads((run_dir / "analysis" / "step-000008.json").read_text()) == data
+    assert data["model"]["step"] == 8 and data["model"]["quant"] == "ternary"
+    assert len(data["layers"]) == 2 * 3
+    for row in data["layers"]:
+        assert row["verdict"] in ("green", "yellow", "red")
+        assert row["verdict"] in text  # the word is printed with each row, colour or not
+        assert row["ci_low"] <= row["gap"] <= row["ci_high"]
+        assert {"opt_part", "quant_part"} <= set(row)
+    assert "\033[" not in text  # no colour codes when stdout is not a terminal
+    assert data["cascade"]["verdict"] in ("green", "yellow", "red")
+
+
+def test_an_older_checkpoint_is_analysed_as_itself(run_dir, capsys):
+    first = list_checkpoints(run_dir / "checkpoints")[0]
+    assert cli("analyze", first, *FAST, "--no-cascade") == 0
+    data = json.loads((run_dir / "analysis" / "step-000004.json").read_text())
+    assert data["model"]["step"] == 4 and data["cascade"] is None
+
+
+def test_fail_on_red_sets_the_exit_code(run_dir, capsys):
+    # a red threshold below any possible interval end makes every row red
+    code = cli("analyze", run_dir, *FAST, "--no-cascade", "--red=-1e9", "--fail-on", "red")
+    assert code == 1
+    assert "red" in capsys.readouterr().out
+
+
+def _one_line_error(capsys, needle):
+    err = capsys.readouterr().err
+    assert err.startswith("layerpeel: error:") and err.count("\n") == 1, err
+    assert needle in err, err
+    assert "Traceback" not in err
+
+
+def test_bad_inputs_exit_2_with_one_line_and_no_json(run_dir, tmp_path, capsys):
+    out = tmp_path / "never.json"
+    short = tmp_path / "short.txt"
+    short.write_text("too short")
+    cases = [
+        (["analyze", tmp_path / "nothing", "--json", out], "no run folder"),
+        (["analyze", run_dir, "--json", out, "--data", short, *FAST], "sequence"),
+        (["analyze", run_dir, "--json", out, "--budget-mb", "0", *FAST], "budget"),
+        (["analyze", run_dir, "--json", out, "--solver", "newton", *FAST], "solver"),
+        (["analyze", run_dir, "--json", out, "--blocks", "7", *FAST], "blocks"),
+    ]
+    for args, needle in cases:
+        assert cli(*args) == 2, args
+        _one_line_error(capsys, needle)
+        assert not out.exists()
+    # a checkpoint whose weights do not fit its config, as the run's latest
+    ckpt = list_checkpoints(run_dir / "checkpoints")[-1]
+    meta = json.loads(ckpt.read_text())
+    meta["model"]["d_model"] = 64
+    bad_ckpt = ckpt.with_name("step_0000099.json")
+    bad_ckpt.write_text(json.dumps(meta))
+    for name in (".safetensors", ".optim.safetensors"):
+        src = ckpt.with_name(ckpt.stem + name)
+        bad_ckpt.with_name(bad_ckpt.stem + name).write_bytes(src.read_bytes())
+    for target in (bad_ckpt, run_dir):
+        assert cli("analyze", target, "--json", out, *FAST) == 2
+        _one_line_error(capsys, "does not match")
+    assert not out.exists()
+    assert not (run_dir / "analysis").exists()
+
+
+def test_a_memory_budget_too_small_names_the_budget(run_dir, tmp_path, capsys):
+    from layerpeel.analyze import PeelConfig, load_target, monitoring_from_run, peel
+    from layerpeel.capture import MemoryBudgetError
+
+    target = load_target(run_dir)
+    mset = monitoring_from_run(target.run, n_tokens=512)
+    with pytest.raises(MemoryBudgetError, match="budget"):
+        peel(target.model, mset, PeelConfig(budget_mb=1e-3))
