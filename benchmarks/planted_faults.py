@@ -1,0 +1,143 @@
+"""Planted faults: whether the P1 gap finds the block that training left behind.
+
+Side by side with WeightWatcher's per-layer power-law alpha on the same checkpoints.
+
+    pip install weightwatcher            # optional; without it the alpha columns are skipped
+    python benchmarks/planted_faults.py [--seeds 0 1] [--positions 1 2] [--steps 300]
+
+For every seed, fault kind (frozen, slow = learning rate 100x too small, reinit = re-initialised
+at 80 % of the run) and faulty block, a 4-layer GPT (d_model 64, context 64, bytes) is trained on
+the built-in corpus with `layerpeel.planted`; a healthy model is trained per seed as well. Then:
+- layerpeel: closed-form P1 gaps of whole blocks on a monitoring set from the training split;
+  the top-1 pick is the block with the largest gap; a false red is a red verdict on a block
+  without a fault (every red of a healthy model is false).
+- WeightWatcher: alpha of every Linear of a block, averaged per block; the top-1 pick is the block
+  with the largest mean alpha (larger alpha = less trained); a false red is a block without a
+  fault whose mean alpha exceeds 6, WeightWatcher's own line for an under-trained layer.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from layerpeel.analyze import PeelConfig, peel
+from layerpeel.data import ByteTokenizer, SequenceDataset, prepare_tokens, split_sequences
+from layerpeel.models import GPT, GPTConfig
+from layerpeel.monitoring import monitoring_set
+from layerpeel.planted import PlantedRun, train_planted
+from layerpeel.train import token_cache_dir
+
+CFG = GPTConfig(vocab_size=256, n_layer=4, n_head=4, d_model=64, block_size=64)
+WW_UNDERTRAINED = 6.0
+
+
+@dataclass
+class Outcome:
+    """What both detectors made of one trained model."""
+
+    fault: str
+    block: int
+    seed: int
+    lp_pick: int
+    lp_false_reds: int
+    lp_gaps: list[float]
+    ww_pick: int | None
+    ww_false_reds: int | None
+    ce: float
+
+
+def ww_block_alpha(model: GPT) -> list[float] | None:
+    """Mean WeightWatcher alpha of each block's Linear layers, or None without weightwatcher."""
+    try:
+        import weightwatcher as ww
+    except ImportError:
+        return None
+    logging.getLogger("weightwatcher").setLevel(logging.ERROR)
+    details = ww.WeightWatcher(model=model).analyze()
+    alphas = []
+    for i, block in enumerate(model.blocks):
+        names = {
+            f"blocks.{i}.{n}" for n, m in block.named_modules() if isinstance(m, torch.nn.Linear)
+        }
+        rows = details[details["longname"].isin(names)]
+        alphas.append(float(rows["alpha"].mean()))
+    return alphas
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    ap.add_argument("--positions", type=int, nargs="+", default=[1, 2])
+    ap.add_argument("--kinds", nargs="+", default=["frozen", "slow", "reinit"])
+    ap.add_argument("--steps", type=int, default=300)
+    ap.add_argument("--sequences", type=int, default=256, help="monitoring sequences of 64 tokens")
+    ap.add_argument("--solver", default="closed")
+    args = ap.parse_args()
+    tokens = prepare_tokens(None, ByteTokenizer(), token_cache_dir())
+    data = SequenceDataset(tokens, CFG.block_size)
+    train_ids, _ = split_sequences(len(data), 0.1, seed=0)
+    pick = np.linspace(0, len(train_ids) - 1, args.sequences).round().astype(np.int64)
+    mset = monitoring_set(data.windows(train_ids[pick]))
+    pcfg = PeelConfig(parts=("block",), ladder=False, cascade=False, solver=args.solver)
+    jobs = [("none", -1, s) for s in args.seeds]
+    jobs += [(k, b, s) for s in args.seeds for k in args.kinds for b in args.positions]
+    outcomes: list[Outcome] = []
+    t_start = time.perf_counter()
+    print(
+        f"{'fault':>7} {'block':>5} {'seed':>4} {'CE':>7}  {'layerpeel gaps':<32} {'pick':>4} {'WW alpha':<28} {'pick':>4}"
+    )
+    for kind, block, seed in jobs:
+        run = PlantedRun(fault=kind, block=max(block, 0), steps=args.steps, seed=seed)
+        model = train_planted(CFG, data, train_ids, run)
+        report = peel(model, mset, pcfg)
+        gaps = [r["gap"] for r in sorted(report.layers, key=lambda r: r["block"])]
+        reds = [r["block"] for r in report.layers if r["verdict"] == "red"]
+        alphas = ww_block_alpha(model)
+        ww_pick = int(np.argmax(alphas)) if alphas else None
+        ww_reds = (
+            None if alphas is None else [i for i, a in enumerate(alphas) if a > WW_UNDERTRAINED]
+        )
+        out = Outcome(
+            fault=kind,
+            block=block,
+            seed=seed,
+            lp_pick=int(np.argmax(gaps)),
+            lp_false_reds=sum(1 for b in reds if b != block),
+            lp_gaps=gaps,
+            ww_pick=ww_pick,
+            ww_false_reds=None if ww_reds is None else sum(1 for b in ww_reds if b != block),
+            ce=report.layers[0]["ce_trained"],
+        )
+        outcomes.append(out)
+        g = " ".join(f"{v:+.4f}" for v in gaps)
+        a = " ".join(f"{v:5.2f}" for v in alphas) if alphas else "-"
+        print(
+            f"{kind:>7} {block:>5} {seed:>4} {out.ce:7.4f}  {g:<32} {out.lp_pick:>4} {a:<28} {ww_pick if ww_pick is not None else '-':>4}",
+            flush=True,
+        )
+    faulty = [o for o in outcomes if o.fault != "none"]
+    healthy = [o for o in outcomes if o.fault == "none"]
+    print(
+        f"\n{len(faulty)} faulty and {len(healthy)} healthy models, {args.steps} steps each, {time.perf_counter() - t_start:.0f} s"
+    )
+    print(f"{'detector':<24} {'top-1 accuracy':>15} {'false reds':>11}")
+    lp_acc = sum(o.lp_pick == o.block for o in faulty) / max(len(faulty), 1)
+    lp_false = sum(o.lp_false_reds for o in outcomes)
+    print(f"{'layerpeel P1 (' + args.solver + ')':<24} {lp_acc:>15.0%} {lp_false:>11d}")
+    if all(o.ww_pick is not None for o in outcomes):
+        ww_acc = sum(o.ww_pick == o.block for o in faulty) / max(len(faulty), 1)
+        ww_false = sum(o.ww_false_reds or 0 for o in outcomes)
+        print(f"{'WeightWatcher alpha':<24} {ww_acc:>15.0%} {ww_false:>11d}")
+    else:
+        print("WeightWatcher: not installed (pip install weightwatcher)")
+    print(f"chance level of top-1: {1 / CFG.n_layer:.0%}")
+
+
+if __name__ == "__main__":
+    main()
