@@ -180,6 +180,11 @@ class _Cascade:
     A node is one input representation of one layer; all subsets that share the targets of the
     layers before it share the node, its factorization, and one stacked projection onto every
     target it can fit next. The X factorization and YES-0 do not depend on the net: done once.
+
+    The children of a node are written into buffers kept for the cascade's life, one per layer
+    (a node's children stay alive while its subtree is walked, and a layer's buffer is reused by
+    the next node of that layer): fresh m x N outputs cost page faults that measured as much as
+    the products themselves.
     """
 
     def __init__(self, x: np.ndarray, y: np.ndarray, n_layers: int, bias: bool) -> None:
@@ -199,6 +204,15 @@ class _Cascade:
         self.cap = 0
         self.losses: dict[Subset, float] = {}
         self.stats: dict[str, int] = {}
+        self.buffers: dict[int, np.ndarray] = {}  # layer -> (choices, m + bias, N) child H~
+
+    def _buffer(self, layer: int, count: int) -> np.ndarray:
+        """The buffer for the `count` children a node of `layer` fits, (>= count, m + bias, N)."""
+        buf = self.buffers.get(layer)
+        if buf is None or buf.shape[0] < count:
+            buf = np.empty((count, self.m + int(self.bias), self.n_samples))
+            self.buffers[layer] = buf
+        return buf
 
     def run(self, hidden: list[np.ndarray], max_anchors: int | None = None) -> YesBounds:
         """Evaluate J(sigma) for every subset of at most `max_anchors` anchors, sharing prefixes."""
@@ -237,10 +251,14 @@ class _Cascade:
             _data=(self.x, self.y, list(hidden)),
         )
 
-    def _child(self, basis: Basis, coef: np.ndarray) -> Basis:
-        """The factored H~ = [ReLU(coef @ basis.rows); 1] of a fitted layer's output, coef (c, q)."""
+    def _child(self, basis: Basis, coef: np.ndarray, into: np.ndarray | None = None) -> Basis:
+        """The factored H~ = [ReLU(coef @ basis.rows); 1] of a fitted layer's output, coef (c, q).
+
+        `into` (>= c + bias, N), C-contiguous, receives H~; by default a new array.
+        """
         rows = coef.shape[0]
-        h = np.empty((rows + int(self.bias), self.n_samples))  # (c + bias, N)
+        shape = (rows + int(self.bias), self.n_samples)
+        h = np.empty(shape) if into is None else into[: shape[0]]  # (c + bias, N)
         out = h[:rows]  # a C-contiguous view: the product and the ReLU are written in place
         np.matmul(coef, basis.rows, out=out)
         np.maximum(out, 0.0, out=out)
@@ -270,11 +288,12 @@ class _Cascade:
         lo, hi = self.offsets[choices[0] - 1], self.offsets[choices[-1]]
         coef = basis.coef(self.targets[lo:hi])  # (rows of the chosen targets, q): one product
         self.stats["projections"] += len(choices)
+        buf = self._buffer(layer, len(choices))
         start = 0
-        for target in choices:
+        for i, target in enumerate(choices):
             new = subset + (target,) if forced is None and target < n_layers else subset
             stop = start + self.sizes[target - 1]
-            child = self._child(basis, coef[start:stop])
+            child = self._child(basis, coef[start:stop], buf[i])
             start = stop
             self.stats["factorizations"] += 1
             self.stats[child.kind] += 1
