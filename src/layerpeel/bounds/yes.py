@@ -221,7 +221,8 @@ class _Cascade:
         # Dead units (all-zero rows) of a target give all-zero rows of every fit onto it, which
         # change no row space: each target keeps only its live rows, stacked in layer order.
         live = [t[(t != 0).any(1)] for t in hidden]
-        self.targets = np.concatenate([*live, self.y_live])  # (sum of live rows, N): G_1..G_{L-1}, Y
+        # (sum of live rows, N): G_1..G_{L-1}, Y
+        self.targets = np.concatenate([*live, self.y_live])
         sizes = [t.shape[0] for t in live] + [self.y_live.shape[0]]
         self.sizes = sizes
         self.offsets = [sum(sizes[:i]) for i in range(len(sizes) + 1)]
