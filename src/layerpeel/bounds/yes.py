@@ -14,20 +14,13 @@ import torch
 
 from layerpeel.errors import LayerpeelError
 from layerpeel.models.mlp import MLP, MLPConfig
+from layerpeel.solvers.basis import KINDS, Basis, tilde
 
 logger = logging.getLogger(__name__)
 
-DTYPE = torch.float64
-EPS = float(torch.finfo(DTYPE).eps)
-# The Gram (normal-equation) fast path is taken only when a bound on the condition number of the
-# row-equilibrated Gram is at most this; its predictions are then within ~1e-8 of pinv's.
-GRAM_COND_LIMIT = 1e8
-# Above that, a QR of H~ is used while the Gram still certifies full rank.
-QR_COND_LIMIT = 1e12
 VERDICTS = ("red", "yellow", "green")
 VERDICT_WORDS = {"red": "ineffective training", "yellow": "caution", "green": "effective training"}
 
-_KINDS = ("gram", "qr", "eig", "svd")  # how a representation was factored (see `_Basis`)
 Subset = tuple[int, ...]  # increasing 1-based indices of the hidden layers used as anchors
 
 
@@ -49,162 +42,27 @@ def verdict(train_loss: float, yes0: float, yes_last: float) -> str:
     return "yellow"
 
 
-# ----------------------------------------------------------------------------- projections
-
-
-class _Basis:
-    """The row space of one representation H~ (r, N), factored once and projected onto many targets.
-
-    H~ already holds the bias row of ones when the net has biases. Predictions T pinv(H~) H~ are
-    unique even when the weights are not; this class reproduces pinv's in one of four ways:
-
-    - "gram" (the fast path): rows that are numerically zero (dead ReLU units) dropped, normal
-      equations on the row-equilibrated Gram K with a Cholesky factor, taken when the bound
-      ||K||_F ||K^-1||_F >= cond_2(K) is at most `GRAM_COND_LIMIT`;
-    - "qr": full rank but worse conditioned (up to `QR_COND_LIMIT`): a Householder QR of H~^T;
-    - "eig" (rank deficient with a clear gap): an eigendecomposition of the Gram, every eigenvalue
-      either above 1e-8 lambda_max or, checked on H~ itself, a singular value below
-      1e-10 sigma_max, which pinv drops too unless it lies in the band [rtol, 1e-10] sigma_max
-      where pinv's own answer changes under a perturbation of that size;
-    - "svd" (anything else): the SVD of H~ (through a QR of H~^T) with pinv's cutoff
-      sigma > rtol * sigma_max, rtol = max(r, N) * eps (torch.linalg.pinv's default).
-    """
-
-    def __init__(self, h: torch.Tensor) -> None:
-        self.h = h  # (r, N)
-        r, n = h.shape
-        self.rtol = max(r, n) * EPS
-        gram = h @ h.T  # (r, r)
-        diag = gram.diagonal()
-        self.keep = diag > (self.rtol**2) * float(diag.max()) if r else diag > 0  # rows not ~0
-        self.cond = math.inf
-        rk = int(self.keep.sum())
-        kind = self._gram_path(gram, rk) if 0 < rk <= n else None
-        if kind is not None:
-            self.kind = kind
-        elif rk > 0 and self._eig_path(gram):
-            self.kind = "eig"
-        else:
-            self.kind = "svd"
-            self._svd_path()
-
-    def _gram_path(self, gram: torch.Tensor, rk: int) -> str | None:
-        all_rows = rk == self.h.shape[0]
-        k = gram if all_rows else gram[self.keep][:, self.keep]  # (rk, rk)
-        scale = k.diagonal().rsqrt()  # (rk,) 1 / row norms
-        ke = k * scale[:, None] * scale[None, :]  # unit diagonal
-        chol, info = torch.linalg.cholesky_ex(ke)
-        if int(info) != 0:
-            return None
-        kinv = torch.cholesky_inverse(chol)  # (rk, rk)
-        self.cond = float(torch.linalg.matrix_norm(ke) * torch.linalg.matrix_norm(kinv))
-        self.hk = self.h if all_rows else self.h[self.keep]  # (rk, N)
-        if self.cond <= GRAM_COND_LIMIT:
-            self.kinv = kinv * scale[:, None] * scale[None, :]  # K^-1 of the kept rows
-            return "gram"
-        # Full rank but too ill-conditioned for normal equations: a Householder QR is as accurate
-        # as pinv and gives pinv's predictions when every singular value is far above pinv's
-        # cutoff. The Gram certifies that only while its smallest eigenvalue is well above its
-        # rounding (cond <= QR_COND_LIMIT); then sigma_min(H~) >= cond^-1/2 * min row norm and
-        # sigma_max(H~) <= ||H~||_F.
-        if self.cond > QR_COND_LIMIT:
-            return None
-        min_norm = 1.0 / float(scale.max())
-        if min_norm < 1e3 * self.rtol * (self.cond * float(k.diagonal().sum())) ** 0.5:
-            return None
-        q, r = torch.linalg.qr(self.hk.T)  # (N, rk), (rk, rk): H~_k = r^T q^T
-        self.v, self.r = q, r
-        return "qr"
-
-    def _eig_path(self, gram: torch.Tensor) -> bool:
-        lam, vec = torch.linalg.eigh(gram)  # ascending
-        big = lam > 1e-8 * float(lam[-1])
-        small = vec[:, ~big]  # (r, r - q)
-        if small.shape[1] and float(torch.linalg.matrix_norm(small.T @ self.h)) > 1e-10 * float(
-            lam[-1].sqrt()
-        ):
-            return False
-        self.s = lam[big].sqrt()  # (q,) singular values of H~
-        self.u = vec[:, big]  # (r, q)
-        self.v = (self.h.T @ self.u) / self.s  # (N, q) orthonormal to ~eps * 1e8
-        return True
-
-    def _svd_path(self) -> None:
-        h = self.h
-        if h.shape[0] == 0:  # no rows at all: the predictions are 0
-            self.u, self.s, self.v = h.new_zeros(0, 0), h.new_zeros(0), h.new_zeros(h.shape[1], 0)
-            return
-        if h.shape[0] <= h.shape[1]:  # H~ = R^T Q^T, so the SVD of the small R^T gives that of H~
-            q, rr = torch.linalg.qr(h.T)  # (N, r), (r, r)
-            u, s, w = torch.linalg.svd(rr.T)
-            v = q @ w.T  # (N, r) right singular vectors of H~
-        else:
-            u, s, vh = torch.linalg.svd(h, full_matrices=False)
-            v = vh.T
-        sel = s > self.rtol * float(s[0]) if s.numel() else s > 0
-        self.u, self.s, self.v = u[:, sel], s[sel], v[:, sel]  # (r, q), (q,), (N, q)
-
-    def project(self, t: torch.Tensor) -> torch.Tensor:
-        """T pinv(H~) H~ for targets T (c, N): the least-squares predictions, (c, N)."""
-        if self.kind == "gram":
-            return ((t @ self.hk.T) @ self.kinv) @ self.hk
-        return (t @ self.v) @ self.v.T
-
-    def sse(self, t: torch.Tensor, tt: float) -> float:
-        """||T - T pinv(H~) H~||_F^2 for one target T (m, N) with ||T||_F^2 = tt.
-
-        On the fast path it is tt - trace(C K^-1 C^T) with C = T H~^T when the error of that
-        difference, about eps * cond(K) * tt, is below 1e-7 of it; otherwise the residual is formed.
-        """
-        if self.kind != "gram":
-            return float((t - self.project(t)).square().sum())
-        c = t @ self.hk.T  # (m, rk)
-        w = c @ self.kinv  # (m, rk)
-        value = tt - float((w * c).sum())
-        if 4 * self.cond * EPS * tt <= 1e-7 * value:
-            return value
-        return float((t - w @ self.hk).square().sum())
-
-    def weights(self, t: torch.Tensor) -> torch.Tensor:
-        """The minimum-norm least-squares weights T pinv(H~), (m, r); the bias is the last column."""
-        if self.kind in ("gram", "qr"):
-            w = t.new_zeros(t.shape[0], self.h.shape[0])
-            if self.kind == "gram":
-                w[:, self.keep] = (t @ self.hk.T) @ self.kinv
-            else:  # pinv(H~_k) = q r^-T, so W_k r^T = T q
-                w[:, self.keep] = torch.linalg.solve_triangular(
-                    self.r.T, t @ self.v, upper=False, left=False
-                )
-            return w
-        return ((t @ self.v) / self.s) @ self.u.T
-
-
-def _tilde(h: torch.Tensor, bias: bool) -> torch.Tensor:
-    """H~ = [H; 1^T] (d + 1, N) with a bias row, else H itself."""
-    return torch.cat([h, h.new_ones(1, h.shape[1])]) if bias else h
-
-
 # ----------------------------------------------------------------------------- inputs
 
 
-def _tensor(a: Any, name: str) -> torch.Tensor:
-    if isinstance(a, torch.Tensor):
-        t = a.detach().to(device="cpu", dtype=DTYPE)
-    else:
-        try:
-            t = torch.from_numpy(np.asarray(a, dtype=np.float64))
-        except (TypeError, ValueError) as exc:
-            raise YesInputError(f"{name} must be a numeric array or tensor: {exc}") from None
+def _array(a: Any, name: str) -> np.ndarray:
+    """A C-contiguous float64 numpy copy-or-view of a 2-D array or tensor, checked finite."""
+    try:
+        if isinstance(a, torch.Tensor):
+            a = a.detach().to(device="cpu", dtype=torch.float64).numpy()
+        t = np.ascontiguousarray(a, dtype=np.float64)
+    except (TypeError, ValueError, RuntimeError) as exc:
+        raise YesInputError(f"{name} must be a numeric array or tensor: {exc}") from None
     if t.ndim != 2:
         raise YesInputError(f"{name} must be 2-D (features x samples), got shape {tuple(t.shape)}")
-    if not bool(torch.isfinite(t).all()):
+    if not np.isfinite(t).all():
         raise YesInputError(f"{name} contains NaN or Inf")
     return t
 
 
-def _check_xy(x: Any, y: Any) -> tuple[torch.Tensor, torch.Tensor]:
-    """Validate and convert X (n, N) and Y (m, N) to float64 CPU tensors; warn when N < m + 1."""
-    xt, yt = _tensor(x, "X"), _tensor(y, "Y")
+def _check_xy(x: Any, y: Any) -> tuple[np.ndarray, np.ndarray]:
+    """Validate and convert X (n, N) and Y (m, N) to float64 numpy arrays; warn when N < m + 1."""
+    xt, yt = _array(x, "X"), _array(y, "Y")
     (m, n_samples), n_x = yt.shape, xt.shape[1]
     if n_x != n_samples:
         raise YesInputError(f"X has {n_x} samples (columns) but Y has {n_samples}")
@@ -219,15 +77,15 @@ def _check_xy(x: Any, y: Any) -> tuple[torch.Tensor, torch.Tensor]:
     return xt, yt
 
 
-def _check_hidden(hidden: Sequence[Any], m: int, n_samples: int) -> list[torch.Tensor]:
-    """Validate and convert the L-1 hidden outputs, each (m, N), to float64 CPU tensors."""
+def _check_hidden(hidden: Sequence[Any], m: int, n_samples: int) -> list[np.ndarray]:
+    """Validate and convert the L-1 hidden outputs, each (m, N), to float64 numpy arrays."""
     if isinstance(hidden, (torch.Tensor, np.ndarray)) or not isinstance(hidden, Sequence):
         raise YesInputError("hidden must be a list of the L-1 hidden outputs, each (m, N)")
     if len(hidden) == 0:
         raise YesInputError("hidden is empty: YES needs the L-1 >= 1 hidden outputs of the net")
     hs = []
     for i, h in enumerate(hidden):
-        ht = _tensor(h, f"hidden[{i}]")
+        ht = _array(h, f"hidden[{i}]")
         if ht.shape[1] != n_samples:
             hint = " (pass h.T: columns are samples)" if ht.shape[0] == n_samples else ""
             raise YesInputError(
@@ -263,8 +121,8 @@ class YesBounds:
     max_anchors: int  # the largest subset size evaluated
     stats: dict[str, int]  # subsets, factorizations, projections, and the count of each path
     bias: bool = True
-    _data: tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]] = dataclasses.field(
-        default=(torch.empty(0), torch.empty(0), []), repr=False, compare=False
+    _data: tuple[np.ndarray, np.ndarray, list[np.ndarray]] = dataclasses.field(
+        default=(np.empty((0, 0)), np.empty((0, 0)), []), repr=False, compare=False
     )
 
     @property
@@ -302,14 +160,14 @@ class YesBounds:
         with torch.no_grad():
             for layer in range(1, n_layers + 1):
                 t = targets[min([s for s in sub if s >= layer], default=n_layers) - 1]
-                basis = _Basis(_tilde(h, self.bias))
-                w = basis.weights(t)  # (m, d + bias)
+                basis = Basis(tilde(h, self.bias))
+                w = torch.from_numpy(basis.weights(t))  # (m, d + bias)
                 lin = net.layers[layer - 1]
                 assert isinstance(lin, torch.nn.Linear)
                 lin.weight.copy_(w[:, : h.shape[0]])
                 if self.bias:
                     lin.bias.copy_(w[:, -1])
-                h = torch.relu(basis.project(t))
+                h = np.maximum(basis.project(t), 0.0)
         return net.eval()
 
 
@@ -322,17 +180,22 @@ class _Cascade:
     A node is one input representation of one layer; all subsets that share the targets of the
     layers before it share the node, its factorization, and one stacked projection onto every
     target it can fit next. The X factorization and YES-0 do not depend on the net: done once.
+
+    The children of a node are written into buffers kept for the cascade's life, one per layer
+    (a node's children stay alive while its subtree is walked, and a layer's buffer is reused by
+    the next node of that layer): fresh m x N outputs cost page faults that measured as much as
+    the products themselves.
     """
 
-    def __init__(self, x: torch.Tensor, y: torch.Tensor, n_layers: int, bias: bool) -> None:
+    def __init__(self, x: np.ndarray, y: np.ndarray, n_layers: int, bias: bool) -> None:
         self.x, self.y, self.n_layers, self.bias = x, y, n_layers, bias
         self.m, self.n_samples = y.shape
-        self.yy = float(y.square().sum())
-        self.y_live = y[y.abs().amax(1) > 0]  # (m', N): zero rows of Y are fitted exactly
-        self.x_basis = _Basis(_tilde(x, bias))
+        self.yy = float(np.einsum("ij,ij->", y, y))
+        self.y_live = y[(y != 0).any(1)]  # (m', N): zero rows of Y are fitted exactly
+        self.x_basis = Basis(tilde(x, bias))
         basis = self.x_basis
         for _ in range(1, n_layers):
-            basis = _Basis(_tilde(torch.relu(basis.project(y)), bias))
+            basis = self._child(basis, basis.coef(y))
         self.yes0 = basis.sse(y, self.yy) / self.n_samples
         # Per run: the stacked targets, the cap, the results and the work counts.
         self.targets = y
@@ -341,20 +204,30 @@ class _Cascade:
         self.cap = 0
         self.losses: dict[Subset, float] = {}
         self.stats: dict[str, int] = {}
+        self.buffers: dict[int, np.ndarray] = {}  # layer -> (choices, m + bias, N) child H~
 
-    def run(self, hidden: list[torch.Tensor], max_anchors: int | None = None) -> YesBounds:
+    def _buffer(self, layer: int, count: int) -> np.ndarray:
+        """The buffer for the `count` children a node of `layer` fits, (>= count, m + bias, N)."""
+        buf = self.buffers.get(layer)
+        if buf is None or buf.shape[0] < count:
+            buf = np.empty((count, self.m + int(self.bias), self.n_samples))
+            self.buffers[layer] = buf
+        return buf
+
+    def run(self, hidden: list[np.ndarray], max_anchors: int | None = None) -> YesBounds:
         """Evaluate J(sigma) for every subset of at most `max_anchors` anchors, sharing prefixes."""
         n_layers = self.n_layers
         self.cap = n_layers - 1 if max_anchors is None else min(max_anchors, n_layers - 1)
         # Dead units (all-zero rows) of a target give all-zero rows of every fit onto it, which
         # change no row space: each target keeps only its live rows, stacked in layer order.
-        live = [t[t.abs().amax(1) > 0] for t in hidden]
-        self.targets = torch.cat([*live, self.y_live])  # (sum of live rows, N): G_1..G_{L-1}, Y
+        live = [t[(t != 0).any(1)] for t in hidden]
+        # (sum of live rows, N): G_1..G_{L-1}, Y
+        self.targets = np.concatenate([*live, self.y_live])
         sizes = [t.shape[0] for t in live] + [self.y_live.shape[0]]
         self.sizes = sizes
         self.offsets = [sum(sizes[:i]) for i in range(len(sizes) + 1)]
         self.losses = {(): self.yes0}
-        self.stats = dict.fromkeys(["subsets", "factorizations", "projections", *_KINDS], 0)
+        self.stats = dict.fromkeys(["subsets", "factorizations", "projections", *KINDS], 0)
         if self.cap > 0:
             self._descend(self.x_basis, 1, (), None)
         yes: list[float] = [self.yes0]
@@ -379,7 +252,22 @@ class _Cascade:
             _data=(self.x, self.y, list(hidden)),
         )
 
-    def _descend(self, basis: _Basis, layer: int, subset: Subset, forced: int | None) -> None:
+    def _child(self, basis: Basis, coef: np.ndarray, into: np.ndarray | None = None) -> Basis:
+        """The factored H~ = [ReLU(coef @ basis.rows); 1] of a fitted layer's output, coef (c, q).
+
+        `into` (>= c + bias, N), C-contiguous, receives H~; by default a new array.
+        """
+        rows = coef.shape[0]
+        shape = (rows + int(self.bias), self.n_samples)
+        h = np.empty(shape) if into is None else into[: shape[0]]  # (c + bias, N)
+        out = h[:rows]  # a C-contiguous view: the product and the ReLU are written in place
+        np.matmul(coef, basis.rows, out=out)
+        np.maximum(out, 0.0, out=out)
+        if self.bias:
+            h[rows] = 1.0
+        return Basis(h)
+
+    def _descend(self, basis: Basis, layer: int, subset: Subset, forced: int | None) -> None:
         """Fit `layer` from the input factored in `basis` onto each target it may take, recurse.
 
         `forced` is the target this layer must fit (an anchor not reached yet, or Y = L); None
@@ -399,17 +287,15 @@ class _Cascade:
             self.losses[subset] = basis.sse(self.y_live, self.yy) / self.n_samples
             return
         lo, hi = self.offsets[choices[0] - 1], self.offsets[choices[-1]]
-        targets = self.targets[lo:hi]  # (rows of the chosen targets, N), a view
+        coef = basis.coef(self.targets[lo:hi])  # (rows of the chosen targets, q): one product
         self.stats["projections"] += len(choices)
-        outs = basis.project(targets).split([self.sizes[c - 1] for c in choices])
-        for target, out in zip(choices, outs, strict=True):
+        buf = self._buffer(layer, len(choices))
+        start = 0
+        for i, target in enumerate(choices):
             new = subset + (target,) if forced is None and target < n_layers else subset
-            rows = out.shape[0]
-            h = out.new_empty(rows + int(self.bias), out.shape[1])  # H~ of the child
-            torch.clamp_min(out, 0.0, out=h[:rows])  # ReLU, written in place
-            if self.bias:
-                h[rows] = 1.0
-            child = _Basis(h)
+            stop = start + self.sizes[target - 1]
+            child = self._child(basis, coef[start:stop], buf[i])
+            start = stop
             self.stats["factorizations"] += 1
             self.stats[child.kind] += 1
             self._descend(child, layer + 1, new, None if target == layer else target)
