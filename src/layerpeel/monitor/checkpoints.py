@@ -1,0 +1,100 @@
+"""Filling a run's monitor time series afterwards, from its saved checkpoints."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from layerpeel.errors import CheckpointError
+from layerpeel.monitoring import MonitoringSet, monitoring_set
+
+log = logging.getLogger(__name__)
+
+
+def run_monitoring_set(dataset: Any, val_ids: np.ndarray, sequences: int, seq_len: int) -> MonitoringSet:
+    """The monitoring set of a layerpeel run: its first `sequences` validation windows, cut to
+    `seq_len` tokens (plus the next-token target), so training and later analyses share it."""
+    ids = np.asarray(val_ids)[:sequences]
+    if len(ids) < 2:
+        raise CheckpointError(
+            f"the run has {len(val_ids)} validation sequence(s); the monitor needs at least 2"
+        )
+    windows = dataset.windows(ids)[:, : seq_len + 1]  # (S, seq_len + 1)
+    return monitoring_set(windows)
+
+
+def analyze_checkpoints(
+    run_path: str | Path,
+    config: Any = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> list[dict[str, Any]]:
+    """Analyse every saved checkpoint of a layerpeel run; append `source: checkpoint` events.
+
+    Each checkpoint gets everything the preset computes over every block (no budget, no
+    rotation), on the same monitoring set the training monitor used. Checkpoints that already
+    have a checkpoint event in monitor.jsonl are skipped. Returns the new events.
+    """
+    from layerpeel.analyze import peel
+    from layerpeel.data import load_tokenizer
+    from layerpeel.monitor.analyses import PeelAnalysis
+    from layerpeel.monitor.core import MonitorConfig
+    from layerpeel.monitor.loggers import make_loggers, read_events
+    from layerpeel.run import load_model, open_run
+    from layerpeel.train import TrainConfig, load_train_data
+
+    run = open_run(run_path)
+    cfg_all = run.read_config()
+    if config is None:
+        section = cfg_all.get("monitor")
+        config = MonitorConfig.from_dict(section) if section else MonitorConfig()
+    config.validate()
+    checkpoints = run.checkpoints()
+    if not checkpoints:
+        raise CheckpointError(f"run folder has no complete checkpoint: {run.path}")
+    model_cfg, _ = run.model_config()
+    train_cfg = TrainConfig.from_dict(cfg_all["train"])
+    data = load_train_data(train_cfg, model_cfg.block_size, load_tokenizer(run.tokenizer_path))
+    seq_len = min(config.seq_len, model_cfg.block_size)
+    mset = run_monitoring_set(data.dataset, data.val_ids, config.sequences, seq_len)
+    done = {
+        int(e["step"])
+        for e in read_events(run.path / "monitor.jsonl")
+        if e.get("event") == "analysis" and e.get("source") == "checkpoint"
+    }
+    loggers = make_loggers(run.path, config.loggers)
+    events: list[dict[str, Any]] = []
+    try:
+        for i, path in enumerate(checkpoints):
+            model, ckpt = load_model(path)
+            if ckpt.step in done:
+                continue
+            analysis = PeelAnalysis(model, mset, config.preset, config.peel)
+            t0 = time.perf_counter()
+            report = peel(model, mset, analysis.full_config())
+            report.model["step"] = ckpt.step
+            event = {
+                "event": "analysis",
+                "step": ckpt.step,
+                "time": time.time(),
+                "train_loss": None,
+                "preset": config.preset,
+                "seconds": time.perf_counter() - t0,
+                "overhead": 0.0,  # computed after training: no cost to the run
+                "source": "checkpoint",
+                "unit": "all",
+                "report": report.to_dict(),
+            }
+            for logger in loggers:
+                logger.log(event)
+            events.append(event)
+            if progress is not None:
+                progress(i + 1, len(checkpoints))
+    finally:
+        for logger in loggers:
+            logger.close()
+    return events
