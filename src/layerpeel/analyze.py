@@ -5,8 +5,10 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
+from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -14,7 +16,7 @@ from layerpeel.arch import model_view
 from layerpeel.bounds.cascade import cascade
 from layerpeel.bounds.context import build_context
 from layerpeel.bounds.ladder import ladder
-from layerpeel.bounds.peel import GapOptions, layer_gap
+from layerpeel.bounds.peel import GapOptions, block_gaps
 from layerpeel.bounds.report import PeelReport
 from layerpeel.bounds.scoring import Thresholds
 from layerpeel.config import ConfigBase
@@ -114,9 +116,13 @@ def peel(
         thresholds = Thresholds(red=cfg.red, yellow=cfg.yellow)
         rows: list[dict[str, Any]] = []
         t0 = time.perf_counter()
-        jobs = [(b, p) for b in blocks for p in cfg.parts]
-        for b, p in tqdm(jobs, desc="P1 layer gaps", disable=not progress, unit="peel"):
-            rows.append(layer_gap(ctx, b, p, scheme, opts, thresholds))
+        parts = tuple(cfg.parts)
+        with tqdm(
+            total=len(blocks) * len(parts), desc="P1 layer gaps", disable=not progress, unit="peel"
+        ) as bar:
+            for b in blocks:
+                rows.extend(block_gaps(ctx, b, parts, scheme, opts, thresholds))
+                bar.update(len(parts))
         timings["p1"] = time.perf_counter() - t0
         ladder_rows: list[dict[str, Any]] = []
         if cfg.ladder:
@@ -160,3 +166,74 @@ def peel(
 
 def report_is_finite(report: PeelReport) -> bool:
     return all(torch.isfinite(torch.tensor(r["gap"])) for r in report.layers)
+
+
+DEFAULT_TOKENS = 65536  # monitoring tokens of `layerpeel analyze`: half fit, half held out
+
+
+@dataclasses.dataclass
+class Target:
+    """A model to analyse and where it came from."""
+
+    model: nn.Module
+    step: int | None  # training step of the checkpoint, when known
+    run: Any  # the `RunFolder` it belongs to, or None
+    source: str  # what the user named
+
+
+def load_target(path: str | Path) -> Target:
+    """The model of a run folder (its latest checkpoint) or of one checkpoint's JSON file."""
+    from layerpeel.errors import CheckpointError
+    from layerpeel.run import load_model, open_run
+
+    p = Path(path)
+    if not p.exists():
+        raise CheckpointError(f"no run folder or checkpoint at {p}")
+    model, ckpt = load_model(p)
+    run_dir = p if p.is_dir() else p.resolve().parent.parent
+    run = open_run(run_dir) if (run_dir / "config.json").exists() else None
+    return Target(model, ckpt.step, run, str(p))
+
+
+def monitoring_from_run(
+    run: Any,
+    data: str | None = None,
+    n_tokens: int = DEFAULT_TOKENS,
+    seq_len: int | None = None,
+) -> MonitoringSet:
+    """A monitoring set from the run's own corpus (or `data`), tokenized by the run's tokenizer.
+
+    Sequences are spread evenly over the training split, so the set follows the training
+    distribution; it holds ceil(n_tokens / seq_len) sequences (all there are, if fewer), half
+    fitted and half held out. The same run and settings always give the same set.
+    """
+    import math
+
+    from layerpeel.data import SequenceDataset, load_tokenizer, prepare_tokens, split_sequences
+    from layerpeel.errors import DataError
+    from layerpeel.monitoring import monitoring_set
+    from layerpeel.train import token_cache_dir
+
+    if n_tokens < 2:
+        raise DataError(f"the monitoring set needs at least 2 tokens, got {n_tokens}")
+    cfg = run.read_config()
+    train_cfg = cfg.get("train", {})
+    seq_len = seq_len or int(cfg.get("model", {}).get("block_size", 128))
+    tokenizer = load_tokenizer(run.tokenizer_path)
+    source = data if data is not None else train_cfg.get("data")
+    tokens = prepare_tokens(source, tokenizer, token_cache_dir())
+    if len(tokens) and int(np.max(tokens)) >= tokenizer.vocab_size:
+        raise DataError("the token data has ids outside the run's vocabulary")
+    dataset = SequenceDataset(tokens, seq_len)
+    if len(dataset) < 2:
+        raise DataError(
+            f"the data holds {len(dataset)} sequence(s) of {seq_len + 1} tokens; "
+            "a monitoring set needs at least 2"
+        )
+    train_ids, _ = split_sequences(len(dataset), float(train_cfg.get("val_fraction", 0.1)), seed=0)
+    want = max(2, math.ceil(n_tokens / seq_len))
+    if want >= len(train_ids):
+        ids = train_ids
+    else:
+        ids = train_ids[np.linspace(0, len(train_ids) - 1, want).round().astype(np.int64)]
+    return monitoring_set(dataset.windows(ids))

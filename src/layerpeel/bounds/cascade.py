@@ -5,6 +5,13 @@ G_0, blocks 1..s_1 are peeled in turn onto the anchor G_{s_1}, blocks s_1+1..s_2
 the blocks after the last anchor onto the final target. J(sigma) is the held-out CE of the
 cascade network, a real model of the same class. YES-k = min(min_{|sigma|=k} J, YES-(k-1)).
 Paths sharing a prefix of anchors share their first blocks (a memo keyed by block and anchors).
+
+The final target is (1 - alpha) G_L + alpha Z with Z the preimage of the next-token targets
+through the trained head, alpha in `ALPHAS` chosen by the held-out CE of the last block peeled
+onto it from the trained G_{L-1} (fitted on one half of the search sequences, scored on the other).
+A least-squares fit onto Z alone averages the preimages of the possible next tokens, which the
+final norm then rescales, so the pure preimage is often a poor target; the blend keeps it as an
+option without forcing it. `final="trained"` uses alpha = 0.
 """
 
 from __future__ import annotations
@@ -17,8 +24,11 @@ import torch
 from torch import nn
 
 from layerpeel.bounds.context import PeelContext
+from layerpeel.bounds.scoring import sequence_ce
 from layerpeel.bounds.yes import verdict
-from layerpeel.solvers import get_solver
+from layerpeel.solvers.closed import BlockProblem, ClosedFormOptions
+
+ALPHAS = (0.0, 0.1, 0.3, 1.0)  # weights of the preimage in the final target
 
 
 @torch.no_grad()
@@ -35,18 +45,45 @@ def preimage_target(ctx: PeelContext, part: str, ridge: float = 1e-3) -> torch.T
     rho = ridge * float(torch.diagonal(gram).mean())
     solve = torch.linalg.solve(gram + rho * torch.eye(gram.shape[0], dtype=gram.dtype), w.T)
     z = solve.T[targets]  # (S, T, C): row y of W (W^T W + rho I)^-1
-    norm = ctx.view.final_norm
-    weight = getattr(norm, "weight", None)
-    bias = getattr(norm, "bias", None)
-    if bias is not None:
-        z = z - bias.double()
+    # the final norm adds its bias after normalising, so only the direction before it can be
+    # chosen: divide by its gain and remove the mean, which the normalisation discards anyway
+    weight = getattr(ctx.view.final_norm, "weight", None)
     if weight is not None:
-        z = z / weight.double().abs().clamp_min(1e-6) * weight.double().sign()
+        w_gain = weight.double()
+        z = z / torch.where(w_gain.abs() < 1e-6, torch.full_like(w_gain, 1e-6), w_gain)
     z = z - z.mean(-1, keepdim=True)
     scale = g_last.double().norm(dim=-1, keepdim=True) / z.norm(dim=-1, keepdim=True).clamp_min(
         1e-12
     )
     return (z * scale).float()
+
+
+@torch.no_grad()
+def final_target(
+    ctx: PeelContext,
+    final: str,
+    scheme: str | None,
+    ridge: float = 1e-6,
+    search_sequences: int = 64,
+) -> tuple[torch.Tensor, float]:
+    """The cascade's final target on the fit part and its preimage weight alpha."""
+    if final == "trained":
+        return ctx.fit[-1], 0.0
+    z = preimage_target(ctx, "fit")
+    last = ctx.n_blocks - 1
+    x, g_last = ctx.fit[last], ctx.fit[-1]
+    n_search = min(search_sequences, x.shape[0])
+    half = max(1, n_search // 2)
+    score = slice(half, max(half + 1, n_search))
+    opts = ClosedFormOptions(ridge=ridge)
+    problem = BlockProblem(ctx.view, last, x[:half], [g_last[:half], z[:half]], opts)
+    best_alpha, best_ce = 0.0, float("inf")
+    for alpha in ALPHAS:
+        ref = problem.solve("block", (1.0 - alpha, alpha), scheme)
+        ce = sequence_ce(ctx.view, last, x[score], ctx.fit_targets[score], {last: ref}, ctx.batch)
+        if float(ce.mean()) < best_ce:
+            best_alpha, best_ce = alpha, float(ce.mean())
+    return (1.0 - best_alpha) * g_last + best_alpha * z, best_alpha
 
 
 def anchor_subsets(n_blocks: int, max_anchors: int | None) -> list[tuple[int, ...]]:
@@ -66,9 +103,9 @@ def cascade(
     progress: Any = None,
 ) -> dict[str, Any]:
     """YES-0..YES-k on the residual stream, the best subsets and the whole-model colour."""
-    solve = get_solver("closed")
     n = ctx.n_blocks
-    final_fit = preimage_target(ctx, "fit") if final == "preimage" else ctx.fit[-1]
+    final_fit, alpha = final_target(ctx, final, scheme, ridge)
+    opts = ClosedFormOptions(ridge=ridge)
     memo: dict[tuple[int, tuple[int, ...]], tuple[nn.Module, torch.Tensor, torch.Tensor]] = {}
 
     def stage(i: int, subset: tuple[int, ...]) -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
@@ -82,7 +119,7 @@ def cascade(
         if key not in memo:
             x_fit, x_held = (ctx.fit[0], ctx.held[0]) if i == 0 else stage(i - 1, subset)[1:]
             target = ctx.fit[nxt[0]] if nxt else final_fit
-            ref = solve(ctx.view, i, x_fit, target, "block", scheme=scheme, ridge=ridge)
+            ref = BlockProblem(ctx.view, i, x_fit, [target], opts).solve("block", (1.0,), scheme)
             memo[key] = (ref, ref(x_fit), ref(x_held))
         return memo[key]
 
@@ -113,5 +150,6 @@ def cascade(
         "ce_trained": ce_trained,
         "verdict": verdict(ce_trained, yes[0], yes[-1]),
         "final_target": final,
+        "final_alpha": alpha,
         "subsets": rows,
     }

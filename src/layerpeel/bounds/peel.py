@@ -18,6 +18,7 @@ from torch import nn
 from layerpeel.bounds.context import PeelContext
 from layerpeel.bounds.scoring import Thresholds, bootstrap_interval, sequence_ce
 from layerpeel.solvers import get_solver
+from layerpeel.solvers.closed import BlockProblem, ClosedFormOptions
 
 log = logging.getLogger(__name__)
 
@@ -40,43 +41,111 @@ def _rms(t: torch.Tensor) -> float:
     return float(t.double().pow(2).mean().sqrt())
 
 
-@torch.no_grad()
-def reference_block(
+def _adam_reference(
     ctx: PeelContext, index: int, part: str, scheme: str | None, opts: GapOptions
-) -> tuple[nn.Module, float | None]:
-    """The P1 reference of block `index` for `part`, and the chosen eta (closed form only)."""
-    x, targets = ctx.fit[index], ctx.fit_targets
-    solve = get_solver(opts.solver)
-    if opts.solver == "adam":
-        return solve(
-            ctx.view,
-            index,
-            x,
-            targets,
-            part,
-            scheme=scheme,
-            steps=opts.adam_steps,
-            lr=opts.adam_lr,
-            seed=opts.seed,
-        ), None
-    g = ctx.grads()[index]  # dCE/dG_{index+1}, (S, T, C)
-    out = ctx.fit[index + 1]
-    unit = _rms(out) / max(_rms(g), 1e-30)
-    # the search fits on one half of its sequences and scores on the other, so it does not
-    # reward a step that only helps the sequences it was fitted on
-    n_search = min(opts.search_sequences, x.shape[0])
-    a, b = slice(0, max(1, n_search // 2)), slice(max(1, n_search // 2), max(2, n_search))
-    best_eta, best_ce = 0.0, float("inf")
-    for c in opts.etas:
-        eta = c * unit
-        ref = solve(
-            ctx.view, index, x[a], out[a] - eta * g[a], part, scheme=scheme, ridge=opts.ridge
-        )
-        ce = float(sequence_ce(ctx.view, index, x[b], targets[b], {index: ref}).mean())
-        if ce < best_ce:
-            best_eta, best_ce = eta, ce
-    ref = solve(ctx.view, index, x, out - best_eta * g, part, scheme=scheme, ridge=opts.ridge)
-    return ref, best_eta
+) -> nn.Module:
+    solve = get_solver("adam")
+    return solve(
+        ctx.view,
+        index,
+        ctx.fit[index],
+        ctx.fit_targets,
+        part,
+        scheme=scheme,
+        steps=opts.adam_steps,
+        lr=opts.adam_lr,
+        seed=opts.seed,
+    )
+
+
+class _TargetPropagation:
+    """The closed-form P1 references of one block: targets G_l - eta * dCE/dG_l, eta by search.
+
+    One `BlockProblem` on the search sequences and one on the whole fit part serve every part and
+    every eta, for the quantized and the full-precision reference alike. The search fits on one
+    half of its sequences and scores on the other, so it does not reward a step that only helps
+    the sequences it was fitted on.
+    """
+
+    def __init__(self, ctx: PeelContext, index: int, opts: GapOptions) -> None:
+        self.ctx, self.index, self.opts = ctx, index, opts
+        x, out = ctx.fit[index], ctx.fit[index + 1]
+        g = ctx.grads()[index]  # dCE/dG_{index+1}, (S, T, C)
+        self.unit = _rms(out) / max(_rms(g), 1e-30)
+        n_search = min(opts.search_sequences, x.shape[0])
+        half = max(1, n_search // 2)
+        self.score = slice(half, max(half + 1, n_search))
+        copts = ClosedFormOptions(ridge=opts.ridge)
+        self.search = BlockProblem(ctx.view, index, x[:half], [out[:half], g[:half]], copts)
+        self.full = BlockProblem(ctx.view, index, x, [out, g], copts)
+
+    @torch.no_grad()
+    def reference(self, part: str, scheme: str | None) -> tuple[nn.Module, float]:
+        ctx, i, b = self.ctx, self.index, self.score
+        best_eta, best_ce = 0.0, float("inf")
+        for c in self.opts.etas:
+            eta = c * self.unit
+            ref = self.search.solve(part, (1.0, -eta), scheme)
+            ce = float(sequence_ce(ctx.view, i, ctx.fit[i][b], ctx.fit_targets[b], {i: ref}).mean())
+            if ce < best_ce:
+                best_eta, best_ce = eta, ce
+        return self.full.solve(part, (1.0, -best_eta), scheme), best_eta
+
+
+def block_gaps(
+    ctx: PeelContext,
+    index: int,
+    parts: tuple[str, ...],
+    scheme: str | None,
+    opts: GapOptions,
+    thresholds: Thresholds,
+) -> list[dict[str, Any]]:
+    """P1 rows of block `index` for each of `parts`, with bootstrap intervals and verdicts.
+
+    For a quantized model each part is also peeled in full precision, which splits the gap into
+    an optimization part and a quantization part. A row's `time_s` is its solves and scoring plus
+    an equal share of the block's set-up.
+    """
+    t0 = time.perf_counter()
+    tp = _TargetPropagation(ctx, index, opts) if opts.solver == "closed" else None
+    setup = (time.perf_counter() - t0) / max(len(parts), 1)
+
+    def reference(part: str, sch: str | None) -> tuple[nn.Module, float | None]:
+        if tp is None:
+            return _adam_reference(ctx, index, part, sch, opts), None
+        return tp.reference(part, sch)
+
+    rows = []
+    for part in parts:
+        t0 = time.perf_counter()
+        ref, eta = reference(part, scheme)
+        ce_ref = ctx.held_ce(index, ctx.held[index], {index: ref})
+        diff = ctx.ce_trained_held - ce_ref
+        gap = float(diff.mean())
+        lo, hi = bootstrap_interval(diff, opts.n_boot, seed=opts.seed)
+        row: dict[str, Any] = {
+            "bound": "P1",
+            "block": index,
+            "part": part,
+            "gap": gap,
+            "ci_low": lo,
+            "ci_high": hi,
+            "verdict": thresholds.verdict(gap, lo),
+            "ce_trained": float(ctx.ce_trained_held.mean()),
+            "ce_reference": float(ce_ref.mean()),
+            "solver": opts.solver,
+            "eta": eta,
+            "quant": scheme,
+        }
+        if scheme is not None:
+            ref_fp, _ = reference(part, None)
+            ce_fp = float(ctx.held_ce(index, ctx.held[index], {index: ref_fp}).mean())
+            row["ce_reference_fp"] = ce_fp
+            row["opt_part"] = gap  # quantized reference vs trained: what optimization left
+            row["quant_part"] = row["ce_reference"] - ce_fp  # full precision vs quantized reference
+        row["time_s"] = time.perf_counter() - t0 + setup
+        rows.append(row)
+    return rows
 
 
 def layer_gap(
@@ -88,31 +157,4 @@ def layer_gap(
     thresholds: Thresholds,
 ) -> dict[str, Any]:
     """One P1 row: gap of block `index` / `part` with its bootstrap interval and verdict."""
-    t0 = time.perf_counter()
-    ref, eta = reference_block(ctx, index, part, scheme, opts)
-    ce_ref = ctx.held_ce(index, ctx.held[index], {index: ref})
-    diff = ctx.ce_trained_held - ce_ref
-    gap = float(diff.mean())
-    lo, hi = bootstrap_interval(diff, opts.n_boot, seed=opts.seed)
-    row: dict[str, Any] = {
-        "bound": "P1",
-        "block": index,
-        "part": part,
-        "gap": gap,
-        "ci_low": lo,
-        "ci_high": hi,
-        "verdict": thresholds.verdict(gap, lo),
-        "ce_trained": float(ctx.ce_trained_held.mean()),
-        "ce_reference": float(ce_ref.mean()),
-        "solver": opts.solver,
-        "eta": eta,
-        "quant": scheme,
-    }
-    if scheme is not None:
-        ref_fp, _ = reference_block(ctx, index, part, None, opts)
-        ce_fp = float(ctx.held_ce(index, ctx.held[index], {index: ref_fp}).mean())
-        row["ce_reference_fp"] = ce_fp
-        row["opt_part"] = gap  # quantized reference vs trained: what optimization left
-        row["quant_part"] = row["ce_reference"] - ce_fp  # full precision vs quantized reference
-    row["time_s"] = time.perf_counter() - t0
-    return row
+    return block_gaps(ctx, index, (part,), scheme, opts, thresholds)[0]

@@ -1,8 +1,17 @@
-"""Closed-form peel of one transformer block onto a target residual stream.
+"""Closed-form peel of one transformer block onto target residual streams.
 
 With the block's own attention patterns held fixed, the attention output is linear in each head's
 value-output map, and given fixed MLP hidden features the MLP output is linear in its output
 projection: both are least-squares problems, solved through streamed Grams (`lstsq.Gram`).
+
+A `BlockProblem` makes one pass over a block's inputs and keeps everything that does not depend on
+the target: the Gram of the per-head mixed inputs A_h x (from which the Grams of the trained and
+re-solved value maps follow by a linear change of features) and the MLP Gram on the trained
+attention. Targets are linear combinations of the directions given at construction
+(target = sum_k coef_k * directions[k]), so the eta line search of target propagation and the rows
+of the projection ladder each cost a small solve, not a pass over the data. Only a block whose
+attention was re-solved needs one more pass, for its MLP features.
+
 For each linear map the solver keeps whichever candidate -- the trained weights, the re-fitted
 output projection, or the joint value-output solution factored back per head -- has the lowest
 squared error on the fit part, so the reference never fits worse than the trained block.
@@ -11,19 +20,22 @@ squared error on the fit part, so the reference never fits worse than the traine
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 from torch import nn
 
-from layerpeel.arch import BlockView, ModelView, effective_weight
+from layerpeel.arch import ModelView, effective_weight
 from layerpeel.solvers.lstsq import DTYPE, Gram
-from layerpeel.solvers.quantized import constrained_solve
+from layerpeel.solvers.quantized import constrained_solve, scheme_codes
 
 log = logging.getLogger(__name__)
 
 PARTS = ("block", "attn", "mlp")
+
+# A new solution must beat the trained one by more than rounding noise, relative to the residual.
+MARGIN = 1e-9
 
 
 @dataclass
@@ -51,116 +63,169 @@ def _linear_params(linear: nn.Linear) -> tuple[torch.Tensor, torch.Tensor]:
     return w, b
 
 
-def _batches(x: torch.Tensor, t: torch.Tensor, size: int):
-    for s in range(0, x.shape[0], size):
-        yield x[s : s + size], t[s : s + size]
-
-
 def _head_mix(patterns: torch.Tensor, xs: torch.Tensor) -> torch.Tensor:
     """Sum over keys of A_h x: patterns (B,H,T,T), xs (B,H,T,D) -> (B,T,H*D)."""
     b, h, t, _ = patterns.shape
     return (patterns @ xs).transpose(1, 2).reshape(b, t, -1)
 
 
-@torch.no_grad()
-def fit_attention(
-    bv: BlockView, x: torch.Tensor, target: torch.Tensor, opts: ClosedFormOptions
-) -> None:
-    """Re-solve the block's value and output projections so that the block output nears `target`.
+def _combine(gram: Gram, coef: torch.Tensor, dim: int) -> Gram:
+    """The Gram of one target: the stacked directions' right-hand sides mixed by `coef` (K+1,).
 
-    x, target: (S, T, C). The MLP contribution is held at its value on the trained attention.
+    Column block k of `gram.xy` (width `dim`) holds X~^T of direction k; the last one is the
+    offset the part's own input contributes, which enters with coefficient -1.
     """
-    v_lin, out_lin = bv.linear(bv.v_name), bv.linear(bv.out_name)
-    h, hd = bv.n_head, bv.head_dim
-    c = x.shape[-1]
-    has_bias = out_lin.bias is not None
-    g_joint = Gram(h * c, c, bias=has_bias)  # features A_h xn per head -> attention target
-    g_out = Gram(h * hd, c, bias=has_bias)  # trained value mix -> attention target
-    for xb, tb in _batches(x, target, opts.batch):
-        xn = bv.attn_norm(xb)
-        a = bv.patterns(xn)  # (B,H,T,T)
-        x1 = xb + bv.attn(xb)
-        r = tb - xb - bv.mlp(x1)  # what attention should add, MLP held at the trained attention
-        bsz, t, _ = xb.shape
-        xs = xn[:, None].expand(bsz, h, t, c)
-        g_joint.update(_head_mix(a, xs), r)
-        vals = v_lin(xn).view(bsz, t, h, hd).transpose(1, 2)  # (B,H,T,hd)
-        g_out.update(_head_mix(a, vals), r)
-    w0, b0 = _linear_params(out_lin)
-    candidates: list[tuple[str, float, Any]] = [("trained", g_out.sse(w0, b0), None)]
-    w1, b1 = constrained_solve(g_out, opts.scheme, opts.ridge)
-    candidates.append(("out", g_out.sse(w1, b1), (None, (w1, b1))))
-    joint = _joint_value_out(bv, x, target, g_joint, opts)
-    if joint is not None:
-        candidates.append(joint)
-    # a new solution must beat the trained one by more than rounding noise
-    margin = 1e-9 * float(g_out.yy)
-    name, sse, sol = min(candidates, key=lambda c_: c_[1] + (margin if c_[2] is not None else 0.0))
-    log.debug("attention candidates %s -> %s", [(n, round(s, 3)) for n, s, _ in candidates], name)
-    if sol is None:
-        return
-    v_sol, out_sol = sol
-    if v_sol is not None:
-        _set_linear(v_lin, *v_sol)
-    _set_linear(out_lin, *out_sol)
+    xy = gram.xy.view(gram.xy.shape[0], -1, dim)  # (p+1, K+1, C)
+    return Gram.from_parts(gram.xx, torch.einsum("pkc,k->pc", xy, coef), gram.n, gram.bias)
 
 
-def _joint_value_out(
-    bv: BlockView, x: torch.Tensor, target: torch.Tensor, g_joint: Gram, opts: ClosedFormOptions
-):
-    """Joint least squares in the per-head maps M_h = W_v^h W_o^h, factored back by truncated SVD.
+def _partial_sse(gram: Gram, w: torch.Tensor, b: torch.Tensor) -> float:
+    """||X W + 1 b^T - Y||^2 - ||Y||^2: the squared error up to a constant of the target."""
+    return gram.sse(w, b) - float(gram.yy)
 
-    The output projection is then re-fitted exactly to the new values.
+
+class BlockProblem:
+    """Everything of one block's closed-form peel on inputs x (S,T,C) that no target changes.
+
+    `directions` are K tensors (S,T,C); `solve(part, coef)` peels onto sum_k coef[k] directions[k].
+    The trained model is never touched: references are copies (`ModelView.reference_copy`).
     """
-    v_lin, out_lin = bv.linear(bv.v_name), bv.linear(bv.out_name)
-    h, hd = bv.n_head, bv.head_dim
-    c = x.shape[-1]
-    m, _ = g_joint.solve(opts.ridge)  # (H*C, C)
-    wv = torch.zeros(c, h * hd, dtype=DTYPE)  # value map, (in C, out H*hd)
-    for i in range(h):
-        u, s, vt = torch.linalg.svd(m[i * c : (i + 1) * c], full_matrices=False)
-        wv[:, i * hd : (i + 1) * hd] = u[:, :hd] * s[:hd].sqrt()
-    bv_zero = torch.zeros(h * hd, dtype=DTYPE)
-    if opts.scheme not in (None, "none"):
-        # the value map has no target of its own: quantize with the scheme's codes, scale by l1 mean
-        from layerpeel.solvers.quantized import scheme_codes
 
-        codes, per_channel = scheme_codes(opts.scheme, wv)
-        denom = codes.abs().sum(0 if per_channel else None).clamp_min(1)
-        scale = (wv.abs() * codes.abs()).sum(0 if per_channel else None) / denom
-        wv = codes * scale
-    old_w, old_b = _linear_params(v_lin)
-    _set_linear(v_lin, wv, bv_zero)
-    has_bias = out_lin.bias is not None
-    g2 = Gram(h * hd, c, bias=has_bias)
-    with torch.no_grad():
-        for xb, tb in _batches(x, target, opts.batch):
-            xn = bv.attn_norm(xb)
-            a = bv.patterns(xn)
-            _set_linear(v_lin, old_w, old_b)  # the MLP term is held at the trained attention
-            x1 = xb + bv.attn(xb)
-            r = tb - xb - bv.mlp(x1)
-            _set_linear(v_lin, wv, bv_zero)
-            bsz, t, _ = xb.shape
-            vals = v_lin(xn).view(bsz, t, h, hd).transpose(1, 2)
-            g2.update(_head_mix(a, vals), r)
-    _set_linear(v_lin, old_w, old_b)
-    w2, b2 = constrained_solve(g2, opts.scheme, opts.ridge)
-    return ("value-out", g2.sse(w2, b2), ((wv, bv_zero), (w2, b2)))
+    def __init__(
+        self,
+        view: ModelView,
+        index: int,
+        x: torch.Tensor,
+        directions: Sequence[torch.Tensor],
+        opts: ClosedFormOptions | None = None,
+    ) -> None:
+        self.view, self.index, self.x = view, index, x
+        self.directions = list(directions)
+        self.opts = opts or ClosedFormOptions()
+        self.trained = view.reference_copy(index)
+        bv = view.block_view(self.trained)
+        self.h, self.hd = bv.n_head, bv.head_dim
+        self.c = x.shape[-1]
+        k = len(self.directions)
+        self.v_trained = _linear_params(bv.linear(bv.v_name))
+        self.out_bias = bv.linear(bv.out_name).bias is not None
+        self._mlp_trained: Gram | None = None  # MLP Gram on the trained attention, made on demand
+        # features [A_h xn]_h with a constant column; right-hand sides: the K directions, then
+        # the offset x + mlp(x + attn(x)) that the attention output does not have to produce
+        self.joint = Gram(self.h * self.c, (k + 1) * self.c, bias=True)
+        with torch.no_grad():
+            for xb, ds in self._batches():
+                xn = bv.attn_norm(xb)
+                a = bv.patterns(xn)  # (B,H,T,T)
+                bsz, t, _ = xb.shape
+                feats = _head_mix(a, xn[:, None].expand(bsz, self.h, t, self.c))
+                x1 = xb + bv.attn(xb)
+                self.joint.update(feats, torch.cat([*ds, xb + bv.mlp(x1)], -1))
 
+    def _batches(self):
+        size = self.opts.batch
+        for s in range(0, self.x.shape[0], size):
+            yield self.x[s : s + size], [d[s : s + size] for d in self.directions]
 
-@torch.no_grad()
-def fit_mlp(bv: BlockView, x: torch.Tensor, target: torch.Tensor, opts: ClosedFormOptions) -> None:
-    """Re-solve the MLP output projection so that the block output nears `target` (S, T, C)."""
-    proj = bv.linear(bv.proj_name)
-    g = Gram(proj.in_features, proj.out_features, bias=proj.bias is not None)
-    for xb, tb in _batches(x, target, opts.batch):
-        x1 = xb + bv.attn(xb)
-        g.update(bv.mlp_hidden(bv.mlp_norm(x1)), tb - x1)
-    w0, b0 = _linear_params(proj)
-    w1, b1 = constrained_solve(g, opts.scheme, opts.ridge)
-    if g.sse(w1, b1) < g.sse(w0, b0) - 1e-9 * float(g.yy):
-        _set_linear(proj, w1, b1)
+    def _coef(self, coef: Sequence[float]) -> torch.Tensor:
+        if len(coef) != len(self.directions):
+            raise ValueError(f"need {len(self.directions)} coefficients, got {len(coef)}")
+        return torch.tensor([*coef, -1.0], dtype=DTYPE)
+
+    def _value_gram(self, wv: torch.Tensor, bv_: torch.Tensor, joint: Gram) -> Gram:
+        """Gram of the mixed values A_h (xn W_v + 1 b_v) from the joint Gram: a change of features.
+
+        Rows of A_h sum to one, so the value bias passes through as a constant.
+        """
+        hc, hhd = self.h * self.c, self.h * self.hd
+        t = torch.zeros(hc + 1, hhd + int(self.out_bias), dtype=DTYPE)
+        for i in range(self.h):
+            cols = slice(i * self.hd, (i + 1) * self.hd)
+            t[i * self.c : (i + 1) * self.c, cols] = wv[:, cols]
+        t[hc, :hhd] = bv_
+        if self.out_bias:
+            t[hc, hhd] = 1.0
+        xx = t.T @ joint.xx @ t
+        return Gram.from_parts(xx, t.T @ joint.xy, joint.n, self.out_bias, joint.yy)
+
+    def joint_solution(self, coef: Sequence[float]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Least-squares per-head maps M (H*C, C) and bias (C,) of the attention output."""
+        return _combine(self.joint, self._coef(coef), self.c).solve(self.opts.ridge)
+
+    def _attention(self, coef: torch.Tensor, scheme: str | None):
+        """Best attention candidate: None (trained) or ((wv, bv), (w_out, b_out))."""
+        joint = _combine(self.joint, coef, self.c)
+        g_out = self._value_gram(*self.v_trained, joint)
+        bv = self.view.block_view(self.trained)
+        w0, b0 = _linear_params(bv.linear(bv.out_name))
+        sse0 = _partial_sse(g_out, w0, b0)
+        candidates: list[tuple[str, float, object]] = [("trained", sse0, None)]
+        w1, b1 = constrained_solve(g_out, scheme, self.opts.ridge)
+        candidates.append(("out", _partial_sse(g_out, w1, b1), (self.v_trained, (w1, b1))))
+        m, _ = joint.solve(self.opts.ridge)  # (H*C, C)
+        wv = torch.zeros(self.c, self.h * self.hd, dtype=DTYPE)
+        for i in range(self.h):
+            u, s, _vt = torch.linalg.svd(m[i * self.c : (i + 1) * self.c], full_matrices=False)
+            wv[:, i * self.hd : (i + 1) * self.hd] = u[:, : self.hd] * s[: self.hd].sqrt()
+        if scheme not in (None, "none"):
+            # the value map has no target of its own: the scheme's codes, scaled by the l1 mean
+            codes, per_channel = scheme_codes(str(scheme), wv)
+            denom = codes.abs().sum(0 if per_channel else None).clamp_min(1)
+            wv = codes * (wv.abs() * codes.abs()).sum(0 if per_channel else None) / denom
+        bv_zero = torch.zeros(self.h * self.hd, dtype=DTYPE)
+        g2 = self._value_gram(wv, bv_zero, joint)
+        w2, b2 = constrained_solve(g2, scheme, self.opts.ridge)
+        candidates.append(("value-out", _partial_sse(g2, w2, b2), ((wv, bv_zero), (w2, b2))))
+        margin = MARGIN * abs(sse0)
+        name, _, sol = min(candidates, key=lambda c_: c_[1] + (margin if c_[2] is not None else 0))
+        log.debug(
+            "attention candidates %s -> %s", [(n, round(v, 3)) for n, v, _ in candidates], name
+        )
+        return sol
+
+    def _mlp_gram(self, ref: nn.Module) -> Gram:
+        """MLP Gram of the re-solved attention in `ref`: one pass over the inputs."""
+        bv = self.view.block_view(ref)
+        proj = bv.linear(bv.proj_name)
+        g = Gram(proj.in_features, (len(self.directions) + 1) * self.c, bias=proj.bias is not None)
+        with torch.no_grad():
+            for xb, ds in self._batches():
+                x1 = xb + bv.attn(xb)
+                g.update(bv.mlp_hidden(bv.mlp_norm(x1)), torch.cat([*ds, x1], -1))
+        return g
+
+    @torch.no_grad()
+    def solve(
+        self, part: str = "block", coef: Sequence[float] = (1.0,), scheme: str | None = None
+    ) -> nn.Module:
+        """A reference block for the target sum_k coef[k] directions[k]; `part` picks what moves.
+
+        The reference is a copy of the block with plain Linear layers whose weights lie in the
+        value set of `scheme` (None: full precision).
+        """
+        if part not in PARTS:
+            raise ValueError(f"part must be one of {PARTS}, got {part!r}")
+        k = self._coef(coef)
+        ref = self.view.reference_copy(self.index)
+        bv = self.view.block_view(ref)
+        attn_sol = self._attention(k, scheme) if part in ("block", "attn") else None
+        if attn_sol is not None:
+            (wv, bvv), (wo, bo) = attn_sol  # type: ignore[misc]
+            _set_linear(bv.linear(bv.v_name), wv, bvv)
+            _set_linear(bv.linear(bv.out_name), wo, bo)
+        if part in ("block", "mlp"):
+            if attn_sol is None:
+                self._mlp_trained = self._mlp_trained or self._mlp_gram(self.trained)
+                g = _combine(self._mlp_trained, k, self.c)
+            else:
+                g = _combine(self._mlp_gram(ref), k, self.c)
+            proj = bv.linear(bv.proj_name)
+            w0, b0 = _linear_params(proj)
+            w1, b1 = constrained_solve(g, scheme, self.opts.ridge)
+            sse0 = _partial_sse(g, w0, b0)
+            if _partial_sse(g, w1, b1) < sse0 - MARGIN * abs(sse0):
+                _set_linear(proj, w1, b1)
+        return ref
 
 
 def peel_block(
@@ -171,18 +236,8 @@ def peel_block(
     part: str = "block",
     opts: ClosedFormOptions | None = None,
 ) -> nn.Module:
-    """A reference for block `index` mapping x (S,T,C) towards target (S,T,C); `part` picks what moves.
-
-    The reference is a copy of the block with plain Linear layers whose weights lie in the value
-    set of `opts.scheme`; the trained model is not touched.
-    """
+    """A reference for block `index` mapping x (S,T,C) towards target (S,T,C); `part` picks what moves."""
     opts = opts or ClosedFormOptions()
     if part not in PARTS:
         raise ValueError(f"part must be one of {PARTS}, got {part!r}")
-    ref = view.reference_copy(index)
-    bv = view.block_view(ref)
-    if part in ("block", "attn"):
-        fit_attention(bv, x, target, opts)
-    if part in ("block", "mlp"):
-        fit_mlp(bv, x, target, opts)
-    return ref
+    return BlockProblem(view, index, x, [target], opts).solve(part, (1.0,), opts.scheme)

@@ -23,6 +23,16 @@ class Gram:
         self.yy = torch.zeros((), dtype=DTYPE)  # sum of squared targets
         self.n = 0
 
+    @classmethod
+    def from_parts(
+        cls, xx: torch.Tensor, xy: torch.Tensor, n: int, bias: bool, yy: torch.Tensor | float = 0.0
+    ) -> Gram:
+        """A Gram from given X~^T X~ (k, k), X~^T Y (k, q), sample count and ||Y||^2."""
+        g = cls(xx.shape[0] - int(bias), xy.shape[1], bias)
+        g.xx, g.xy, g.n = xx.to(DTYPE), xy.to(DTYPE), n
+        g.yy = torch.as_tensor(yy, dtype=DTYPE)
+        return g
+
     def update(self, x: torch.Tensor, y: torch.Tensor) -> None:
         """Add a batch: x (..., p), y (..., q).
 

@@ -1,0 +1,181 @@
+"""`layerpeel analyze RUN_OR_CHECKPOINT`: P1 layer gaps, P2 ladder and P3 cascade of one checkpoint."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+from typing import Any, TextIO
+
+from layerpeel.analyze import DEFAULT_TOKENS, PeelConfig, load_target, monitoring_from_run, peel
+from layerpeel.bounds.report import PeelReport
+from layerpeel.errors import ConfigError
+
+# Colour always comes with a word and a symbol, for readers who cannot tell red from green.
+MARKS = {"green": ("+", "32"), "yellow": ("!", "33"), "red": ("x", "31")}
+
+
+def add_parser(sub: Any) -> argparse.ArgumentParser:
+    p = sub.add_parser(
+        "analyze",
+        help="find under-optimized layers of a run's checkpoint (P1 gaps, P2 ladder, P3 cascade)",
+    )
+    p.add_argument(
+        "target", type=Path, metavar="RUN_OR_CHECKPOINT", help="run folder or checkpoint JSON"
+    )
+    p.add_argument(
+        "--data", help="text file or folder for the monitoring set (default: the run's corpus)"
+    )
+    p.add_argument(
+        "--tokens",
+        type=int,
+        default=DEFAULT_TOKENS,
+        help="monitoring tokens (half fit, half held out)",
+    )
+    p.add_argument("--json", type=Path, metavar="FILE", help="also write the report JSON here")
+    d = PeelConfig()
+    p.add_argument("--solver", default=d.solver, help="P1 solver: closed (default) or adam")
+    p.add_argument(
+        "--parts", default=",".join(d.parts), help="P1 parts, comma separated: block,attn,mlp"
+    )
+    p.add_argument("--blocks", help="P1 blocks (0-based, comma separated; default all)")
+    p.add_argument("--no-ladder", action="store_true", help="skip P2, the projection ladder")
+    p.add_argument("--no-cascade", action="store_true", help="skip P3, the YES cascade")
+    p.add_argument("--max-anchors", type=int, help="P3 anchor subsets up to this size")
+    p.add_argument(
+        "--red",
+        type=float,
+        default=d.red,
+        help="red when a gap's interval clears this (nats/token)",
+    )
+    p.add_argument("--yellow", type=float, default=d.yellow, help="yellow when a gap exceeds this")
+    p.add_argument(
+        "--budget-mb", type=int, default=d.budget_mb, help="memory budget of cached activations"
+    )
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument(
+        "--fail-on",
+        choices=["red", "yellow"],
+        help="exit 1 if any layer gets this verdict or worse",
+    )
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bars")
+    p.add_argument(
+        "--no-color", action="store_true", help="no colour in the table (also: NO_COLOR)"
+    )
+    return p
+
+
+def _int_list(text: str | None, what: str) -> tuple[int, ...] | None:
+    if text is None:
+        return None
+    try:
+        return tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise ConfigError(f"{what} must be comma-separated integers, got {text!r}") from None
+
+
+def config_from_args(args: argparse.Namespace) -> PeelConfig:
+    cfg = PeelConfig(
+        solver=args.solver,
+        parts=tuple(v.strip() for v in args.parts.split(",") if v.strip()),
+        blocks=_int_list(args.blocks, "--blocks"),
+        ladder=not args.no_ladder,
+        cascade=not args.no_cascade,
+        max_anchors=args.max_anchors,
+        red=args.red,
+        yellow=args.yellow,
+        budget_mb=args.budget_mb,
+        seed=args.seed,
+    )
+    cfg.validate()
+    return cfg
+
+
+def verdict_text(verdict: str, color: bool) -> str:
+    mark, code = MARKS.get(verdict, ("?", "0"))
+    word = f"{mark} {verdict}"
+    return f"\033[{code}m{word:<8}\033[0m" if color else f"{word:<8}"
+
+
+def print_report(report: PeelReport, out: TextIO, color: bool) -> None:
+    """The P1 table (largest gap first within each block), the ladder and the cascade."""
+    q = report.model.get("quant")
+    head = f"{'block':>5}  {'part':<5}  {'gap':>8}  {'95% interval':>19}  {'verdict':<8}  {'CE ref':>7}  {'CE trained':>10}"
+    if q:
+        head += f"  {'optim':>7}  {'quant':>7}"
+    head += f"  {'time':>6}"
+    print(
+        f"P1 layer gaps (nats/token, held-out; red when the interval clears {report.config.get('red')}):",
+        file=out,
+    )
+    print(head, file=out)
+    for r in report.layers:
+        line = (
+            f"{r['block']:>5}  {r['part']:<5}  {r['gap']:>+8.4f}  [{r['ci_low']:>+8.4f}, {r['ci_high']:>+8.4f}]"
+            f"  {verdict_text(r['verdict'], color)}  {r['ce_reference']:>7.4f}  {r['ce_trained']:>10.4f}"
+        )
+        if q:
+            line += f"  {r.get('opt_part', 0.0):>+7.4f}  {r.get('quant_part', 0.0):>+7.4f}"
+        line += f"  {r['time_s']:>5.1f}s"
+        print(line, file=out)
+    if report.ladder:
+        n = int(report.model.get("blocks", 0))
+        print(
+            "\nP2 ladder: CE when block l alone is peeled onto G_j (rows l, columns j):", file=out
+        )
+        print("      " + "".join(f"{'j=' + str(j):>9}" for j in range(n)), file=out)
+        cells = {(r["from_block"], r["to_block"]): r["ce"] for r in report.ladder}
+        for i in range(n):
+            row = "".join(
+                f"{cells[(i, j)]:>9.4f}" if (i, j) in cells else " " * 9 for j in range(n)
+            )
+            print(f"  l={i:<2}{row}", file=out)
+    c = report.cascade
+    if c:
+        ks = ", ".join(f"YES-{k + 1} {v:.4f}" for k, v in enumerate(c["yes"]))
+        print(
+            f"\nP3 cascade: CE trained {c['ce_trained']:.4f}; YES-0 {c['yes0']:.4f}; {ks}"
+            f" -> {verdict_text(c['verdict'], color).strip()} (final target alpha {c.get('final_alpha', 0)})",
+            file=out,
+        )
+    reds = [r for r in report.layers if r["verdict"] == "red"]
+    if reds:
+        worst = max(reds, key=lambda r: r["gap"])
+        print(
+            f"\n{len(reds)} red row(s); largest gap: block {worst['block']} {worst['part']} "
+            f"({worst['gap']:+.4f} nats/token).",
+            file=out,
+        )
+    else:
+        print("\nno red layer.", file=out)
+
+
+def _use_color(args: argparse.Namespace) -> bool:
+    return not args.no_color and "NO_COLOR" not in os.environ and sys.stdout.isatty()
+
+
+def run(args: argparse.Namespace) -> int:
+    cfg = config_from_args(args)
+    target = load_target(args.target)
+    if target.run is None:
+        raise ConfigError(
+            f"{args.target} is not in a run folder, so its tokenizer is unknown; "
+            "analyse a checkpoint inside its run folder"
+        )
+    mset = monitoring_from_run(target.run, args.data, args.tokens)
+    report = peel(target.model, mset, cfg, progress=not args.no_progress)
+    report.model["step"] = target.step
+    report.model["source"] = target.source
+    outputs = [target.run.path / "analysis" / f"step-{(target.step or 0):06d}.json"]
+    if args.json is not None:
+        outputs.append(args.json)
+    for path in outputs:
+        report.save(path)
+    print_report(report, sys.stdout, _use_color(args))
+    print("\nreport: " + ", ".join(str(p) for p in outputs))
+    if args.fail_on:
+        bad = {"red"} if args.fail_on == "red" else {"red", "yellow"}
+        if any(r["verdict"] in bad for r in report.layers):
+            return 1
+    return 0
