@@ -1,9 +1,11 @@
 """Where the pieces of a transformer are: an explicit table from model class to block views.
 
 A `BlockView` names, for one block, what the solvers need: the attention norm, the attention
-pattern function, the value and output projections, the MLP norm, the MLP hidden features and the
-MLP output projection. `ModelView` gives the embeddings (G_0), the blocks and the head. Models not
-in the table get an error naming the supported ones.
+pattern function, the value and output maps (`WeightSlot`s: a Linear, a transposed Conv1D, or rows
+of a fused QKV projection), the MLP norm, the MLP hidden features and the MLP output map.
+`ModelView` gives the embeddings (G_0), the blocks, how to run one block, and the head. The table
+`ARCHITECTURES` lists every supported model class (layerpeel's GPT and the Hugging Face causal
+LMs of `layerpeel.arch_hf`); models not in it get an error naming the supported ones.
 """
 
 from __future__ import annotations
@@ -50,23 +52,118 @@ def set_submodule(root: nn.Module, name: str, module: nn.Module) -> None:
 
 
 @dataclass
+class WeightSlot:
+    """A linear map x (..., in) -> x W + b (..., out) stored in (part of) one module's weight.
+
+    `module` is an nn.Linear (weight (out_total, in)) or, with `transposed`, a Hugging Face
+    Conv1D (weight (in, out_total)); `rows` picks the module outputs that belong to this map, in
+    the map's own order (None = all), so one slot can be the value part of a fused QKV projection.
+    """
+
+    module: nn.Module
+    rows: torch.Tensor | None = None  # long (out,): which outputs of `module`; None = all
+    transposed: bool = False  # weight stored (in, out) as in Conv1D
+
+    def _weight_io(self) -> torch.Tensor:
+        """The module's whole effective weight as (in, out_total)."""
+        if self.transposed:
+            return cast(torch.Tensor, self.module.weight).detach()
+        return effective_weight(self.module).T
+
+    @property
+    def has_bias(self) -> bool:
+        return getattr(self.module, "bias", None) is not None
+
+    @property
+    def in_features(self) -> int:
+        return int(self._weight_io().shape[0])
+
+    @property
+    def out_features(self) -> int:
+        return int(self._weight_io().shape[1] if self.rows is None else self.rows.numel())
+
+    def get(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """W (in, out) and b (out,) or None, detached, in the module's dtype."""
+        w = self._weight_io()
+        bias = getattr(self.module, "bias", None)
+        b = bias.detach() if bias is not None else None
+        if self.rows is not None:
+            w = w[:, self.rows]
+            b = b[self.rows] if b is not None else None
+        return w, b
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        """X (..., in) -> x W + b (..., out)."""
+        w, b = self.get()
+        y = x @ w.to(x.dtype)
+        return y + b.to(x.dtype) if b is not None else y
+
+    @torch.no_grad()
+    def set(self, w: torch.Tensor, b: torch.Tensor | None) -> None:
+        """Write W (in, out) and, if the module has a bias and b is given, b (out,)."""
+        weight = cast(torch.Tensor, self.module.weight)
+        cols = slice(None) if self.rows is None else self.rows
+        if self.transposed:
+            weight[:, cols] = w.to(weight.dtype)
+        else:
+            weight[cols, :] = w.T.to(weight.dtype)
+        bias = getattr(self.module, "bias", None)
+        if bias is not None and b is not None:
+            bias[cols] = b.to(bias.dtype)
+
+
+def linear_slot(block: nn.Module, name: str) -> WeightSlot:
+    """The slot of a whole nn.Linear `name` inside `block`."""
+    return WeightSlot(get_submodule(block, name))
+
+
+@dataclass
 class BlockView:
-    """The pieces of one block the closed-form solvers use; names are relative to the block."""
+    """The pieces of one block the closed-form solvers use; names are relative to the block.
+
+    Sequential blocks compute x1 = x + attn(x), out = x1 + mlp(x1); parallel blocks (GPT-NeoX,
+    Phi) compute out = x + attn(x) + mlp(x), the MLP reading the block input.
+    """
 
     block: nn.Module
-    n_head: int  # attention heads
+    n_head: int  # attention (query) heads H
     head_dim: int  # width of one head
-    v_name: str  # value projection (C -> H*hd)
+    v_name: str  # module holding the value projection (C -> H_kv*hd)
     out_name: str  # attention output projection (H*hd -> C)
     proj_name: str  # MLP output projection (F -> C)
     attn_norm: Callable[[torch.Tensor], torch.Tensor]  # x (B,T,C) -> normalised input of attention
     patterns: Callable[[torch.Tensor], torch.Tensor]  # normalised x -> A (B,H,T,T)
-    mlp_norm: Callable[[torch.Tensor], torch.Tensor]  # residual after attention -> MLP input
+    mlp_norm: Callable[[torch.Tensor], torch.Tensor]  # what the MLP reads -> MLP input
     mlp_hidden: Callable[[torch.Tensor], torch.Tensor]  # MLP input -> hidden features (B,T,F)
     attn: Callable[[torch.Tensor], torch.Tensor]  # attention sub-block output, input x (B,T,C)
-    mlp: Callable[[torch.Tensor], torch.Tensor]  # MLP sub-block output, input = residual after attn
+    mlp: Callable[[torch.Tensor], torch.Tensor]  # MLP sub-block output, input = what the MLP reads
     attn_prefixes: tuple[str, ...] = ("ln_1.", "attn.")  # parameters of the attention sub-block
     mlp_prefixes: tuple[str, ...] = ("ln_2.", "mlp.")  # parameters of the MLP sub-block
+    n_kv_head: int | None = None  # key-value heads (grouped-query attention); None = n_head
+    parallel: bool = False  # attention and MLP both read the block input
+    value_slot: WeightSlot | None = None  # value map; None = the whole Linear `v_name`
+    out_slot: WeightSlot | None = None  # output map; None = the whole Linear `out_name`
+    proj_slot: WeightSlot | None = None  # MLP output map; None = the whole Linear `proj_name`
+
+    @property
+    def kv_heads(self) -> int:
+        return self.n_kv_head or self.n_head
+
+    @property
+    def value(self) -> WeightSlot:
+        return self.value_slot or linear_slot(self.block, self.v_name)
+
+    @property
+    def out(self) -> WeightSlot:
+        return self.out_slot or linear_slot(self.block, self.out_name)
+
+    @property
+    def proj(self) -> WeightSlot:
+        return self.proj_slot or linear_slot(self.block, self.proj_name)
+
+    def mlp_residual(self, x: torch.Tensor) -> torch.Tensor:
+        """What the MLP sub-block reads, given the block input x (B,T,C)."""
+        return x if self.parallel else x + self.attn(x)
 
     def part_parameters(self, part: str) -> list[nn.Parameter]:
         """Parameters a peel of `part` ("block", "attn" or "mlp") may change."""
@@ -79,9 +176,8 @@ class BlockView:
         return cast(nn.Linear, get_submodule(self.block, name))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """The block's output on x (B,T,C): x + attn, then + mlp."""
-        x1 = x + self.attn(x)
-        return x1 + self.mlp(x1)
+        """The block's output on x (B,T,C), from the sub-block functions."""
+        return x + self.attn(x) + self.mlp(self.mlp_residual(x))
 
 
 def gpt_block_view(block: nn.Module) -> BlockView:
@@ -115,12 +211,23 @@ class ModelView:
     block_view: Callable[[nn.Module], BlockView]
     unembed_weight: Callable[[], torch.Tensor]  # (V, C) the unembedding matrix
     final_norm: nn.Module  # the norm before the unembedding
+    block_runner: Callable[[nn.Module, torch.Tensor], torch.Tensor] | None = None  # None: block(x)
+    caller: Callable[[torch.Tensor], Any] | None = (
+        None  # full forward on idx (B,T); None: model(idx)
+    )
 
     @property
     def n_blocks(self) -> int:
         return len(self.blocks)
 
+    def forward(self, idx: torch.Tensor) -> Any:
+        """The model's own forward pass on tokens idx (B,T) (what `capture` records)."""
+        return self.caller(idx) if self.caller is not None else self.model(idx)
+
     def run_block(self, block: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        """One block (trained or reference) on the residual x (B,T,C), called as the model calls it."""
+        if self.block_runner is not None:
+            return self.block_runner(block, x)
         return block(x)
 
     def run_from(
@@ -154,9 +261,29 @@ def _gpt_view(model: nn.Module) -> ModelView:
     )
 
 
-# The table of supported architectures: model class name -> view builder.
+def _hf(family: str) -> Callable[[nn.Module], ModelView]:
+    """View builder of a Hugging Face family (imported on use: transformers is optional)."""
+
+    def build(model: nn.Module) -> ModelView:
+        from layerpeel.arch_hf import hf_view
+
+        return hf_view(model, family)
+
+    return build
+
+
+# The table of supported architectures: model class name -> view builder. The Hugging Face
+# families are described piece by piece in `layerpeel.arch_hf.FAMILIES`.
 ARCHITECTURES: dict[str, Callable[[nn.Module], ModelView]] = {
     "GPT": _gpt_view,
+    "GPT2LMHeadModel": _hf("gpt2"),
+    "LlamaForCausalLM": _hf("llama"),
+    "MistralForCausalLM": _hf("llama"),
+    "Qwen2ForCausalLM": _hf("llama"),
+    "GemmaForCausalLM": _hf("llama"),
+    "GPTNeoXForCausalLM": _hf("gpt_neox"),
+    "OPTForCausalLM": _hf("opt"),
+    "PhiForCausalLM": _hf("phi"),
 }
 
 

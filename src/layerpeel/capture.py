@@ -127,7 +127,7 @@ def residual_stream(
     """
     with capture(view, budget_bytes=budget_bytes) as acts:
         for start in range(0, tokens.shape[0], batch_size):
-            view.model(tokens[start : start + batch_size])
+            view.forward(tokens[start : start + batch_size])
     res = acts.stacked()["residual"]
     out = [res[i] for i in range(view.n_blocks + 1)]
     check_finite(out)

@@ -120,7 +120,8 @@ def cascade(
             x_fit, x_held = (ctx.fit[0], ctx.held[0]) if i == 0 else stage(i - 1, subset)[1:]
             target = ctx.fit[nxt[0]] if nxt else final_fit
             ref = BlockProblem(ctx.view, i, x_fit, [target], opts).solve("block", (1.0,), scheme)
-            memo[key] = (ref, ref(x_fit), ref(x_held))
+            run = ctx.view.run_block
+            memo[key] = (ref, run(ref, x_fit), run(ref, x_held))
         return memo[key]
 
     rows: list[dict[str, Any]] = []

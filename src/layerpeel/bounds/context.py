@@ -47,7 +47,7 @@ class PeelContext:
                     x = self.fit[0][s : s + self.batch].clone().requires_grad_(True)
                     outs = []
                     for block in self.view.blocks:
-                        x = block(x)
+                        x = self.view.run_block(block, x)
                         outs.append(x)
                     logits = self.view.head(x)
                     loss = (

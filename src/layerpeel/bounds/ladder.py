@@ -32,7 +32,7 @@ def ladder(
         for j in range(i, n):
             t0 = time.perf_counter()
             coef = [1.0 if k == j - i else 0.0 for k in range(len(targets))]
-            x = problem.solve("block", coef, scheme)(ctx.held[i])
+            x = ctx.view.run_block(problem.solve("block", coef, scheme), ctx.held[i])
             ce = float(ctx.held_ce(j + 1, x, {}).mean())
             rows.append(
                 {

@@ -1,8 +1,11 @@
 """Closed-form peel of one transformer block onto target residual streams.
 
 With the block's own attention patterns held fixed, the attention output is linear in each head's
-value-output map, and given fixed MLP hidden features the MLP output is linear in its output
-projection: both are least-squares problems, solved through streamed Grams (`lstsq.Gram`).
+value-output map, and given fixed MLP hidden features (GELU, or act(gate) * up for a gated MLP)
+the MLP output is linear in its output projection: both are least-squares problems, solved through
+streamed Grams (`lstsq.Gram`). The maps are `WeightSlot`s (a Linear, a Conv1D, or the value rows of
+a fused QKV projection); with grouped-query attention the heads of one key-value group share their
+value map; in parallel blocks (GPT-NeoX, Phi) the MLP reads the block input.
 
 A `BlockProblem` makes one pass over a block's inputs and keeps everything that does not depend on
 the target: the Gram of the per-head mixed inputs A_h x (from which the Grams of the trained and
@@ -26,7 +29,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from layerpeel.arch import ModelView, effective_weight
+from layerpeel.arch import BlockView, ModelView, WeightSlot
 from layerpeel.solvers.lstsq import DTYPE, Gram
 from layerpeel.solvers.quantized import constrained_solve, scheme_codes
 
@@ -47,20 +50,38 @@ class ClosedFormOptions:
     scheme: str | None = None  # quantizer the reference must obey (None = full precision)
 
 
-def _set_linear(linear: nn.Linear, w: torch.Tensor, b: torch.Tensor | None) -> None:
-    """Write a solution w (in, out) and bias (out,) into a Linear (weight (out, in))."""
-    with torch.no_grad():
-        linear.weight.copy_(w.T.to(linear.weight.dtype))
-        if linear.bias is not None and b is not None:
-            linear.bias.copy_(b.to(linear.bias.dtype))
+def _slot_params(slot: WeightSlot) -> tuple[torch.Tensor, torch.Tensor]:
+    """The (w (in, out), b (out,)) of a slot, in float64 (b = 0 without a bias)."""
+    w, b = slot.get()
+    w = w.to(DTYPE)
+    return w, (b.to(DTYPE) if b is not None else torch.zeros(w.shape[1], dtype=DTYPE))
 
 
-def _linear_params(linear: nn.Linear) -> tuple[torch.Tensor, torch.Tensor]:
-    """The (w (in, out), b (out,)) of a Linear, in float64."""
-    w = effective_weight(linear).T.to(DTYPE)
-    bias = getattr(linear, "bias", None)
-    b = bias.detach().to(DTYPE) if bias is not None else torch.zeros(w.shape[1], dtype=DTYPE)
-    return w, b
+def group_to_heads(bv: BlockView, t: torch.Tensor) -> torch.Tensor:
+    """Per key-value group columns (..., H_kv*hd) -> per query head (..., H*hd); head h reads h // rep."""
+    lead = t.shape[:-1]
+    g = t.reshape(*lead, bv.kv_heads, 1, bv.head_dim)
+    g = g.expand(*lead, bv.kv_heads, bv.n_head // bv.kv_heads, bv.head_dim)
+    return g.reshape(*lead, bv.n_head * bv.head_dim)
+
+
+def factor_value_maps(m: torch.Tensor, bv: BlockView) -> torch.Tensor:
+    """Value map W_v (C, H_kv*hd) from joint per-head maps m (H*C, C_out), by truncated SVD.
+
+    The heads of one key-value group share their value map, so the group's maps are stacked side
+    by side, [M_h1 | M_h2 | ...] (C, rep*C_out), and their best rank-hd factor gives W_v^g (one
+    head per group: the per-head factor M_h ~ W_v^h W_o^h).
+    """
+    h, hd, h_kv = bv.n_head, bv.head_dim, bv.kv_heads
+    c = m.shape[0] // h
+    rep = h // h_kv
+    wv = torch.zeros(c, h_kv * hd, dtype=DTYPE)
+    for g in range(h_kv):
+        group = torch.cat([m[(g * rep + j) * c : (g * rep + j + 1) * c] for j in range(rep)], 1)
+        u, s, _ = torch.linalg.svd(group, full_matrices=False)
+        k = min(hd, s.numel())
+        wv[:, g * hd : g * hd + k] = u[:, :k] * s[:k].sqrt()
+    return wv
 
 
 def _head_mix(patterns: torch.Tensor, xs: torch.Tensor) -> torch.Tensor:
@@ -104,11 +125,12 @@ class BlockProblem:
         self.opts = opts or ClosedFormOptions()
         self.trained = view.reference_copy(index)
         bv = view.block_view(self.trained)
+        self.bv = bv
         self.h, self.hd = bv.n_head, bv.head_dim
         self.c = x.shape[-1]
         k = len(self.directions)
-        self.v_trained = _linear_params(bv.linear(bv.v_name))
-        self.out_bias = bv.linear(bv.out_name).bias is not None
+        self.v_trained = _slot_params(bv.value)  # (C, H_kv*hd), (H_kv*hd,)
+        self.out_bias = bv.out.has_bias
         self._mlp_trained: Gram | None = None  # MLP Gram on the trained attention, made on demand
         # features [A_h xn]_h with a constant column; right-hand sides: the K directions, then
         # the offset x + mlp(x + attn(x)) that the attention output does not have to produce
@@ -119,8 +141,8 @@ class BlockProblem:
                 a = bv.patterns(xn)  # (B,H,T,T)
                 bsz, t, _ = xb.shape
                 feats = _head_mix(a, xn[:, None].expand(bsz, self.h, t, self.c))
-                x1 = xb + bv.attn(xb)
-                self.joint.update(feats, torch.cat([*ds, xb + bv.mlp(x1)], -1))
+                offset = xb + bv.mlp(bv.mlp_residual(xb))
+                self.joint.update(feats, torch.cat([*ds, offset], -1))
 
     def _batches(self):
         size = self.opts.batch
@@ -135,9 +157,11 @@ class BlockProblem:
     def _value_gram(self, wv: torch.Tensor, bv_: torch.Tensor, joint: Gram) -> Gram:
         """Gram of the mixed values A_h (xn W_v + 1 b_v) from the joint Gram: a change of features.
 
-        Rows of A_h sum to one, so the value bias passes through as a constant.
+        wv (C, H_kv*hd), bv_ (H_kv*hd,): one value map per key-value group. Rows of A_h sum to one,
+        so the value bias passes through as a constant.
         """
         hc, hhd = self.h * self.c, self.h * self.hd
+        wv, bv_ = group_to_heads(self.bv, wv), group_to_heads(self.bv, bv_)
         t = torch.zeros(hc + 1, hhd + int(self.out_bias), dtype=DTYPE)
         for i in range(self.h):
             cols = slice(i * self.hd, (i + 1) * self.hd)
@@ -152,27 +176,32 @@ class BlockProblem:
         """Least-squares per-head maps M (H*C, C) and bias (C,) of the attention output."""
         return _combine(self.joint, self._coef(coef), self.c).solve(self.opts.ridge)
 
+    def attention_grams(self, coef: Sequence[float]) -> tuple[Gram, Gram]:
+        """The two attention Grams for the target sum_k coef[k] directions[k].
+
+        joint: features A_h xn for every head (H*C); out: the trained values mixed by the
+        patterns (H*hd), whose unknown is the output map.
+        """
+        joint = _combine(self.joint, self._coef(coef), self.c)
+        return joint, self._value_gram(*self.v_trained, joint)
+
     def _attention(self, coef: torch.Tensor, scheme: str | None):
         """Best attention candidate: None (trained) or ((wv, bv), (w_out, b_out))."""
         joint = _combine(self.joint, coef, self.c)
         g_out = self._value_gram(*self.v_trained, joint)
-        bv = self.view.block_view(self.trained)
-        w0, b0 = _linear_params(bv.linear(bv.out_name))
+        w0, b0 = _slot_params(self.bv.out)
         sse0 = _partial_sse(g_out, w0, b0)
         candidates: list[tuple[str, float, object]] = [("trained", sse0, None)]
         w1, b1 = constrained_solve(g_out, scheme, self.opts.ridge)
         candidates.append(("out", _partial_sse(g_out, w1, b1), (self.v_trained, (w1, b1))))
         m, _ = joint.solve(self.opts.ridge)  # (H*C, C)
-        wv = torch.zeros(self.c, self.h * self.hd, dtype=DTYPE)
-        for i in range(self.h):
-            u, s, _vt = torch.linalg.svd(m[i * self.c : (i + 1) * self.c], full_matrices=False)
-            wv[:, i * self.hd : (i + 1) * self.hd] = u[:, : self.hd] * s[: self.hd].sqrt()
+        wv = factor_value_maps(m, self.bv)  # (C, H_kv*hd)
         if scheme not in (None, "none"):
             # the value map has no target of its own: the scheme's codes, scaled by the l1 mean
             codes, per_channel = scheme_codes(str(scheme), wv)
             denom = codes.abs().sum(0 if per_channel else None).clamp_min(1)
             wv = codes * (wv.abs() * codes.abs()).sum(0 if per_channel else None) / denom
-        bv_zero = torch.zeros(self.h * self.hd, dtype=DTYPE)
+        bv_zero = torch.zeros(wv.shape[1], dtype=DTYPE)
         g2 = self._value_gram(wv, bv_zero, joint)
         w2, b2 = constrained_solve(g2, scheme, self.opts.ridge)
         candidates.append(("value-out", _partial_sse(g2, w2, b2), ((wv, bv_zero), (w2, b2))))
@@ -186,12 +215,13 @@ class BlockProblem:
     def _mlp_gram(self, ref: nn.Module) -> Gram:
         """MLP Gram of the re-solved attention in `ref`: one pass over the inputs."""
         bv = self.view.block_view(ref)
-        proj = bv.linear(bv.proj_name)
-        g = Gram(proj.in_features, (len(self.directions) + 1) * self.c, bias=proj.bias is not None)
+        proj = bv.proj
+        g = Gram(proj.in_features, (len(self.directions) + 1) * self.c, bias=proj.has_bias)
         with torch.no_grad():
             for xb, ds in self._batches():
-                x1 = xb + bv.attn(xb)
-                g.update(bv.mlp_hidden(bv.mlp_norm(x1)), torch.cat([*ds, x1], -1))
+                base = xb + bv.attn(xb)  # the MLP adds to this
+                hidden = bv.mlp_hidden(bv.mlp_norm(bv.mlp_residual(xb)))
+                g.update(hidden, torch.cat([*ds, base], -1))
         return g
 
     @torch.no_grad()
@@ -211,20 +241,20 @@ class BlockProblem:
         attn_sol = self._attention(k, scheme) if part in ("block", "attn") else None
         if attn_sol is not None:
             (wv, bvv), (wo, bo) = attn_sol  # type: ignore[misc]
-            _set_linear(bv.linear(bv.v_name), wv, bvv)
-            _set_linear(bv.linear(bv.out_name), wo, bo)
+            bv.value.set(wv, bvv)
+            bv.out.set(wo, bo)
         if part in ("block", "mlp"):
             if attn_sol is None:
                 self._mlp_trained = self._mlp_trained or self._mlp_gram(self.trained)
                 g = _combine(self._mlp_trained, k, self.c)
             else:
                 g = _combine(self._mlp_gram(ref), k, self.c)
-            proj = bv.linear(bv.proj_name)
-            w0, b0 = _linear_params(proj)
+            proj = bv.proj
+            w0, b0 = _slot_params(proj)
             w1, b1 = constrained_solve(g, scheme, self.opts.ridge)
             sse0 = _partial_sse(g, w0, b0)
             if _partial_sse(g, w1, b1) < sse0 - MARGIN * abs(sse0):
-                _set_linear(proj, w1, b1)
+                proj.set(w1, b1)
         return ref
 
 
