@@ -8,24 +8,21 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from layerpeel.errors import CheckpointError
-from layerpeel.monitoring import MonitoringSet, monitoring_set
+from layerpeel.monitoring import MonitoringSet
 
 log = logging.getLogger(__name__)
 
 
-def run_monitoring_set(dataset: Any, val_ids: np.ndarray, sequences: int, seq_len: int) -> MonitoringSet:
-    """The monitoring set of a layerpeel run: its first `sequences` validation windows, cut to
-    `seq_len` tokens (plus the next-token target), so training and later analyses share it."""
-    ids = np.asarray(val_ids)[:sequences]
-    if len(ids) < 2:
-        raise CheckpointError(
-            f"the run has {len(val_ids)} validation sequence(s); the monitor needs at least 2"
-        )
-    windows = dataset.windows(ids)[:, : seq_len + 1]  # (S, seq_len + 1)
-    return monitoring_set(windows)
+def run_monitoring_set(run: Any, config: Any) -> MonitoringSet:
+    """The monitoring set of a layerpeel run for the monitor: `config.tokens` tokens of the run's
+    own corpus in sequences of `config.seq_len` (cut to the model's context), so training and
+    later checkpoint analyses share it (`layerpeel.analyze.monitoring_from_run`)."""
+    from layerpeel.analyze import monitoring_from_run
+
+    model_cfg, _ = run.model_config()
+    seq_len = min(config.seq_len, model_cfg.block_size)
+    return monitoring_from_run(run, None, config.tokens, seq_len)
 
 
 def analyze_checkpoints(
@@ -40,12 +37,10 @@ def analyze_checkpoints(
     have a checkpoint event in monitor.jsonl are skipped. Returns the new events.
     """
     from layerpeel.analyze import peel
-    from layerpeel.data import load_tokenizer
     from layerpeel.monitor.analyses import PeelAnalysis
     from layerpeel.monitor.core import MonitorConfig
     from layerpeel.monitor.loggers import make_loggers, read_events
     from layerpeel.run import load_model, open_run
-    from layerpeel.train import TrainConfig, load_train_data
 
     run = open_run(run_path)
     cfg_all = run.read_config()
@@ -56,11 +51,7 @@ def analyze_checkpoints(
     checkpoints = run.checkpoints()
     if not checkpoints:
         raise CheckpointError(f"run folder has no complete checkpoint: {run.path}")
-    model_cfg, _ = run.model_config()
-    train_cfg = TrainConfig.from_dict(cfg_all["train"])
-    data = load_train_data(train_cfg, model_cfg.block_size, load_tokenizer(run.tokenizer_path))
-    seq_len = min(config.seq_len, model_cfg.block_size)
-    mset = run_monitoring_set(data.dataset, data.val_ids, config.sequences, seq_len)
+    mset = run_monitoring_set(run, config)
     done = {
         int(e["step"])
         for e in read_events(run.path / "monitor.jsonl")

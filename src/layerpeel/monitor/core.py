@@ -48,7 +48,7 @@ class MonitorConfig(ConfigBase):
     warmup: int = 50  # no analysis before this step
     loggers: tuple[str, ...] = ()  # besides JSONL (always): "tensorboard", "wandb", "csv"
     max_failures: int = 3  # after this many failed analyses the monitor switches itself off
-    sequences: int = 32  # monitoring sequences `layerpeel train` takes from its validation split
+    tokens: int = 2048  # monitoring tokens of a layerpeel run (`layerpeel train`, checkpoints)
     seq_len: int = 64  # tokens per monitoring sequence there (cut to the model's context)
     peel: PeelConfig = dataclasses.field(default_factory=PeelConfig)  # settings of every peel
 
@@ -61,8 +61,8 @@ class MonitorConfig(ConfigBase):
             raise ConfigError(f"warmup must be an integer >= 0, got {self.warmup!r}")
         if not isinstance(self.max_failures, int) or self.max_failures < 1:
             raise ConfigError(f"max_failures must be a positive integer, got {self.max_failures!r}")
-        if not isinstance(self.sequences, int) or self.sequences < 2 or self.seq_len < 1:
-            raise ConfigError("monitor sequences must be >= 2 and seq_len >= 1")
+        if not isinstance(self.tokens, int) or self.tokens < 2 or self.seq_len < 1:
+            raise ConfigError("monitor tokens must be >= 2 and seq_len >= 1")
         unknown = sorted(set(self.loggers) - set(LOGGER_NAMES))
         if unknown:
             raise ConfigError(f"unknown logger(s) {unknown}; known: {', '.join(LOGGER_NAMES)}")

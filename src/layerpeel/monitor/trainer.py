@@ -18,9 +18,7 @@ def attach(trainer: Any, config: MonitorConfig | None = None, schedule: Schedule
     """
     config = config or MonitorConfig()
     config.validate()
-    assert trainer.data is not None
-    seq_len = min(config.seq_len, trainer.model_cfg.block_size)
-    mset = run_monitoring_set(trainer.data.dataset, trainer.data.val_ids, config.sequences, seq_len)
+    mset = run_monitoring_set(trainer.run, config)
     monitor = Monitor(trainer.model, mset, trainer.run.path, config, schedule)
     sections = trainer.run.read_config()
     sections["monitor"] = config.to_dict()

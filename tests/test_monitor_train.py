@@ -1,0 +1,92 @@
+"""`layerpeel train` monitors by default; saved checkpoints fill the same time series afterwards."""
+
+from __future__ import annotations
+
+import json
+
+from layerpeel.cli import main
+from layerpeel.monitor import analyze_checkpoints, read_events
+
+
+def train_cli(tmp_path, corpus, *extra):
+    args = [
+        "train",
+        "--out",
+        tmp_path / "run",
+        "--data",
+        corpus,
+        "--n-layer",
+        "2",
+        "--d-model",
+        "16",
+        "--n-head",
+        "2",
+        "--block-size",
+        "16",
+        "--batch-size",
+        "4",
+        "--max-steps",
+        "12",
+        "--checkpoint-every",
+        "6",
+        "--no-progress",
+        *extra,
+    ]
+    return main([str(a) for a in args])
+
+
+def test_train_monitors_by_default_and_checkpoints_fill_the_series(tmp_path, tiny_corpus, capsys):
+    code = train_cli(
+        tmp_path,
+        tiny_corpus,
+        "--monitor-warmup",
+        "3",
+        "--monitor-budget",
+        "10",
+        "--monitor-preset",
+        "economy",
+        "--monitor-loggers",
+        "csv",
+    )
+    assert code == 0
+    out = capsys.readouterr().out
+    run = tmp_path / "run"
+    events = read_events(run / "monitor.jsonl")
+    analyses = [e for e in events if e["event"] == "analysis"]
+    assert analyses and all(e["source"] == "monitor" for e in analyses)
+    assert analyses[0]["step"] == 3 and analyses[0]["unit"] == "sweep"
+    rows = analyses[0]["report"]["layers"]
+    assert {(r["block"], r["part"]) for r in rows} == {
+        (b, p) for b in (0, 1) for p in ("block", "attn", "mlp")
+    }
+    assert all(e["overhead"] >= 0 and e["preset"] == "economy" for e in analyses)
+    assert "monitor: " in out and f"{len(analyses)} analyses" in out
+    assert (run / "monitor.csv").read_text().startswith("step,tag,value")
+    config = json.loads((run / "config.json").read_text())
+    assert config["monitor"]["preset"] == "economy"
+
+    new = analyze_checkpoints(run)
+    assert [e["step"] for e in new] == [6, 12]
+    assert all(e["source"] == "checkpoint" for e in new)
+    assert {(r["block"], r["part"]) for r in new[0]["report"]["layers"]} == {
+        (b, p) for b in (0, 1) for p in ("block", "attn", "mlp")
+    }
+    # the same monitoring set as during training
+    sha = {e["report"]["monitoring"]["sha256"] for e in read_events(run / "monitor.jsonl")}
+    assert len(sha) == 1
+    assert analyze_checkpoints(run) == []  # already filled: nothing new
+
+
+def test_no_monitor_flag(tmp_path, tiny_corpus, capsys):
+    assert train_cli(tmp_path, tiny_corpus, "--no-monitor") == 0
+    assert not (tmp_path / "run" / "monitor.jsonl").exists()
+    assert "monitor:" not in capsys.readouterr().out
+
+
+def test_bad_monitor_flags_fail_before_training(tmp_path, tiny_corpus, capsys):
+    assert train_cli(tmp_path, tiny_corpus, "--monitor-preset", "cheap") == 2
+    err = capsys.readouterr().err
+    assert "preset" in err and err.count("\n") == 1
+    assert not (tmp_path / "run").exists()
+    assert train_cli(tmp_path, tiny_corpus, "--monitor-loggers", "mlflow") == 2
+    assert not (tmp_path / "run").exists()
