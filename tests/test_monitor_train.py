@@ -90,3 +90,18 @@ def test_bad_monitor_flags_fail_before_training(tmp_path, tiny_corpus, capsys):
     assert not (tmp_path / "run").exists()
     assert train_cli(tmp_path, tiny_corpus, "--monitor-loggers", "mlflow") == 2
     assert not (tmp_path / "run").exists()
+
+
+def test_yes_demo_checks_go_through_the_monitor(tmp_path):
+    from layerpeel.bounds.yes import to_db
+    from layerpeel.yes_experiments import YesDemoConfig, run_yes_demo
+
+    result = run_yes_demo(YesDemoConfig(task="synthetic", epochs=3, n_samples=60), tmp_path)
+    events = read_events(tmp_path / "monitor.jsonl")
+    assert [e["event"] for e in events] == ["yes"] * 4
+    assert [e["step"] for e in events] == [0, 1, 2, 3]  # epoch 0 is the initialization
+    for event, row in zip(events, result.rows, strict=True):
+        assert event["loss"] == row["train_loss_db"]
+        assert event["yes0"] == to_db(row["yes0_min"])
+        assert event["yes"] == [to_db(v) for v in row["yes_min"]]
+        assert event["verdict"] == row["verdict"] and event["db"] is True
