@@ -105,3 +105,14 @@ def test_yes_demo_checks_go_through_the_monitor(tmp_path):
         assert event["yes0"] == to_db(row["yes0_min"])
         assert event["yes"] == [to_db(v) for v in row["yes_min"]]
         assert event["verdict"] == row["verdict"] and event["db"] is True
+
+
+def test_analyze_all_checkpoints_cli(tmp_path, tiny_corpus, capsys):
+    assert train_cli(tmp_path, tiny_corpus, "--no-monitor") == 0
+    capsys.readouterr()
+    assert main(["analyze", str(tmp_path / "run"), "--all-checkpoints", "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "2 checkpoint(s) analysed" in out
+    events = read_events(tmp_path / "run" / "monitor.jsonl")
+    assert [(e["step"], e["source"]) for e in events] == [(6, "checkpoint"), (12, "checkpoint")]
+    assert main(["analyze", str(tmp_path / "nothing"), "--all-checkpoints"]) == 2
