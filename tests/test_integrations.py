@@ -127,7 +127,10 @@ def test_hf_bad_input_fails_before_training(tmp_path: Path):
         LayerpeelCallback(mset(length=20), tmp_path, model=llama())
     bert = transformers.BertForMaskedLM(
         transformers.BertConfig(
-            vocab_size=VOCAB, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+            vocab_size=VOCAB,
+            hidden_size=16,
+            num_hidden_layers=1,
+            num_attention_heads=2,
             intermediate_size=16,
         )
     )
@@ -147,7 +150,9 @@ def lightning_module():
         def __init__(self) -> None:
             super().__init__()
             torch.manual_seed(0)
-            self.net = GPT(GPTConfig(vocab_size=VOCAB, n_layer=2, n_head=2, d_model=16, block_size=16))
+            self.net = GPT(
+                GPTConfig(vocab_size=VOCAB, n_layer=2, n_head=2, d_model=16, block_size=16)
+            )
 
         def training_step(self, batch, batch_idx):
             x = batch[0]
@@ -201,7 +206,9 @@ def test_lightning_callback_resumes_with_its_history(tmp_path: Path):
     second = LayerpeelCallback(mset(), tmp_path / "run", FAST, every(2))
     trainer2 = pl_trainer(pl2, tmp_path, 10, [second])
     trainer2.fit(module2, ckpt_path=str(ckpt))
-    events = [e for e in read_events(tmp_path / "run" / "monitor.jsonl") if e["event"] == "analysis"]
+    events = [
+        e for e in read_events(tmp_path / "run" / "monitor.jsonl") if e["event"] == "analysis"
+    ]
     assert [e["step"] for e in events] == [2, 4, 6, 8, 10]
     # the rotation went on from the checkpoint: sweep, block 0, block 1, then block 0, block 1
     assert [e["unit"] for e in events] == ["sweep", "p1", "p1", "p1", "p1"]

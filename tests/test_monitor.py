@@ -317,9 +317,7 @@ def test_bad_input_fails_at_construction(tmp_path: Path):
     assert not (tmp_path / "monitor.jsonl").exists()
 
 
-@pytest.mark.skipif(
-    __import__("os").geteuid() == 0, reason="root can write to read-only folders"
-)
+@pytest.mark.skipif(__import__("os").geteuid() == 0, reason="root can write to read-only folders")
 def test_read_only_folder_fails_at_construction(tmp_path: Path):
     ro = tmp_path / "ro"
     ro.mkdir()
@@ -390,3 +388,18 @@ def test_other_ranks_write_nothing(tmp_path: Path, monkeypatch):
     train(model, 3, mon)
     assert not (tmp_path / "run").exists()
     assert mon.analyses == 0
+
+
+def test_context_manager_form(tmp_path: Path):
+    model = tiny_gpt()
+    mon = monitor_for(model, tmp_path, preset="economy", warmup=0, schedule=at([2]))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    x = torch.randint(0, 32, (2, 9))
+    for step in range(1, 4):
+        with mon.watch(step):
+            loss = model.loss(x[:, :-1], x[:, 1:])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    assert [e["step"] for e in read_events(tmp_path / "monitor.jsonl")] == [2]
+    assert mon.budget.train_s > 0 and mon.budget.monitor_s > 0

@@ -45,7 +45,9 @@ class LayerpeelCallback(TrainerCallback):  # type: ignore[misc]
     def _build(self, model: Any) -> Monitor:
         return Monitor(model, self.data, self.run_dir, self.config, self.schedule)
 
-    def on_train_begin(self, args: Any, state: Any, control: Any, model: Any = None, **kw: Any) -> Any:
+    def on_train_begin(
+        self, args: Any, state: Any, control: Any, model: Any = None, **kw: Any
+    ) -> Any:
         if self.monitor is None:
             if model is None:
                 raise ConfigError("the HF Trainer passed no model to the layerpeel callback")

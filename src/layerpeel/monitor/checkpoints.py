@@ -15,9 +15,11 @@ log = logging.getLogger(__name__)
 
 
 def run_monitoring_set(run: Any, config: Any) -> MonitoringSet:
-    """The monitoring set of a layerpeel run for the monitor: `config.tokens` tokens of the run's
-    own corpus in sequences of `config.seq_len` (cut to the model's context), so training and
-    later checkpoint analyses share it (`layerpeel.analyze.monitoring_from_run`)."""
+    """The monitor's monitoring set of a layerpeel run, shared by training and later analyses.
+
+    `config.tokens` tokens of the run's own corpus in sequences of `config.seq_len` (cut to the
+    model's context), chosen by `layerpeel.analyze.monitoring_from_run`.
+    """
     from layerpeel.analyze import monitoring_from_run
 
     model_cfg, _ = run.model_config()

@@ -54,7 +54,9 @@ class MonitorConfig(ConfigBase):
 
     def validate(self) -> None:
         if self.preset not in PRESETS:
-            raise ConfigError(f"unknown monitor preset {self.preset!r}; known: {', '.join(PRESETS)}")
+            raise ConfigError(
+                f"unknown monitor preset {self.preset!r}; known: {', '.join(PRESETS)}"
+            )
         if self.max_overhead is not None and not 0.0 < float(self.max_overhead) <= 10.0:
             raise ConfigError(f"max_overhead must be in (0, 10] or None, got {self.max_overhead}")
         if not isinstance(self.warmup, int) or self.warmup < 0:
@@ -224,7 +226,9 @@ class Monitor:
                 self.run_dir / "monitor_errors",
             )
             try:
-                self._emit({"event": "disabled", "step": step, "time": time.time(), "reason": reason})
+                self._emit(
+                    {"event": "disabled", "step": step, "time": time.time(), "reason": reason}
+                )
             except Exception as inner:  # noqa: BLE001
                 log.debug("could not record that the monitor switched off: %s", inner)
 
@@ -257,7 +261,9 @@ class Monitor:
         kept = [e for e in events if int(e.get("step", 0)) <= step]
         if len(kept) != len(events):
             atomic_write_text(path, "".join(json.dumps(e) + "\n" for e in kept))
-        analysed = [e for e in kept if e.get("event") == "analysis" and e.get("source") == "monitor"]
+        analysed = [
+            e for e in kept if e.get("event") == "analysis" and e.get("source") == "monitor"
+        ]
         if isinstance(self.analysis, PeelAnalysis):
             self.analysis.position = len(analysed) - 1 if analysed else -1
         for event in analysed:

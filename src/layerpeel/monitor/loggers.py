@@ -131,8 +131,7 @@ class TensorBoardLogger(Logger):
             from torch.utils.tensorboard import SummaryWriter
         except ImportError:
             raise ConfigError(
-                "the TensorBoard logger needs the tensorboard package: "
-                "pip install 'layerpeel[tb]'"
+                "the TensorBoard logger needs the tensorboard package: pip install 'layerpeel[tb]'"
             ) from None
         try:
             self.writer = SummaryWriter(log_dir=str(log_dir))
@@ -167,7 +166,7 @@ class WandbLogger(Logger):
                 run = wandb.init(
                     project=project,
                     dir=str(run_dir),
-                    mode=mode,
+                    mode=mode,  # type: ignore[arg-type]
                     reinit="create_new",
                     settings=wandb.Settings(silent=True, console="off"),
                 )

@@ -9,7 +9,9 @@ from layerpeel.monitor.core import Monitor, MonitorConfig
 from layerpeel.monitor.schedules import Schedule
 
 
-def attach(trainer: Any, config: MonitorConfig | None = None, schedule: Schedule | None = None) -> Monitor:
+def attach(
+    trainer: Any, config: MonitorConfig | None = None, schedule: Schedule | None = None
+) -> Monitor:
     """Monitor `trainer.model` on the run's monitoring set; chains any existing `on_step` hook.
 
     The monitor's settings are recorded in the run's config.json (section "monitor"), so
