@@ -403,3 +403,45 @@ def test_context_manager_form(tmp_path: Path):
             opt.step()
     assert [e["step"] for e in read_events(tmp_path / "monitor.jsonl")] == [2]
     assert mon.budget.train_s > 0 and mon.budget.monitor_s > 0
+
+
+def test_tensorboard_wandb_and_csv_loggers(tmp_path: Path, monkeypatch):
+    pytest.importorskip("tensorboard")
+    pytest.importorskip("wandb")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    model = tiny_gpt()
+    mon = monitor_for(
+        model,
+        tmp_path,
+        preset="standard",
+        warmup=0,
+        schedule=every(1),
+        loggers=("tensorboard", "wandb", "csv"),
+    )
+    train(model, 4, mon)  # sweep, block 0, block 1, P3
+    mon.close()
+    assert mon.failures == 0
+    events = [e for e in read_events(tmp_path / "monitor.jsonl") if e["event"] == "analysis"]
+    assert [e["unit"] for e in events] == ["sweep", "p1", "p1", "p3"]
+    runs = [p for p in (tmp_path / "tensorboard").rglob("events.out.tfevents.*")]
+    assert len(runs) == 1 and runs[0].parent == tmp_path / "tensorboard"  # no add_scalars dirs
+    acc = EventAccumulator(str(tmp_path / "tensorboard"))
+    acc.Reload()
+    tags = set(acc.Tags()["scalars"])
+    assert {"peel/gap/block01/attn", "peel/verdict/block00/block", "monitor/overhead"} <= tags
+    assert {"peel/cascade/yes0", "peel/cascade/yes1"} <= tags
+    gap = [(s.step, s.value) for s in acc.Scalars("peel/gap/block01/mlp")]
+    expected = [
+        (e["step"], r["gap"])
+        for e in events
+        for r in e["report"]["layers"]
+        if (r["block"], r["part"]) == (1, "mlp")
+    ]
+    assert [s for s, _ in gap] == [s for s, _ in expected] == [1, 3]
+    assert [v for _, v in gap] == pytest.approx([v for _, v in expected], rel=1e-6)
+    rows = (tmp_path / "monitor.csv").read_text().splitlines()
+    assert rows[0] == "step,tag,value"
+    assert f"4,peel/cascade/yes0,{events[3]['report']['cascade']['yes0']!r}" in rows
+    assert list((tmp_path / "wandb").rglob("*.wandb"))  # an offline W&B run was written

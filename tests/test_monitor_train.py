@@ -53,6 +53,7 @@ def test_train_monitors_by_default_and_checkpoints_fill_the_series(tmp_path, tin
     run = tmp_path / "run"
     events = read_events(run / "monitor.jsonl")
     analyses = [e for e in events if e["event"] == "analysis"]
+    assert len(analyses) == len(events)  # no error events
     assert analyses and all(e["source"] == "monitor" for e in analyses)
     assert analyses[0]["step"] == 3 and analyses[0]["unit"] == "sweep"
     rows = analyses[0]["report"]["layers"]

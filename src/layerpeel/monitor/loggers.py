@@ -55,14 +55,15 @@ def scalars(event: dict[str, Any]) -> dict[str, float]:
             out["peel/cascade/ce_trained"] = float(casc["ce_trained"])
             out["peel/cascade/verdict"] = float(VERDICT_CODES.get(casc.get("verdict", ""), -1))
         out["monitor/seconds"] = float(event["seconds"])
-        out["monitor/overhead"] = float(event["overhead"])
+        if event.get("overhead") is not None:  # None before any training time was measured
+            out["monitor/overhead"] = float(event["overhead"])
     elif kind == "yes":
         out["yes/loss_db"] = float(event["loss"])
         out["yes/yes0_db"] = float(event["yes0"])
         for k, value in enumerate(event.get("yes", []), start=1):
             out[f"yes/yes{k}_db"] = float(value)
         out["yes/verdict"] = float(VERDICT_CODES.get(event["verdict"], -1))
-        if "overhead" in event:
+        if event.get("overhead") is not None:
             out["monitor/overhead"] = float(event["overhead"])
     if event.get("train_loss") is not None:
         out["monitor/train_loss"] = float(event["train_loss"])
