@@ -43,7 +43,7 @@ class PeelConfig(ConfigBase):
     yellow: float = 0.005  # a gap is yellow when it exceeds this (nats/token)
     etas: tuple[float, ...] = (0.0, 0.01, 0.03, 0.1, 0.3)  # target-propagation steps, relative
     search_sequences: int = 64  # fit sequences for the eta line search
-    ridge: float = 1e-6  # ridge of closed-form solves, relative to feature energy
+    ridge: float = 1e-3  # ridge of closed-form solves, relative to feature energy (see docs)
     adam_steps: int = 200  # steps of the Adam solver
     adam_lr: float = 1e-3  # learning rate of the Adam solver
     n_boot: int = 1000  # bootstrap resamples
@@ -83,8 +83,13 @@ def peel(
     data: MonitoringSet,
     cfg: PeelConfig | None = None,
     progress: bool = False,
+    keep_references: bool = False,
 ) -> PeelReport:
-    """Analyse `model` on the monitoring set: P1 rows, P2 ladder, P3 cascade."""
+    """Analyse `model` on the monitoring set: P1 rows, P2 ladder, P3 cascade.
+
+    With `keep_references` the report's `references` hold every reference block: "p1" by
+    (block, part), "p2" by (from_block, to_block), "p3" a list of blocks by anchor subset.
+    """
     from tqdm.auto import tqdm
 
     from layerpeel import __version__
@@ -92,13 +97,16 @@ def peel(
     cfg = cfg or PeelConfig()
     cfg.validate()
     view = model_view(model)
-    found = model_scheme(model)
+    # a model loaded from a low-bit file (GGUF) names its format in `layerpeel_scheme`
+    found = getattr(model, "layerpeel_scheme", None) or model_scheme(model)
     scheme = None if found in (None, "none") else found
     n = view.n_blocks
     blocks = tuple(range(n)) if cfg.blocks is None else tuple(cfg.blocks)
     if any(not 0 <= b < n for b in blocks):
         raise ConfigError(f"blocks must be in 0..{n - 1}, got {list(blocks)}")
     timings: dict[str, float] = {}
+    refs: dict[str, dict[Any, Any]] = {"p1": {}, "p2": {}, "p3": {}}
+    keep = refs if keep_references else {"p1": None, "p2": None, "p3": None}
     with _ModelState(model):
         t0 = time.perf_counter()
         ctx = build_context(view, data, cfg.batch, cfg.budget_mb * 2**20)
@@ -121,14 +129,14 @@ def peel(
             total=len(blocks) * len(parts), desc="P1 layer gaps", disable=not progress, unit="peel"
         ) as bar:
             for b in blocks:
-                rows.extend(block_gaps(ctx, b, parts, scheme, opts, thresholds))
+                rows.extend(block_gaps(ctx, b, parts, scheme, opts, thresholds, keep["p1"]))
                 bar.update(len(parts))
         timings["p1"] = time.perf_counter() - t0
         ladder_rows: list[dict[str, Any]] = []
         if cfg.ladder:
             t0 = time.perf_counter()
             with tqdm(total=n * (n + 1) // 2, desc="P2 ladder", disable=not progress) as bar:
-                ladder_rows = ladder(ctx, scheme, cfg.ridge, bar)
+                ladder_rows = ladder(ctx, scheme, cfg.ridge, bar, keep["p2"])
             timings["p2"] = time.perf_counter() - t0
         casc = None
         if cfg.cascade:
@@ -139,7 +147,7 @@ def peel(
             with tqdm(
                 total=len(anchor_subsets(n, cap)), desc="P3 cascade", disable=not progress
             ) as bar:
-                casc = cascade(ctx, scheme, cap, cfg.cascade_target, cfg.ridge, bar)
+                casc = cascade(ctx, scheme, cap, cfg.cascade_target, cfg.ridge, bar, keep["p3"])
             timings["p3"] = time.perf_counter() - t0
     return PeelReport(
         layers=rows,
@@ -161,6 +169,7 @@ def peel(
         },
         timings=timings,
         version=__version__,
+        references=refs if keep_references else {},
     )
 
 

@@ -63,7 +63,7 @@ def final_target(
     ctx: PeelContext,
     final: str,
     scheme: str | None,
-    ridge: float = 1e-6,
+    ridge: float = 1e-3,
     search_sequences: int = 64,
 ) -> tuple[torch.Tensor, float]:
     """The cascade's final target on the fit part and its preimage weight alpha."""
@@ -99,10 +99,14 @@ def cascade(
     scheme: str | None,
     max_anchors: int | None = None,
     final: str = "preimage",
-    ridge: float = 1e-6,
+    ridge: float = 1e-3,
     progress: Any = None,
+    keep: dict[Any, Any] | None = None,
 ) -> dict[str, Any]:
-    """YES-0..YES-k on the residual stream, the best subsets and the whole-model colour."""
+    """YES-0..YES-k on the residual stream, the best subsets and the whole-model colour.
+
+    `keep`, when given, receives the list of reference blocks of each path under its anchors.
+    """
     n = ctx.n_blocks
     final_fit, alpha = final_target(ctx, final, scheme, ridge)
     opts = ClosedFormOptions(ridge=ridge)
@@ -128,6 +132,8 @@ def cascade(
     for subset in anchor_subsets(n, max_anchors):
         t0 = time.perf_counter()
         ce = float(ctx.held_ce(n, stage(n - 1, subset)[2], {}).mean())
+        if keep is not None:
+            keep[subset] = [stage(i, subset)[0] for i in range(n)]
         rows.append({"anchors": list(subset), "ce": ce, "time_s": time.perf_counter() - t0})
         if progress is not None:
             progress.update(1)

@@ -18,9 +18,16 @@ from layerpeel.solvers.closed import BlockProblem, ClosedFormOptions
 
 @torch.no_grad()
 def ladder(
-    ctx: PeelContext, scheme: str | None, ridge: float = 1e-6, progress: Any = None
+    ctx: PeelContext,
+    scheme: str | None,
+    ridge: float = 1e-3,
+    progress: Any = None,
+    keep: dict[Any, Any] | None = None,
 ) -> list[dict[str, Any]]:
-    """Rows {"from_block", "to_block", "ce", "ce_trained", "time_s"}, blocks 0-based."""
+    """Rows {"from_block", "to_block", "ce", "ce_trained", "time_s"}, blocks 0-based.
+
+    `keep`, when given, receives each reference block under (from_block, to_block).
+    """
     rows = []
     ce_trained = float(ctx.ce_trained_held.mean())
     n = ctx.n_blocks
@@ -32,7 +39,10 @@ def ladder(
         for j in range(i, n):
             t0 = time.perf_counter()
             coef = [1.0 if k == j - i else 0.0 for k in range(len(targets))]
-            x = ctx.view.run_block(problem.solve("block", coef, scheme), ctx.held[i])
+            ref = problem.solve("block", coef, scheme)
+            if keep is not None:
+                keep[(i, j)] = ref
+            x = ctx.view.run_block(ref, ctx.held[i])
             ce = float(ctx.held_ce(j + 1, x, {}).mean())
             rows.append(
                 {

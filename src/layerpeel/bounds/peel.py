@@ -30,7 +30,7 @@ class GapOptions:
     solver: str = "closed"  # "closed" (target propagation + closed form) or "adam"
     etas: tuple[float, ...] = (0.0, 0.01, 0.03, 0.1, 0.3)  # steps, relative to rms(G) / rms(grad)
     search_sequences: int = 64  # fit sequences for the eta line search (half fit, half score)
-    ridge: float = 1e-6  # ridge of the closed-form solves
+    ridge: float = 1e-3  # ridge of the closed-form solves, relative
     adam_steps: int = 200  # steps of the Adam solver
     adam_lr: float = 1e-3  # learning rate of the Adam solver
     n_boot: int = 1000  # bootstrap resamples of held-out sequences
@@ -99,12 +99,14 @@ def block_gaps(
     scheme: str | None,
     opts: GapOptions,
     thresholds: Thresholds,
+    keep: dict[Any, nn.Module] | None = None,
 ) -> list[dict[str, Any]]:
     """P1 rows of block `index` for each of `parts`, with bootstrap intervals and verdicts.
 
     For a quantized model each part is also peeled in full precision, which splits the gap into
     an optimization part and a quantization part. A row's `time_s` is its solves and scoring plus
-    an equal share of the block's set-up.
+    an equal share of the block's set-up. `keep`, when given, receives each reference block under
+    (index, part).
     """
     t0 = time.perf_counter()
     tp = _TargetPropagation(ctx, index, opts) if opts.solver == "closed" else None
@@ -119,6 +121,8 @@ def block_gaps(
     for part in parts:
         t0 = time.perf_counter()
         ref, eta = reference(part, scheme)
+        if keep is not None:
+            keep[(index, part)] = ref
         ce_ref = ctx.held_ce(index, ctx.held[index], {index: ref})
         diff = ctx.ce_trained_held - ce_ref
         gap = float(diff.mean())

@@ -26,6 +26,9 @@ class PeelReport:
     model: dict[str, Any] = field(default_factory=dict)  # what was analysed
     timings: dict[str, float] = field(default_factory=dict)  # seconds per phase
     version: str = ""
+    # the reference blocks themselves, when asked for (`peel(..., keep_references=True)`);
+    # never written to JSON
+    references: dict[str, dict[Any, Any]] = field(default_factory=dict, repr=False)
 
     def to_dict(self) -> dict[str, Any]:
         return {

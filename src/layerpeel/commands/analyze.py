@@ -22,8 +22,19 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
         help="find under-optimized layers of a run's checkpoint (P1 gaps, P2 ladder, P3 cascade)",
     )
     p.add_argument(
-        "target", type=Path, metavar="RUN_OR_CHECKPOINT", help="run folder or checkpoint JSON"
+        "target",
+        type=Path,
+        nargs="?",
+        metavar="RUN_OR_CHECKPOINT",
+        help="run folder or checkpoint JSON",
     )
+    p.add_argument(
+        "--hf",
+        type=Path,
+        metavar="DIR",
+        help="a local Hugging Face model folder (safetensors) or GGUF file, instead of a run",
+    )
+    p.add_argument("--seq-len", type=int, default=256, help="monitoring sequence length with --hf")
     p.add_argument(
         "--data", help="text file or folder for the monitoring set (default: the run's corpus)"
     )
@@ -161,10 +172,42 @@ def _use_color(args: argparse.Namespace) -> bool:
     return not args.no_color and "NO_COLOR" not in os.environ and sys.stdout.isatty()
 
 
+def run_hf(args: argparse.Namespace, cfg: PeelConfig) -> int:
+    """`analyze --hf DIR`: a Hugging Face model from disk, its own tokenizer, the report to --json."""
+    from layerpeel.hf import hf_monitoring_set, load_hf, vocabulary_size
+
+    if args.target is not None:
+        raise ConfigError("give either RUN_OR_CHECKPOINT or --hf DIR, not both")
+    model, tokenizer = load_hf(args.hf)
+    mset = hf_monitoring_set(
+        tokenizer, args.data, args.tokens, args.seq_len, vocabulary_size(model)
+    )
+    report = peel(model, mset, cfg, progress=not args.no_progress)
+    report.model["source"] = str(args.hf)
+    if args.json is not None:
+        report.save(args.json)
+    print_report(report, sys.stdout, _use_color(args))
+    if args.json is not None:
+        print(f"\nreport: {args.json}")
+    return _exit_code(args, report)
+
+
+def _exit_code(args: argparse.Namespace, report: PeelReport) -> int:
+    if args.fail_on:
+        bad = {"red"} if args.fail_on == "red" else {"red", "yellow"}
+        if any(r["verdict"] in bad for r in report.layers):
+            return 1
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
     if args.all_checkpoints:
         return _all_checkpoints(args)
     cfg = config_from_args(args)
+    if args.hf is not None:
+        return run_hf(args, cfg)
+    if args.target is None:
+        raise ConfigError("give a run folder or checkpoint, or --hf DIR")
     target = load_target(args.target)
     if target.run is None:
         raise ConfigError(

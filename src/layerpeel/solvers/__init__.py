@@ -41,7 +41,7 @@ def closed_solver(
     target: torch.Tensor,
     part: str = "block",
     scheme: str | None = None,
-    ridge: float = 1e-6,
+    ridge: float = 1e-3,
     **_: Any,
 ) -> nn.Module:
     """Closed-form peel of block `index` from x onto the residual target (both (S,T,C))."""

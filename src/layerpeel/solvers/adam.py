@@ -2,6 +2,9 @@
 
 Starts from a copy of the trained block; for a quantized model the copy's weights are constrained
 to the scheme with a straight-through estimator and exported as exactly quantized values.
+A quarter of the fit sequences is kept aside: the reference returned is the state with the lowest
+CE on them among the starting point and the checks every `check_every` steps, so a few thousand
+monitoring tokens do not get memorised.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ class AdamOptions:
     lr: float = 1e-3  # learning rate
     batch: int = 8  # fit sequences per step
     seed: int = 0  # seed of the batch order
+    check_every: int = 20  # steps between checks on the set-aside sequences
     scheme: str | None = None  # quantizer the reference must obey (None = full precision)
 
 
@@ -67,8 +71,18 @@ def adam_reference(
         p.requires_grad_(True)
     adam = torch.optim.Adam(params, lr=opts.lr)
     gen = torch.Generator().manual_seed(opts.seed)
-    n = x.shape[0]
-    for _ in range(opts.steps):
+    n_check = x.shape[0] // 4
+    n = x.shape[0] - n_check  # fitted on the first n sequences, checked on the rest
+
+    @torch.no_grad()
+    def check() -> float:
+        if n_check == 0:
+            return 0.0
+        logits = view.run_from(index, x[n:], {index: ref})
+        return float(F.cross_entropy(logits.transpose(1, 2), targets[n:]))
+
+    best_ce, best_state = check(), [p.detach().clone() for p in params]
+    for step in range(opts.steps):
         ids = torch.randint(n, (min(opts.batch, n),), generator=gen)
         with torch.enable_grad():
             logits = view.run_from(index, x[ids], {index: ref})
@@ -78,6 +92,15 @@ def adam_reference(
             p.grad = g
         adam.step()
         adam.zero_grad(set_to_none=True)
+        if n_check == 0:
+            best_state = [p.detach().clone() for p in params]
+        elif (step + 1) % opts.check_every == 0 or step + 1 == opts.steps:
+            ce = check()
+            if ce < best_ce:
+                best_ce, best_state = ce, [p.detach().clone() for p in params]
+    with torch.no_grad():
+        for p, b in zip(params, best_state, strict=True):
+            p.copy_(b)
     for m in linears:
         if parametrize.is_parametrized(m):
             parametrize.remove_parametrizations(m, "weight", leave_parametrized=True)

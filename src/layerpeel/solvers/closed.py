@@ -31,7 +31,7 @@ from torch import nn
 
 from layerpeel.arch import BlockView, ModelView, WeightSlot
 from layerpeel.solvers.lstsq import DTYPE, Gram
-from layerpeel.solvers.quantized import constrained_solve, scheme_codes
+from layerpeel.solvers.quantized import constrained_solve, project_weight
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +45,7 @@ MARGIN = 1e-9
 class ClosedFormOptions:
     """Settings of the closed-form block solver."""
 
-    ridge: float = 1e-6  # ridge relative to the mean feature energy
+    ridge: float = 1e-3  # ridge relative to the mean feature energy
     batch: int = 16  # sequences per streamed batch
     scheme: str | None = None  # quantizer the reference must obey (None = full precision)
 
@@ -192,15 +192,12 @@ class BlockProblem:
         w0, b0 = _slot_params(self.bv.out)
         sse0 = _partial_sse(g_out, w0, b0)
         candidates: list[tuple[str, float, object]] = [("trained", sse0, None)]
-        w1, b1 = constrained_solve(g_out, scheme, self.opts.ridge)
+        w1, b1 = constrained_solve(g_out, scheme, self.opts.ridge, start=w0)
         candidates.append(("out", _partial_sse(g_out, w1, b1), (self.v_trained, (w1, b1))))
         m, _ = joint.solve(self.opts.ridge)  # (H*C, C)
         wv = factor_value_maps(m, self.bv)  # (C, H_kv*hd)
         if scheme not in (None, "none"):
-            # the value map has no target of its own: the scheme's codes, scaled by the l1 mean
-            codes, per_channel = scheme_codes(str(scheme), wv)
-            denom = codes.abs().sum(0 if per_channel else None).clamp_min(1)
-            wv = codes * (wv.abs() * codes.abs()).sum(0 if per_channel else None) / denom
+            wv = project_weight(wv, str(scheme))  # the value map has no target of its own
         bv_zero = torch.zeros(wv.shape[1], dtype=DTYPE)
         g2 = self._value_gram(wv, bv_zero, joint)
         w2, b2 = constrained_solve(g2, scheme, self.opts.ridge)
@@ -251,7 +248,7 @@ class BlockProblem:
                 g = _combine(self._mlp_gram(ref), k, self.c)
             proj = bv.proj
             w0, b0 = _slot_params(proj)
-            w1, b1 = constrained_solve(g, scheme, self.opts.ridge)
+            w1, b1 = constrained_solve(g, scheme, self.opts.ridge, start=w0)
             sse0 = _partial_sse(g, w0, b0)
             if _partial_sse(g, w1, b1) < sse0 - MARGIN * abs(sse0):
                 proj.set(w1, b1)
