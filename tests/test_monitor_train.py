@@ -117,3 +117,26 @@ def test_analyze_all_checkpoints_cli(tmp_path, tiny_corpus, capsys):
     events = read_events(tmp_path / "run" / "monitor.jsonl")
     assert [(e["step"], e["source"]) for e in events] == [(6, "checkpoint"), (12, "checkpoint")]
     assert main(["analyze", str(tmp_path / "nothing"), "--all-checkpoints"]) == 2
+
+
+def test_resumed_train_carries_on_the_rotation(tmp_path, tiny_corpus, capsys):
+    flags = ["--monitor-warmup", "3", "--monitor-budget", "10", "--monitor-preset", "economy"]
+    assert train_cli(tmp_path, tiny_corpus, *flags) == 0
+    before = read_events(tmp_path / "run" / "monitor.jsonl")
+    code = main(
+        [
+            "train",
+            "--resume",
+            str(tmp_path / "run"),
+            "--max-steps",
+            "18",
+            "--no-progress",
+            *flags,
+        ]
+    )
+    assert code == 0
+    events = read_events(tmp_path / "run" / "monitor.jsonl")
+    assert events[: len(before)] == before
+    new = events[len(before) :]
+    assert new and all(e["step"] > 12 for e in new)
+    assert [e["unit"] for e in new] == ["p1"] * len(new)  # no second sweep after resuming
