@@ -13,11 +13,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from layerpeel.bounds.yes import VERDICT_WORDS, YesTracker, to_db
+from layerpeel.bounds.yes import VERDICT_WORDS, to_db
 from layerpeel.config import ConfigBase
-from layerpeel.errors import ConfigError, DataError
+from layerpeel.errors import ConfigError, DataError, LayerpeelError
 from layerpeel.io import append_jsonl, atomic_write_json
 from layerpeel.models import MLP, MLPConfig
+from layerpeel.monitor import Monitor, MonitorConfig, YesAnalysis, YesData, every
 
 logger = logging.getLogger(__name__)
 
@@ -273,10 +274,18 @@ def run_yes_demo(
     else:
         opt = torch.optim.SGD(model.parameters(), lr=task.lr)
     sched = torch.optim.lr_scheduler.StepLR(opt, step_size=50, gamma=0.9)
-    tracker = YesTracker(task.x_train.T, task.y_train.T, max_anchors=cfg.max_anchors)
     cfg.to_json(out / "config.json")
     metrics = out / "metrics.jsonl"
     metrics.unlink(missing_ok=True)
+    (out / "monitor.jsonl").unlink(missing_ok=True)
+    # the training monitor computes the YES check of every epoch (events in monitor.jsonl)
+    monitor = Monitor(
+        model,
+        YesData(task.x_train, task.y_train, cfg.max_anchors),
+        out,
+        MonitorConfig(warmup=0, max_overhead=None),
+        schedule=every(1),
+    )
     gen = torch.Generator().manual_seed(cfg.seed)
     start = time.perf_counter()
     rows: list[dict[str, Any]] = []
@@ -284,7 +293,7 @@ def run_yes_demo(
         if epoch:
             _train_epoch(model, opt, task, cfg.batch_size, gen)
             sched.step()
-        row = _check(model, tracker, task, epoch)
+        row = _check(model, monitor, task, epoch)
         row["seconds"] = time.perf_counter() - start
         append_jsonl(metrics, row)
         rows.append(row)
@@ -292,6 +301,7 @@ def run_yes_demo(
             on_epoch(row)
     seconds = time.perf_counter() - start
     title = f"{task.title}: final {rows[-1]['verdict']}"
+    monitor.close()
     figures = plot_yes_cloud(rows, out / "yes_cloud", title=title)
     summary = _summary(cfg, task, epochs, rows, seconds, model)
     atomic_write_json(out / "summary.json", summary)
@@ -315,15 +325,18 @@ def _train_epoch(
 
 
 @torch.no_grad()
-def _check(model: MLP, tracker: YesTracker, task: YesTask, epoch: int) -> dict[str, Any]:
-    """The metrics row of one epoch: YES check on the full training set, plus the test loss."""
+def _check(model: MLP, monitor: Monitor, task: YesTask, epoch: int) -> dict[str, Any]:
+    """The metrics row of one epoch: the monitor's YES check on the training set, the test loss."""
+    event = monitor.step(epoch)
+    analysis = monitor.analysis
+    if event is None or not isinstance(analysis, YesAnalysis) or analysis.last is None:
+        raise LayerpeelError(
+            f"the YES check failed at epoch {epoch}; see {monitor.run_dir / 'monitor_errors'}"
+        )
     model.eval()
-    hidden = [h.T for h in model.hidden(task.x_train)]  # L-1 of (m, N)
-    train_loss = float((model(task.x_train) - task.y_train).double().square().sum(1).mean())
-    check = tracker.check(hidden, train_loss, epoch=epoch)
     pred = model(task.x_test)
     test_loss = float((pred - task.y_test).double().square().sum(1).mean())
-    row = check.to_dict()
+    row = dict(analysis.last, epoch=epoch)
     row.update(test_loss=test_loss, test_loss_db=to_db(test_loss))
     if task.score is not None:
         row.update(task.score(pred, task.y_test))

@@ -70,6 +70,12 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
         choices=["red", "yellow"],
         help="exit 1 if any layer gets this verdict or worse",
     )
+    p.add_argument(
+        "--all-checkpoints",
+        action="store_true",
+        help="analyse every saved checkpoint of the run into RUN/monitor.jsonl (the monitor's "
+        "time series, with the run's monitor preset; see docs/monitor.md)",
+    )
     p.add_argument("--no-progress", action="store_true", help="hide the progress bars")
     p.add_argument(
         "--no-color", action="store_true", help="no colour in the table (also: NO_COLOR)"
@@ -195,6 +201,8 @@ def _exit_code(args: argparse.Namespace, report: PeelReport) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.all_checkpoints:
+        return _all_checkpoints(args)
     cfg = config_from_args(args)
     if args.hf is not None:
         return run_hf(args, cfg)
@@ -221,4 +229,21 @@ def run(args: argparse.Namespace) -> int:
         bad = {"red"} if args.fail_on == "red" else {"red", "yellow"}
         if any(r["verdict"] in bad for r in report.layers):
             return 1
+    return 0
+
+
+def _all_checkpoints(args: argparse.Namespace) -> int:
+    """Fill RUN/monitor.jsonl from the run's saved checkpoints (`source: checkpoint` events)."""
+    from layerpeel.monitor import analyze_checkpoints
+
+    def progress(done: int, total: int) -> None:
+        if not args.no_progress:
+            print(f"checkpoint {done}/{total}", file=sys.stderr)
+
+    events = analyze_checkpoints(args.target, progress=progress)
+    for event in events:
+        layers = event["report"]["layers"]
+        red = [f"block{r['block']:02d}/{r['part']}" for r in layers if r["verdict"] == "red"]
+        print(f"step {event['step']}: red: {', '.join(red) if red else 'none'}")
+    print(f"{len(events)} checkpoint(s) analysed into {Path(args.target) / 'monitor.jsonl'}")
     return 0

@@ -42,8 +42,54 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     g.add_argument("--eval-every", type=int, default=t.eval_every)
     g.add_argument("--checkpoint-every", type=int, default=t.checkpoint_every)
     g.add_argument("--seed", type=int, default=t.seed)
+    add_monitor_arguments(p)
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     return p
+
+
+def add_monitor_arguments(p: argparse.ArgumentParser) -> None:
+    """The training monitor's flags (on by default; see docs/monitor.md)."""
+    from layerpeel.monitor import MonitorConfig
+
+    m = MonitorConfig()
+    g = p.add_argument_group("monitor (analyses during training, written to RUN/monitor.jsonl)")
+    g.add_argument("--no-monitor", action="store_true", help="train without the monitor")
+    g.add_argument(
+        "--monitor-preset",
+        default=m.preset,
+        help="economy (P1 closed form), standard (+ P3, default) or full (+ P2 and Adam)",
+    )
+    g.add_argument(
+        "--monitor-budget",
+        type=float,
+        default=m.max_overhead,
+        help=f"largest fraction of training time the monitor may take (default {m.max_overhead})",
+    )
+    g.add_argument(
+        "--monitor-warmup", type=int, default=m.warmup, help="no analysis before this step"
+    )
+    g.add_argument(
+        "--monitor-loggers",
+        default="",
+        help="also log to: tensorboard, wandb (offline), csv (comma separated)",
+    )
+
+
+def monitor_config_from_args(args: argparse.Namespace) -> Any:
+    """The `MonitorConfig` of the flags, checked; None with --no-monitor."""
+    from layerpeel.monitor import MonitorConfig
+
+    if args.no_monitor:
+        return None
+    loggers = tuple(n.strip() for n in args.monitor_loggers.split(",") if n.strip())
+    cfg = MonitorConfig(
+        preset=args.monitor_preset,
+        max_overhead=args.monitor_budget,
+        warmup=args.monitor_warmup,
+        loggers=loggers,
+    )
+    cfg.validate()
+    return cfg
 
 
 def configs_from_args(args: argparse.Namespace) -> tuple[GPTConfig, QuantConfig, TrainConfig]:
@@ -93,6 +139,7 @@ def run(args: argparse.Namespace) -> int:
 
     if (args.out is None) == (args.resume is None):
         raise ConfigError("give exactly one of --out (a new run) or --resume RUN")
+    monitor_cfg = monitor_config_from_args(args)
     if args.resume is not None:
         trainer = Trainer.resume(
             args.resume, max_steps=args.max_steps, progress=not args.no_progress
@@ -102,4 +149,26 @@ def run(args: argparse.Namespace) -> int:
         trainer = Trainer.create(
             args.out, model_cfg, quant_cfg, train_cfg, progress=not args.no_progress
         )
-    return report(trainer, trainer.fit())
+    if monitor_cfg is None:
+        return report(trainer, trainer.fit())
+    from layerpeel.monitor.trainer import attach
+
+    monitor = attach(trainer, monitor_cfg)
+    try:
+        summary = trainer.fit()
+    finally:
+        monitor.close()
+    code = report(trainer, summary)
+    print(monitor_summary(monitor))
+    return code
+
+
+def monitor_summary(monitor: Any) -> str:
+    """One line: analyses, measured overhead, and the blocks whose latest verdict is red."""
+    red = sorted(k for k, v in monitor.verdicts.items() if v == "red")
+    state = "" if monitor.enabled else " (switched off after failures)"
+    return (
+        f"monitor{state}: {monitor.analyses} analyses, overhead {monitor.overhead:.1%} of "
+        f"training time; red: {', '.join(red) if red else 'none'}; "
+        f"log: {monitor.run_dir / 'monitor.jsonl'}"
+    )
