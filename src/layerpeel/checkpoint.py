@@ -9,7 +9,6 @@ The JSON is written last, so a checkpoint without its JSON is incomplete and is 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 from dataclasses import dataclass, field
@@ -22,7 +21,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from layerpeel.errors import CheckpointError
-from layerpeel.io import atomic_write, atomic_write_json
+from layerpeel.io import atomic_write, atomic_write_json, file_sha256
 
 log = logging.getLogger(__name__)
 
@@ -42,14 +41,6 @@ class Checkpoint:
     @property
     def step(self) -> int:
         return int(self.meta["step"])
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def unique_state_dict(model: nn.Module) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
@@ -115,7 +106,7 @@ def save_checkpoint(
         "format_version": FORMAT_VERSION,
         **meta,
         "weights": wpath.name,
-        "weights_sha256": _sha256(wpath),
+        "weights_sha256": file_sha256(wpath),
         "aliases": aliases,
     }
     if optimizer is not None:
@@ -125,7 +116,7 @@ def save_checkpoint(
         atomic_write(opath, lambda tmp: save_file(otensors, str(tmp)))
         record["optimizer"] = ometa
         record["optimizer_state"] = opath.name
-        record["optimizer_sha256"] = _sha256(opath)
+        record["optimizer_sha256"] = file_sha256(opath)
     jpath = folder / f"{name}.json"
     atomic_write_json(jpath, record)
     return jpath
@@ -134,7 +125,7 @@ def save_checkpoint(
 def _load_tensors(path: Path, expected_sha: str | None) -> dict[str, torch.Tensor]:
     if not path.is_file():
         raise CheckpointError(f"checkpoint file missing: {path}")
-    if expected_sha is not None and _sha256(path) != expected_sha:
+    if expected_sha is not None and file_sha256(path) != expected_sha:
         raise CheckpointError(
             f"checkpoint file is truncated or corrupted (sha256 mismatch): {path}"
         )

@@ -14,7 +14,7 @@ import numpy as np
 from layerpeel.data.corpus import load_text
 from layerpeel.data.tokenizers import Tokenizer
 from layerpeel.errors import DataError
-from layerpeel.io import atomic_write, atomic_write_json
+from layerpeel.io import atomic_write, atomic_write_json, file_sha256
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +74,7 @@ class TokenFile:
                 f"token file is truncated or overlong: {self.path} has {size} bytes, "
                 f"expected {self.count * itemsize}"
             )
-        if verify and _file_sha256(self.path) != self.sha256:
+        if verify and file_sha256(self.path) != self.sha256:
             raise DataError(f"token file is corrupted (sha256 mismatch): {self.path}")
         if self.count == 0:  # an empty file cannot be memory-mapped
             return np.zeros(0, dtype=self.dtype)
@@ -146,11 +146,3 @@ def prepare_tokens(
     ids = np.asarray(tokenizer.encode(text))
     write_tokens(path, ids, tokenizer.name, tokenizer.vocab_size)
     return read_tokens(path, verify=False)
-
-
-def _file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
