@@ -14,7 +14,7 @@ import torch
 
 from layerpeel.errors import LayerpeelError
 from layerpeel.models.mlp import MLP, MLPConfig
-from layerpeel.solvers.basis import KINDS, Basis, tilde
+from layerpeel.solvers.basis import KINDS, Basis, mm, tilde
 
 logger = logging.getLogger(__name__)
 
@@ -55,7 +55,8 @@ def _array(a: Any, name: str) -> np.ndarray:
         raise YesInputError(f"{name} must be a numeric array or tensor: {exc}") from None
     if t.ndim != 2:
         raise YesInputError(f"{name} must be 2-D (features x samples), got shape {tuple(t.shape)}")
-    if not np.isfinite(t).all():
+    # A sum is finite when every entry is (the converse fails only on overflow: check entries).
+    if not (np.isfinite(np.einsum("ij->", t)) or np.isfinite(t).all()):
         raise YesInputError(f"{name} contains NaN or Inf")
     return t
 
@@ -261,7 +262,7 @@ class _Cascade:
         shape = (rows + int(self.bias), self.n_samples)
         h = np.empty(shape) if into is None else into[: shape[0]]  # (c + bias, N)
         out = h[:rows]  # a C-contiguous view: the product and the ReLU are written in place
-        np.matmul(coef, basis.rows, out=out)
+        mm(coef, basis.rows, out=out)
         np.maximum(out, 0.0, out=out)
         if self.bias:
             h[rows] = 1.0

@@ -10,8 +10,11 @@ Cholesky (with its inverse) and QR, numpy for eigh and SVD.
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import torch
+from scipy.linalg import lapack
 
 EPS = float(np.finfo(np.float64).eps)
 # The Gram (normal-equation) fast path is taken only when a bound on the condition number of the
@@ -53,10 +56,11 @@ class Basis:
         self.keep = diag > (self.rtol**2) * float(diag.max()) if r else diag > 0  # rows not ~0
         self.cond = float("inf")
         rk = int(self.keep.sum())
+        self.kinv: np.ndarray | None = None  # set when the predictions use normal equations
         kind = self._gram_path(gram, rk) if 0 < rk <= n else None
         if kind is not None:
             self.kind = kind
-        elif rk > 0 and self._eig_path(gram):
+        elif rk > 0 and (self._pivot_path(gram) or self._eig_path(gram)):
             self.kind = "eig"
         else:
             self.kind = "svd"
@@ -66,15 +70,24 @@ class Basis:
         all_rows = rk == self.h.shape[0]
         k = gram if all_rows else gram[np.ix_(self.keep, self.keep)]  # (rk, rk)
         scale = 1.0 / np.sqrt(k.diagonal())  # (rk,) 1 / row norms
-        ke = k * scale[:, None] * scale[None, :]  # unit diagonal
-        chol, info = torch.linalg.cholesky_ex(torch.from_numpy(ke))
-        if int(info) != 0:
+        ke = k * scale[:, None]
+        ke *= scale  # unit diagonal
+        ke_norm = float(np.linalg.norm(ke))
+        # LAPACK through scipy, in place: ke is symmetric, so its transpose is the same matrix in
+        # Fortran order. The lower triangle receives the Cholesky factor, then that of ke^-1.
+        chol, info = lapack.dpotrf(ke.T, lower=1, clean=0, overwrite_a=1)
+        if info != 0:
             return None
-        kinv = torch.cholesky_inverse(chol).numpy()  # (rk, rk)
-        self.cond = float(np.linalg.norm(ke) * np.linalg.norm(kinv))
+        inv, info = lapack.dpotri(chol, lower=1, overwrite_c=1)
+        if info != 0:
+            return None
+        kinv = np.where(_lower(rk), inv, inv.T)  # (rk, rk), both triangles
+        self.cond = ke_norm * float(np.linalg.norm(kinv))
         self.hk = self.h if all_rows else self.h[self.keep]  # (rk, N)
         if self.cond <= GRAM_COND_LIMIT:
-            self.kinv = kinv * scale[:, None] * scale[None, :]  # K^-1 of the kept rows
+            kinv *= scale[:, None]
+            kinv *= scale
+            self.kinv = kinv  # K^-1 of the kept rows
             self.rows = self.hk
             return "gram"
         # Full rank but too ill-conditioned for normal equations: a Householder QR is as accurate
@@ -92,17 +105,66 @@ class Basis:
         self.rows = self.v.T
         return "qr"
 
+    def _pivot_path(self, gram: np.ndarray) -> bool:
+        """Rank deficient with a clear gap, cheaply: independent rows by a pivoted Cholesky.
+
+        The pivoted Cholesky of the row-equilibrated Gram keeps rows until every other row is,
+        relative to its norm, within 1e-4 of their span. It is accepted only if the kept rows are
+        well conditioned (the Gram path's test) and, checked on H~ itself, every other row lies
+        within 1e-10 sigma_max and 1e-8 sigma_min(kept rows) of their span: then H~'s singular
+        values past the rank are below 1e-10 sigma_max (as on the eigendecomposition path) and
+        the span of the kept rows is H~'s leading row space to 1e-8.
+        """
+        keep = np.flatnonzero(self.keep)
+        k = gram[np.ix_(keep, keep)]  # (rk, rk)
+        scale = 1.0 / np.sqrt(k.diagonal())
+        ke = k * scale[:, None]
+        ke *= scale
+        chol, piv, q, info = lapack.dpstrf(ke, tol=1e-8, lower=1)
+        if q == 0 or q == len(keep):
+            return False
+        p, d = piv[:q] - 1, piv[q:] - 1  # 0-based: kept and dependent (among the live rows)
+        kpp = ke[np.ix_(p, p)]
+        inv, info = lapack.dpotri(chol[:q, :q], lower=1)
+        if info != 0:
+            return False
+        kinv = np.where(_lower(q), inv, inv.T)  # (q, q) inverse of the equilibrated kpp
+        cond = float(np.linalg.norm(kpp)) * float(np.linalg.norm(kinv))
+        if cond > GRAM_COND_LIMIT:
+            return False
+        sp = scale[p]
+        kinv *= sp[:, None]
+        kinv *= sp  # K_pp^-1, unscaled
+        hp = self.h[keep[p]]  # (q, N)
+        hd = self.h[keep[d]]  # (rk - q, N)
+        # Every row of H~ left out (dead rows are within rtol of 0 already) must lie near span(H_p):
+        # ||H_d - B H_p||_F with B = K_dp K_pp^-1 bounds the distance from above.
+        resid = float(np.linalg.norm(hd - mm(mm(gram[np.ix_(keep[d], keep[p])], kinv), hp)))
+        row_max = float(np.sqrt(gram.diagonal().max()))  # <= sigma_max
+        sigma_min = float(1.0 / sp.max()) / np.sqrt(cond)  # <= sigma_min(H_p)
+        if resid > 1e-10 * row_max or resid > 1e-8 * sigma_min:
+            return False
+        self.hk, self.kinv, self.rows, self.cond = hp, kinv, hp, cond
+        return True
+
     def _eig_path(self, gram: np.ndarray) -> bool:
         lam, vec = np.linalg.eigh(gram)  # ascending
         big = lam > 1e-8 * float(lam[-1])
-        small = vec[:, ~big]  # (r, r - q)
-        if small.shape[1] and float(np.linalg.norm(small.T @ self.h)) > 1e-10 * float(
-            np.sqrt(lam[-1])
-        ):
-            return False
+        u = vec[:, big]  # (r, q)
+        w = mm(u.T, self.h)  # (q, N) = diag(s) V^T
+        # The dropped directions must be negligible on H~ itself: ||H~ - U U^T H~||_F, formed
+        # either way round, whichever costs fewer products.
+        q = u.shape[1]
+        if q < self.h.shape[0]:
+            if 2 * q < self.h.shape[0]:
+                resid = float(np.linalg.norm(self.h - mm(u, w)))
+            else:
+                resid = float(np.linalg.norm(mm(vec[:, ~big].T, self.h)))
+            if resid > 1e-10 * float(np.sqrt(lam[-1])):
+                return False
         self.s = np.sqrt(lam[big])  # (q,) singular values of H~
-        self.u = vec[:, big]  # (r, q)
-        self.v = (self.h.T @ self.u) / self.s  # (N, q) orthonormal to ~eps * 1e8
+        self.u = u
+        self.v = (w / self.s[:, None]).T  # (N, q) orthonormal to ~eps * 1e8
         self.rows = self.v.T
         return True
 
@@ -124,13 +186,13 @@ class Basis:
 
     def coef(self, t: np.ndarray) -> np.ndarray:
         """Coefficients (c, q) of the predictions of targets T (c, N) in `rows`."""
-        if self.kind == "gram":
-            return (t @ self.hk.T) @ self.kinv
-        return t @ self.v
+        if self.kinv is not None:
+            return mm(mm(t, self.hk.T), self.kinv)
+        return mm(t, self.v)
 
     def project(self, t: np.ndarray) -> np.ndarray:
         """T pinv(H~) H~ for targets T (c, N): the least-squares predictions, (c, N)."""
-        return self.coef(t) @ self.rows
+        return mm(self.coef(t), self.rows)
 
     def sse(self, t: np.ndarray, tt: float) -> float:
         """||T - T pinv(H~) H~||_F^2 for one target T (m, N) with ||T||_F^2 = tt.
@@ -140,8 +202,8 @@ class Basis:
         """
         if self.kind != "gram":
             return float(np.square(t - self.project(t)).sum())
-        c = t @ self.hk.T  # (m, rk)
-        w = c @ self.kinv  # (m, rk)
+        c = mm(t, self.hk.T)  # (m, rk)
+        w = mm(c, self.kinv)  # (m, rk)
         value = tt - float(np.einsum("ij,ij->", w, c))
         if 4 * self.cond * EPS * tt <= 1e-7 * value:
             return value
@@ -153,6 +215,12 @@ class Basis:
             w = np.zeros((t.shape[0], self.h.shape[0]))
             w[:, self.keep] = (t @ self.hk.T) @ self.kinv
             return w
+        if self.kind == "eig" and self.kinv is not None:  # pivoted: the minimum norm needs U, s
+            full = Basis.__new__(Basis)
+            full.h, full.rtol = self.h, self.rtol
+            if not full._eig_path(self.h @ self.h.T):
+                full._svd_path()
+            return ((t @ full.v) / full.s) @ full.u.T
         if self.kind == "qr":  # pinv(H~_k) = q r^-T, so W_k r^T = T q
             w = np.zeros((t.shape[0], self.h.shape[0]))
             wk = torch.linalg.solve_triangular(
@@ -161,6 +229,20 @@ class Basis:
             w[:, self.keep] = wk.numpy()
             return w
         return ((t @ self.v) / self.s) @ self.u.T
+
+
+def mm(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """a @ b (float64) through torch's BLAS on the numpy arrays' memory, into `out` if given."""
+    if out is None:
+        return torch.mm(torch.from_numpy(a), torch.from_numpy(b)).numpy()
+    torch.mm(torch.from_numpy(a), torch.from_numpy(b), out=torch.from_numpy(out))
+    return out
+
+
+@functools.cache
+def _lower(n: int) -> np.ndarray:
+    """The (n, n) mask of the lower triangle, diagonal included."""
+    return np.tri(n, dtype=bool)
 
 
 def tilde(h: np.ndarray, bias: bool) -> np.ndarray:
