@@ -11,6 +11,7 @@ Cholesky (with its inverse) and QR, numpy for eigh and SVD.
 from __future__ import annotations
 
 import functools
+
 import numpy as np
 import torch
 from scipy.linalg import lapack
