@@ -2,10 +2,10 @@
 
 `Basis(h)` factors a representation H~ (r, N) once; `project`, `sse` and `weights` then give
 T pinv(H~) H~, ||T - T pinv(H~) H~||_F^2 and T pinv(H~) for many targets T (c, N). Arrays are
-float64 numpy. Large products go through numpy's BLAS, which measured 20-35 % faster than torch's
-at r ~ 100, N ~ 800 on one thread and uses a symmetric rank-k update for H~ H~^T; the
-factorizations go through whichever of the two measured faster at those sizes: torch for
-Cholesky (with its inverse) and QR, numpy for eigh and SVD.
+float64 numpy. The products (r ~ 100, N ~ 800) go through torch's BLAS, which measured 1.2-1.5x
+faster than numpy's on the Intel Xeon used for the benchmarks (one thread; an earlier
+measurement on an AMD EPYC favoured numpy's); the factorizations of the r x r Grams call LAPACK
+through scipy, whose calls measured 25-60 us cheaper than torch's wrappers at that size.
 """
 
 from __future__ import annotations
@@ -34,17 +34,20 @@ class Basis:
     - "gram" (the fast path): rows that are numerically zero (dead ReLU units) dropped, normal
       equations on the row-equilibrated Gram K with a Cholesky factor, taken when the bound
       ||K||_F ||K^-1||_F >= cond_2(K) is at most `GRAM_COND_LIMIT`;
-    - "qr": full rank but worse conditioned (up to `QR_COND_LIMIT`): a Householder QR of H~^T;
-    - "eig" (rank deficient with a clear gap): an eigendecomposition of the Gram, every eigenvalue
-      either above 1e-8 lambda_max or, checked on H~ itself, a singular value below
-      1e-10 sigma_max, which pinv drops too unless it lies in the band [rtol, 1e-10] sigma_max
-      where pinv's own answer changes under a perturbation of that size;
+    - "qr": full rank but worse conditioned (up to `QR_COND_LIMIT`): CholeskyQR2 of H~^T, an
+      orthonormal basis as accurate as Householder's at these condition numbers;
+    - "eig" (rank deficient with a clear gap): a pivoted Cholesky of the Gram keeps independent
+      rows when the others are checked on H~ to lie within 1e-10 sigma_max (and 1e-8 sigma_min
+      of the kept rows) of their span; otherwise an eigendecomposition of the Gram, every
+      eigenvalue either above 1e-8 lambda_max or, checked on H~ itself, a singular value below
+      1e-10 sigma_max. pinv drops those singular values too unless they lie in the band
+      [rtol, 1e-10] sigma_max, where pinv's own answer changes under a perturbation of that size;
     - "svd" (anything else): the SVD of H~ (through a QR of H~^T) with pinv's cutoff
       sigma > rtol * sigma_max, rtol = max(r, N) * eps (torch.linalg.pinv's default).
 
     Every path ends in `rows` (q, N), rows spanning the same space as H~, and `coef(T)` (c, q)
-    with coef(T) @ rows = T pinv(H~) H~: the hk rows of H~ with C K^-1 on the Gram path,
-    orthonormal rows V^T with T V on the others.
+    with coef(T) @ rows = T pinv(H~) H~: rows hk of H~ with C K^-1 on the Gram path and the
+    pivoted one, orthonormal rows V^T with T V on the others.
     """
 
     def __init__(self, h: np.ndarray) -> None:
@@ -84,8 +87,8 @@ class Basis:
             self.kinv = kinv  # K^-1 of the kept rows
             self.rows = self.hk
             return "gram"
-        # Full rank but too ill-conditioned for normal equations: a Householder QR is as accurate
-        # as pinv and gives pinv's predictions when every singular value is far above pinv's
+        # Full rank but too ill-conditioned for normal equations: a QR is as accurate as pinv and
+        # gives pinv's predictions when every singular value is far above pinv's
         # cutoff. The Gram certifies that only while its smallest eigenvalue is well above its
         # rounding (cond <= QR_COND_LIMIT); then sigma_min(H~) >= cond^-1/2 * min row norm and
         # sigma_max(H~) <= ||H~||_F.
