@@ -146,7 +146,8 @@ def depth_table() -> None:
     print()
     print(
         f"Time against depth (N=800, m=100; capped = max_anchors {ARGS.cap}; plain pinv up to "
-        f"L={ARGS.naive_max_layers}; one run each, seconds; nodes = factorizations)"
+        f"L={ARGS.naive_max_layers}; one run each, CPU seconds; nodes = factorizations; "
+        f"load {os.getloadavg()[0]:.1f})"
     )
     print(
         f"{'L':>3s} {'subsets':>8s} {'full':>8s} {'nodes':>6s} {'capped':>8s} "
@@ -154,17 +155,17 @@ def depth_table() -> None:
     )
     for n_layers in range(3, 11):
         x, y, hidden = synthetic_setting(n_layers, ARGS.train_epochs)
-        t0 = time.perf_counter()
+        t0 = time.process_time()
         full = yes_bounds(x, y, hidden)
-        t_full = time.perf_counter() - t0
-        t0 = time.perf_counter()
+        t_full = time.process_time() - t0
+        t0 = time.process_time()
         cap = YesTracker(x, y, max_anchors=ARGS.cap).bounds(hidden)
-        t_cap = time.perf_counter() - t0
+        t_cap = time.process_time() - t0
         plain = f"{'-':>8s} {'-':>10s}"
         if n_layers <= ARGS.naive_max_layers:
-            t0 = time.perf_counter()
+            t0 = time.process_time()
             plain_losses(x, y, hidden, numpy_pinv)
-            t_plain = time.perf_counter() - t0
+            t_plain = time.process_time() - t0
             plain = f"{t_plain:8.2f} {t_plain / t_full:9.1f}x"
         print(
             f"{n_layers:3d} {full.stats['subsets']:8d} {t_full:8.2f} "
