@@ -10,8 +10,6 @@ through scipy, whose calls measured 25-60 us cheaper than torch's wrappers at th
 
 from __future__ import annotations
 
-import functools
-
 import numpy as np
 import torch
 from scipy.linalg import lapack
@@ -133,10 +131,8 @@ class Basis:
             return False
         p, d = piv[:q] - 1, piv[q:] - 1  # 0-based: kept and dependent (among the live rows)
         kpp = ke[np.ix_(p, p)]
-        inv, info = lapack.dpotri(chol[:q, :q], lower=1)
-        if info != 0:
-            return False
-        kinv = np.where(_lower(q), inv, inv.T)  # (q, q) inverse of the equilibrated kpp
+        lpp = torch.from_numpy(np.tril(chol[:q, :q]))
+        kinv = torch.cholesky_inverse(lpp).numpy()  # (q, q) inverse of the equilibrated kpp
         cond = _norm(kpp) * _norm(kinv)
         if cond > GRAM_COND_LIMIT:
             return False
@@ -147,7 +143,7 @@ class Basis:
         hd = self.h[keep[d]]  # (rk - q, N)
         # Every row of H~ left out (dead rows are within rtol of 0 already) must lie near span(H_p):
         # ||H_d - B H_p||_F with B = K_dp K_pp^-1 bounds the distance from above.
-        resid = float(np.linalg.norm(hd - mm(mm(gram[np.ix_(keep[d], keep[p])], kinv), hp)))
+        resid = _norm(hd - mm(mm(gram[np.ix_(keep[d], keep[p])], kinv), hp))
         row_max = float(np.sqrt(gram.diagonal().max()))  # <= sigma_max
         sigma_min = float(1.0 / sp.max()) / np.sqrt(cond)  # <= sigma_min(H_p)
         if resid > 1e-10 * row_max or resid > 1e-8 * sigma_min:
@@ -166,9 +162,9 @@ class Basis:
         q = u.shape[1]
         if q < self.h.shape[0]:
             if 2 * q < self.h.shape[0]:
-                resid = float(np.linalg.norm(self.h - mm(u, w)))
+                resid = _norm(self.h - mm(u, w))
             else:
-                resid = float(np.linalg.norm(mm(vec[:, ~big].T, self.h)))
+                resid = _norm(mm(vec[:, ~big].T, self.h))
             if resid > 1e-10 * float(np.sqrt(lam[-1])):
                 return False
         self.s = np.sqrt(lam[big])  # (q,) singular values of H~
@@ -263,28 +259,20 @@ def _cholesky(a: np.ndarray) -> np.ndarray | None:
 def _spd_inverse(a: np.ndarray) -> np.ndarray | None:
     """a^-1 for a symmetric positive definite, C-contiguous a (overwritten), or None.
 
-    LAPACK through scipy, in place (a's transpose is the same matrix in Fortran order): at r ~ 100
-    its calls measured 25-60 us cheaper than torch's wrappers.
+    The Cholesky factor through scipy's LAPACK, in place (a's transpose is the same matrix in
+    Fortran order; the cheapest call measured at r ~ 100, and never threaded at that size), the
+    inverse through torch, so that `torch.set_num_threads` governs it: OpenBLAS's threaded
+    inverse (scipy's `dpotri`) made a call 8x slower on a busy machine at its default threads.
     """
-    chol, info = lapack.dpotrf(a.T, lower=1, clean=0, overwrite_a=1)
+    chol, info = lapack.dpotrf(a.T, lower=1, clean=1, overwrite_a=1)
     if info != 0:
         return None
-    inv, info = lapack.dpotri(chol, lower=1, overwrite_c=1)  # the lower triangle of a^-1
-    if info != 0:
-        return None
-    return np.where(_lower(a.shape[0]), inv, inv.T)
-
-
-@functools.cache
-def _lower(n: int) -> np.ndarray:
-    """The (n, n) mask of the lower triangle, diagonal included."""
-    return np.tri(n, dtype=bool)
+    return torch.cholesky_inverse(torch.from_numpy(chol)).numpy()
 
 
 def _norm(a: np.ndarray) -> float:
-    """The Frobenius norm of a C-contiguous array."""
-    flat = a.reshape(-1)
-    return float(np.sqrt(np.dot(flat, flat)))
+    """The Frobenius norm of a 2-D array, without BLAS (OpenBLAS threads its dot products)."""
+    return float(np.sqrt(np.einsum("ij,ij->", a, a)))
 
 
 def tilde(h: np.ndarray, bias: bool) -> np.ndarray:
