@@ -12,16 +12,15 @@ from typing import Any
 import numpy as np
 import torch
 
+from layerpeel.bounds.yes_walk import AnchorWalk, Subset, scratch
 from layerpeel.errors import LayerpeelError
 from layerpeel.models.mlp import MLP, MLPConfig
-from layerpeel.solvers.basis import KINDS, Basis, tilde
+from layerpeel.solvers.basis import Basis, tilde
 
 logger = logging.getLogger(__name__)
 
 VERDICTS = ("red", "yellow", "green")
 VERDICT_WORDS = {"red": "ineffective training", "yellow": "caution", "green": "effective training"}
-
-Subset = tuple[int, ...]  # increasing 1-based indices of the hidden layers used as anchors
 
 
 class YesInputError(LayerpeelError):
@@ -55,7 +54,8 @@ def _array(a: Any, name: str) -> np.ndarray:
         raise YesInputError(f"{name} must be a numeric array or tensor: {exc}") from None
     if t.ndim != 2:
         raise YesInputError(f"{name} must be 2-D (features x samples), got shape {tuple(t.shape)}")
-    if not np.isfinite(t).all():
+    # A sum is finite when every entry is (the converse fails only on overflow: check entries).
+    if not (np.isfinite(np.einsum("ij->", t)) or np.isfinite(t).all()):
         raise YesInputError(f"{name} contains NaN or Inf")
     return t
 
@@ -171,134 +171,33 @@ class YesBounds:
         return net.eval()
 
 
-# ----------------------------------------------------------------------------- the cascade
+# ----------------------------------------------------------------------------- the bounds
 
 
-class _Cascade:
-    """All J(sigma) for fixed data X (n, N), Y (m, N): a depth-first walk over anchor prefixes.
-
-    A node is one input representation of one layer; all subsets that share the targets of the
-    layers before it share the node, its factorization, and one stacked projection onto every
-    target it can fit next. The X factorization and YES-0 do not depend on the net: done once.
-
-    The children of a node are written into buffers kept for the cascade's life, one per layer
-    (a node's children stay alive while its subtree is walked, and a layer's buffer is reused by
-    the next node of that layer): fresh m x N outputs cost page faults that measured as much as
-    the products themselves.
-    """
-
-    def __init__(self, x: np.ndarray, y: np.ndarray, n_layers: int, bias: bool) -> None:
-        self.x, self.y, self.n_layers, self.bias = x, y, n_layers, bias
-        self.m, self.n_samples = y.shape
-        self.yy = float(np.einsum("ij,ij->", y, y))
-        self.y_live = y[(y != 0).any(1)]  # (m', N): zero rows of Y are fitted exactly
-        self.x_basis = Basis(tilde(x, bias))
-        basis = self.x_basis
-        for _ in range(1, n_layers):
-            basis = self._child(basis, basis.coef(y))
-        self.yes0 = basis.sse(y, self.yy) / self.n_samples
-        # Per run: the stacked targets, the cap, the results and the work counts.
-        self.targets = y
-        self.sizes: list[int] = []
-        self.offsets: list[int] = []
-        self.cap = 0
-        self.losses: dict[Subset, float] = {}
-        self.stats: dict[str, int] = {}
-        self.buffers: dict[int, np.ndarray] = {}  # layer -> (choices, m + bias, N) child H~
-
-    def _buffer(self, layer: int, count: int) -> np.ndarray:
-        """The buffer for the `count` children a node of `layer` fits, (>= count, m + bias, N)."""
-        buf = self.buffers.get(layer)
-        if buf is None or buf.shape[0] < count:
-            buf = np.empty((count, self.m + int(self.bias), self.n_samples))
-            self.buffers[layer] = buf
-        return buf
-
-    def run(self, hidden: list[np.ndarray], max_anchors: int | None = None) -> YesBounds:
-        """Evaluate J(sigma) for every subset of at most `max_anchors` anchors, sharing prefixes."""
-        n_layers = self.n_layers
-        self.cap = n_layers - 1 if max_anchors is None else min(max_anchors, n_layers - 1)
-        # Dead units (all-zero rows) of a target give all-zero rows of every fit onto it, which
-        # change no row space: each target keeps only its live rows, stacked in layer order.
-        live = [t[(t != 0).any(1)] for t in hidden]
-        # (sum of live rows, N): G_1..G_{L-1}, Y
-        self.targets = np.concatenate([*live, self.y_live])
-        sizes = [t.shape[0] for t in live] + [self.y_live.shape[0]]
-        self.sizes = sizes
-        self.offsets = [sum(sizes[:i]) for i in range(len(sizes) + 1)]
-        self.losses = {(): self.yes0}
-        self.stats = dict.fromkeys(["subsets", "factorizations", "projections", *KINDS], 0)
-        if self.cap > 0:
-            self._descend(self.x_basis, 1, (), None)
-        yes: list[float] = [self.yes0]
-        best: list[Subset] = [()]
-        by_size: dict[int, list[tuple[float, Subset]]] = {}
-        for sub, value in self.losses.items():
-            by_size.setdefault(len(sub), []).append((value, sub))
-        for k in range(1, n_layers):
-            value, sub = min(by_size.get(k, [(math.inf, ())]))
-            best.append(sub if value < yes[-1] else best[-1])
-            yes.append(min(value, yes[-1]))
-        self.stats["subsets"] = len(self.losses)
-        logger.debug("YES work: %s", self.stats)
-        return YesBounds(
-            yes0=self.yes0,
-            yes=yes[1:],
-            losses=dict(self.losses),
-            best_subsets=best,
-            max_anchors=self.cap,
-            stats=dict(self.stats),
-            bias=self.bias,
-            _data=(self.x, self.y, list(hidden)),
-        )
-
-    def _child(self, basis: Basis, coef: np.ndarray, into: np.ndarray | None = None) -> Basis:
-        """The factored H~ = [ReLU(coef @ basis.rows); 1] of a fitted layer's output, coef (c, q).
-
-        `into` (>= c + bias, N), C-contiguous, receives H~; by default a new array.
-        """
-        rows = coef.shape[0]
-        shape = (rows + int(self.bias), self.n_samples)
-        h = np.empty(shape) if into is None else into[: shape[0]]  # (c + bias, N)
-        out = h[:rows]  # a C-contiguous view: the product and the ReLU are written in place
-        np.matmul(coef, basis.rows, out=out)
-        np.maximum(out, 0.0, out=out)
-        if self.bias:
-            h[rows] = 1.0
-        return Basis(h)
-
-    def _descend(self, basis: Basis, layer: int, subset: Subset, forced: int | None) -> None:
-        """Fit `layer` from the input factored in `basis` onto each target it may take, recurse.
-
-        `forced` is the target this layer must fit (an anchor not reached yet, or Y = L); None
-        means the layer before reached its anchor, so the target is free: a later anchor or Y.
-        """
-        n_layers = self.n_layers
-        if forced is not None:
-            choices = [forced]
-        elif len(subset) < self.cap:
-            choices = list(range(layer, n_layers + 1))  # G_layer..G_{L-1}, Y
-        else:
-            choices = [n_layers]
-        if layer == 1:  # the all-onto-Y path is YES-0, already known
-            choices = [c for c in choices if c != n_layers]
-        if layer == n_layers:  # only Y is left: the loss needs no predictions
-            self.stats["projections"] += 1
-            self.losses[subset] = basis.sse(self.y_live, self.yy) / self.n_samples
-            return
-        lo, hi = self.offsets[choices[0] - 1], self.offsets[choices[-1]]
-        coef = basis.coef(self.targets[lo:hi])  # (rows of the chosen targets, q): one product
-        self.stats["projections"] += len(choices)
-        buf = self._buffer(layer, len(choices))
-        start = 0
-        for i, target in enumerate(choices):
-            new = subset + (target,) if forced is None and target < n_layers else subset
-            stop = start + self.sizes[target - 1]
-            child = self._child(basis, coef[start:stop], buf[i])
-            start = stop
-            self.stats["factorizations"] += 1
-            self.stats[child.kind] += 1
-            self._descend(child, layer + 1, new, None if target == layer else target)
+def _bounds(walk: AnchorWalk, hidden: list[np.ndarray], max_anchors: int | None) -> YesBounds:
+    """Run the walk with the cap `max_anchors` and read YES-0..YES-(L-1) off its losses."""
+    n_layers = walk.n_layers
+    cap = n_layers - 1 if max_anchors is None else min(max_anchors, n_layers - 1)
+    losses, stats = walk.run(hidden, cap)
+    yes: list[float] = [walk.yes0]
+    best: list[Subset] = [()]
+    by_size: dict[int, list[tuple[float, Subset]]] = {}
+    for sub, value in losses.items():
+        by_size.setdefault(len(sub), []).append((value, sub))
+    for k in range(1, n_layers):
+        value, sub = min(by_size.get(k, [(math.inf, ())]))
+        best.append(sub if value < yes[-1] else best[-1])
+        yes.append(min(value, yes[-1]))
+    return YesBounds(
+        yes0=walk.yes0,
+        yes=yes[1:],
+        losses=losses,
+        best_subsets=best,
+        max_anchors=cap,
+        stats=stats,
+        bias=walk.bias,
+        _data=(walk.x, walk.y, list(hidden)),
+    )
 
 
 def yes_bounds(X: Any, Y: Any, hidden: Sequence[Any], *, bias: bool = True) -> YesBounds:
@@ -311,7 +210,9 @@ def yes_bounds(X: Any, Y: Any, hidden: Sequence[Any], *, bias: bool = True) -> Y
     """
     x, y = _check_xy(X, Y)
     hs = _check_hidden(hidden, y.shape[0], y.shape[1])
-    return _Cascade(x, y, len(hs) + 1, bias).run(hs)
+    # The buffers of the walk are this thread's scratch, kept for the next call on same-shaped data.
+    walk = AnchorWalk(x, y, len(hs) + 1, bias, scratch(y.shape[0] + int(bias), y.shape[1]))
+    return _bounds(walk, hs, None)
 
 
 # ----------------------------------------------------------------------------- over training
@@ -363,19 +264,19 @@ class YesTracker:
             raise YesInputError(f"max_anchors must be None or an integer >= 0, got {max_anchors!r}")
         self.x, self.y = _check_xy(X, Y)
         self.bias, self.max_anchors = bias, max_anchors
-        self._cascade: _Cascade | None = None
+        self._walk: AnchorWalk | None = None
         self.history: list[YesCheck] = []
 
     def bounds(self, hidden: Sequence[Any]) -> YesBounds:
         """YES bounds of one check: `yes_bounds` with this tracker's cap and cached YES-0."""
         hs = _check_hidden(hidden, self.y.shape[0], self.y.shape[1])
-        if self._cascade is None:
-            self._cascade = _Cascade(self.x, self.y, len(hs) + 1, self.bias)
-        elif len(hs) + 1 != self._cascade.n_layers:
+        if self._walk is None:
+            self._walk = AnchorWalk(self.x, self.y, len(hs) + 1, self.bias)
+        elif len(hs) + 1 != self._walk.n_layers:
             raise YesInputError(
-                f"expected {self._cascade.n_layers - 1} hidden outputs as before, got {len(hs)}"
+                f"expected {self._walk.n_layers - 1} hidden outputs as before, got {len(hs)}"
             )
-        return self._cascade.run(hs, self.max_anchors)
+        return _bounds(self._walk, hs, self.max_anchors)
 
     def check(self, hidden: Sequence[Any], train_loss: float, epoch: int | None = None) -> YesCheck:
         """Compute this check's bounds, fold them into the running minima, return the row."""

@@ -2,16 +2,17 @@
 
 `Basis(h)` factors a representation H~ (r, N) once; `project`, `sse` and `weights` then give
 T pinv(H~) H~, ||T - T pinv(H~) H~||_F^2 and T pinv(H~) for many targets T (c, N). Arrays are
-float64 numpy. Large products go through numpy's BLAS, which measured 20-35 % faster than torch's
-at r ~ 100, N ~ 800 on one thread and uses a symmetric rank-k update for H~ H~^T; the
-factorizations go through whichever of the two measured faster at those sizes: torch for
-Cholesky (with its inverse) and QR, numpy for eigh and SVD.
+float64 numpy. The products (r ~ 100, N ~ 800) go through torch's BLAS, which measured 1.2-1.5x
+faster than numpy's on the Intel Xeon used for the benchmarks (one thread; an earlier
+measurement on an AMD EPYC favoured numpy's); the factorizations of the r x r Grams call LAPACK
+through scipy, whose calls measured 25-60 us cheaper than torch's wrappers at that size.
 """
 
 from __future__ import annotations
 
 import numpy as np
 import torch
+from scipy.linalg import lapack
 
 EPS = float(np.finfo(np.float64).eps)
 # The Gram (normal-equation) fast path is taken only when a bound on the condition number of the
@@ -31,32 +32,36 @@ class Basis:
     - "gram" (the fast path): rows that are numerically zero (dead ReLU units) dropped, normal
       equations on the row-equilibrated Gram K with a Cholesky factor, taken when the bound
       ||K||_F ||K^-1||_F >= cond_2(K) is at most `GRAM_COND_LIMIT`;
-    - "qr": full rank but worse conditioned (up to `QR_COND_LIMIT`): a Householder QR of H~^T;
-    - "eig" (rank deficient with a clear gap): an eigendecomposition of the Gram, every eigenvalue
-      either above 1e-8 lambda_max or, checked on H~ itself, a singular value below
-      1e-10 sigma_max, which pinv drops too unless it lies in the band [rtol, 1e-10] sigma_max
-      where pinv's own answer changes under a perturbation of that size;
+    - "qr": full rank but worse conditioned (up to `QR_COND_LIMIT`): CholeskyQR2 of H~^T, an
+      orthonormal basis as accurate as Householder's at these condition numbers;
+    - "eig" (rank deficient with a clear gap): a pivoted Cholesky of the Gram keeps independent
+      rows when the others are checked on H~ to lie within 1e-10 sigma_max (and 1e-8 sigma_min
+      of the kept rows) of their span; otherwise an eigendecomposition of the Gram, every
+      eigenvalue either above 1e-8 lambda_max or, checked on H~ itself, a singular value below
+      1e-10 sigma_max. pinv drops those singular values too unless they lie in the band
+      [rtol, 1e-10] sigma_max, where pinv's own answer changes under a perturbation of that size;
     - "svd" (anything else): the SVD of H~ (through a QR of H~^T) with pinv's cutoff
       sigma > rtol * sigma_max, rtol = max(r, N) * eps (torch.linalg.pinv's default).
 
     Every path ends in `rows` (q, N), rows spanning the same space as H~, and `coef(T)` (c, q)
-    with coef(T) @ rows = T pinv(H~) H~: the hk rows of H~ with C K^-1 on the Gram path,
-    orthonormal rows V^T with T V on the others.
+    with coef(T) @ rows = T pinv(H~) H~: rows hk of H~ with C K^-1 on the Gram path and the
+    pivoted one, orthonormal rows V^T with T V on the others.
     """
 
     def __init__(self, h: np.ndarray) -> None:
         self.h = h  # (r, N)
         r, n = h.shape
         self.rtol = max(r, n) * EPS
-        gram = h @ h.T  # (r, r); numpy takes the symmetric rank-k update for a @ a.T
+        gram = mm(h, h.T)  # (r, r)
         diag = gram.diagonal()
         self.keep = diag > (self.rtol**2) * float(diag.max()) if r else diag > 0  # rows not ~0
         self.cond = float("inf")
         rk = int(self.keep.sum())
+        self.kinv: np.ndarray | None = None  # set when the predictions use normal equations
         kind = self._gram_path(gram, rk) if 0 < rk <= n else None
         if kind is not None:
             self.kind = kind
-        elif rk > 0 and self._eig_path(gram):
+        elif rk > 0 and (self._pivot_path(gram) or self._eig_path(gram)):
             self.kind = "eig"
         else:
             self.kind = "svd"
@@ -66,19 +71,22 @@ class Basis:
         all_rows = rk == self.h.shape[0]
         k = gram if all_rows else gram[np.ix_(self.keep, self.keep)]  # (rk, rk)
         scale = 1.0 / np.sqrt(k.diagonal())  # (rk,) 1 / row norms
-        ke = k * scale[:, None] * scale[None, :]  # unit diagonal
-        chol, info = torch.linalg.cholesky_ex(torch.from_numpy(ke))
-        if int(info) != 0:
+        ke = k * scale[:, None]
+        ke *= scale  # unit diagonal
+        ke_norm = _norm(ke)
+        kinv = _spd_inverse(ke)  # (rk, rk); ke is overwritten
+        if kinv is None:
             return None
-        kinv = torch.cholesky_inverse(chol).numpy()  # (rk, rk)
-        self.cond = float(np.linalg.norm(ke) * np.linalg.norm(kinv))
+        self.cond = ke_norm * _norm(kinv)
         self.hk = self.h if all_rows else self.h[self.keep]  # (rk, N)
         if self.cond <= GRAM_COND_LIMIT:
-            self.kinv = kinv * scale[:, None] * scale[None, :]  # K^-1 of the kept rows
+            kinv *= scale[:, None]
+            kinv *= scale
+            self.kinv = kinv  # K^-1 of the kept rows
             self.rows = self.hk
             return "gram"
-        # Full rank but too ill-conditioned for normal equations: a Householder QR is as accurate
-        # as pinv and gives pinv's predictions when every singular value is far above pinv's
+        # Full rank but too ill-conditioned for normal equations: a QR is as accurate as pinv and
+        # gives pinv's predictions when every singular value is far above pinv's
         # cutoff. The Gram certifies that only while its smallest eigenvalue is well above its
         # rounding (cond <= QR_COND_LIMIT); then sigma_min(H~) >= cond^-1/2 * min row norm and
         # sigma_max(H~) <= ||H~||_F.
@@ -87,22 +95,81 @@ class Basis:
         min_norm = 1.0 / float(scale.max())
         if min_norm < 1e3 * self.rtol * (self.cond * float(k.diagonal().sum())) ** 0.5:
             return None
-        q, r = torch.linalg.qr(torch.from_numpy(self.hk.T))  # (N, rk), (rk, rk): H~_k = r^T q^T
-        self.v, self.r = q.numpy(), r.numpy()
-        self.rows = self.v.T
+        # CholeskyQR2 of A = (D H~_k)^T (D = diag(scale)): A = Q1 L1^T from the Gram's Cholesky,
+        # then Q1 = Q L2^T from Q1's. Its Q is orthonormal and spans H~_k's rows to ~eps * cond(A)
+        # (as Householder's) while cond(A) <= 1e6 (cond <= QR_COND_LIMIT), with half the work.
+        l1 = _cholesky(k * scale[:, None] * scale[None, :])
+        if l1 is None:
+            return None
+        q1t = _solve_lower(l1, self.hk * scale[:, None])  # (rk, N) = Q1^T
+        l2 = _cholesky(mm(q1t, q1t.T))
+        if l2 is None:
+            return None
+        qt = _solve_lower(l2, q1t)  # (rk, N) = Q^T
+        self.v = qt.T  # (N, rk) orthonormal
+        self.r = (l1 @ l2).T / scale  # (rk, rk) upper triangular: H~_k^T = v r
+        self.rows = qt
         return "qr"
 
-    def _eig_path(self, gram: np.ndarray) -> bool:
-        lam, vec = np.linalg.eigh(gram)  # ascending
-        big = lam > 1e-8 * float(lam[-1])
-        small = vec[:, ~big]  # (r, r - q)
-        if small.shape[1] and float(np.linalg.norm(small.T @ self.h)) > 1e-10 * float(
-            np.sqrt(lam[-1])
-        ):
+    def _pivot_path(self, gram: np.ndarray) -> bool:
+        """Rank deficient with a clear gap, cheaply: independent rows by a pivoted Cholesky.
+
+        The pivoted Cholesky of the row-equilibrated Gram keeps rows until every other row is,
+        relative to its norm, within 1e-4 of their span. It is accepted only if the kept rows are
+        well conditioned (the Gram path's test) and, checked on H~ itself, every other row lies
+        within 1e-10 sigma_max and 1e-8 sigma_min(kept rows) of their span: then H~'s singular
+        values past the rank are below 1e-10 sigma_max (as on the eigendecomposition path) and
+        the span of the kept rows is H~'s leading row space to 1e-8.
+        """
+        keep = np.flatnonzero(self.keep)
+        k = gram[np.ix_(keep, keep)]  # (rk, rk)
+        scale = 1.0 / np.sqrt(k.diagonal())
+        ke = k * scale[:, None]
+        ke *= scale
+        chol, piv, q, info = lapack.dpstrf(ke, tol=1e-8, lower=1)
+        if q == 0 or q == len(keep):
             return False
+        p, d = piv[:q] - 1, piv[q:] - 1  # 0-based: kept and dependent (among the live rows)
+        kpp = ke[np.ix_(p, p)]
+        lpp = torch.from_numpy(np.tril(chol[:q, :q]))
+        kinv = torch.cholesky_inverse(lpp).numpy()  # (q, q) inverse of the equilibrated kpp
+        cond = _norm(kpp) * _norm(kinv)
+        if cond > GRAM_COND_LIMIT:
+            return False
+        sp = scale[p]
+        kinv *= sp[:, None]
+        kinv *= sp  # K_pp^-1, unscaled
+        hp = self.h[keep[p]]  # (q, N)
+        hd = self.h[keep[d]]  # (rk - q, N)
+        # Every row of H~ left out (dead rows are within rtol of 0 already) must lie near span(H_p):
+        # ||H_d - B H_p||_F with B = K_dp K_pp^-1 bounds the distance from above.
+        resid = _norm(hd - mm(mm(gram[np.ix_(keep[d], keep[p])], kinv), hp))
+        row_max = float(np.sqrt(gram.diagonal().max()))  # <= sigma_max
+        sigma_min = float(1.0 / sp.max()) / np.sqrt(cond)  # <= sigma_min(H_p)
+        if resid > 1e-10 * row_max or resid > 1e-8 * sigma_min:
+            return False
+        self.hk, self.kinv, self.rows, self.cond = hp, kinv, hp, cond
+        return True
+
+    def _eig_path(self, gram: np.ndarray) -> bool:
+        lam_t, vec_t = torch.linalg.eigh(torch.from_numpy(gram))  # ascending
+        lam, vec = lam_t.numpy(), vec_t.numpy()
+        big = lam > 1e-8 * float(lam[-1])
+        u = vec[:, big]  # (r, q)
+        w = mm(u.T, self.h)  # (q, N) = diag(s) V^T
+        # The dropped directions must be negligible on H~ itself: ||H~ - U U^T H~||_F, formed
+        # either way round, whichever costs fewer products.
+        q = u.shape[1]
+        if q < self.h.shape[0]:
+            if 2 * q < self.h.shape[0]:
+                resid = _norm(self.h - mm(u, w))
+            else:
+                resid = _norm(mm(vec[:, ~big].T, self.h))
+            if resid > 1e-10 * float(np.sqrt(lam[-1])):
+                return False
         self.s = np.sqrt(lam[big])  # (q,) singular values of H~
-        self.u = vec[:, big]  # (r, q)
-        self.v = (self.h.T @ self.u) / self.s  # (N, q) orthonormal to ~eps * 1e8
+        self.u = u
+        self.v = (w / self.s[:, None]).T  # (N, q) orthonormal to ~eps * 1e8
         self.rows = self.v.T
         return True
 
@@ -112,8 +179,8 @@ class Basis:
             self.u, self.s, self.v = np.zeros((0, 0)), np.zeros(0), np.zeros((h.shape[1], 0))
         elif h.shape[0] <= h.shape[1]:  # H~ = R^T Q^T: the SVD of the small R^T gives H~'s
             q, rr = torch.linalg.qr(torch.from_numpy(h.T))  # (N, r), (r, r)
-            u, s, w = np.linalg.svd(rr.numpy().T)
-            v = q.numpy() @ w.T  # (N, r) right singular vectors of H~
+            u, s, w = (a.numpy() for a in torch.linalg.svd(rr.T))
+            v = mm(q.numpy(), w.T)  # (N, r) right singular vectors of H~
             sel = s > self.rtol * float(s[0])
             self.u, self.s, self.v = u[:, sel], s[sel], v[:, sel]  # (r, q), (q,), (N, q)
         else:
@@ -124,13 +191,13 @@ class Basis:
 
     def coef(self, t: np.ndarray) -> np.ndarray:
         """Coefficients (c, q) of the predictions of targets T (c, N) in `rows`."""
-        if self.kind == "gram":
-            return (t @ self.hk.T) @ self.kinv
-        return t @ self.v
+        if self.kinv is not None:
+            return mm(mm(t, self.hk.T), self.kinv)
+        return mm(t, self.v)
 
     def project(self, t: np.ndarray) -> np.ndarray:
         """T pinv(H~) H~ for targets T (c, N): the least-squares predictions, (c, N)."""
-        return self.coef(t) @ self.rows
+        return mm(self.coef(t), self.rows)
 
     def sse(self, t: np.ndarray, tt: float) -> float:
         """||T - T pinv(H~) H~||_F^2 for one target T (m, N) with ||T||_F^2 = tt.
@@ -138,10 +205,10 @@ class Basis:
         On the fast path it is tt - trace(C K^-1 C^T) with C = T H~^T when the error of that
         difference, about eps * cond(K) * tt, is below 1e-7 of it; otherwise the residual is formed.
         """
-        if self.kind != "gram":
+        if self.kind != "gram" or self.kinv is None:
             return float(np.square(t - self.project(t)).sum())
-        c = t @ self.hk.T  # (m, rk)
-        w = c @ self.kinv  # (m, rk)
+        c = mm(t, self.hk.T)  # (m, rk)
+        w = mm(c, self.kinv)  # (m, rk)
         value = tt - float(np.einsum("ij,ij->", w, c))
         if 4 * self.cond * EPS * tt <= 1e-7 * value:
             return value
@@ -153,6 +220,12 @@ class Basis:
             w = np.zeros((t.shape[0], self.h.shape[0]))
             w[:, self.keep] = (t @ self.hk.T) @ self.kinv
             return w
+        if self.kind == "eig" and self.kinv is not None:  # pivoted: the minimum norm needs U, s
+            full = Basis.__new__(Basis)
+            full.h, full.rtol = self.h, self.rtol
+            if not full._eig_path(mm(self.h, self.h.T)):
+                full._svd_path()
+            return ((t @ full.v) / full.s) @ full.u.T
         if self.kind == "qr":  # pinv(H~_k) = q r^-T, so W_k r^T = T q
             w = np.zeros((t.shape[0], self.h.shape[0]))
             wk = torch.linalg.solve_triangular(
@@ -161,6 +234,45 @@ class Basis:
             w[:, self.keep] = wk.numpy()
             return w
         return ((t @ self.v) / self.s) @ self.u.T
+
+
+def mm(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """A @ b (float64) through torch's BLAS on the numpy arrays' memory, into `out` if given."""
+    if out is None:
+        return torch.mm(torch.from_numpy(a), torch.from_numpy(b)).numpy()
+    torch.mm(torch.from_numpy(a), torch.from_numpy(b), out=torch.from_numpy(out))
+    return out
+
+
+def _solve_lower(low: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """low^-1 b for a lower triangular low (r, r) and b (r, N), by torch's BLAS."""
+    lt = torch.from_numpy(np.ascontiguousarray(low))
+    return torch.linalg.solve_triangular(lt, torch.from_numpy(b), upper=False).numpy()
+
+
+def _cholesky(a: np.ndarray) -> np.ndarray | None:
+    """The lower Cholesky factor L (r, r) of a symmetric positive definite a = L L^T, or None."""
+    chol, info = lapack.dpotrf(a, lower=1, clean=1)
+    return chol if info == 0 else None
+
+
+def _spd_inverse(a: np.ndarray) -> np.ndarray | None:
+    """a^-1 for a symmetric positive definite, C-contiguous a (overwritten), or None.
+
+    The Cholesky factor through scipy's LAPACK, in place (a's transpose is the same matrix in
+    Fortran order; the cheapest call measured at r ~ 100, and never threaded at that size), the
+    inverse through torch, so that `torch.set_num_threads` governs it: OpenBLAS's threaded
+    inverse (scipy's `dpotri`) made a call 8x slower on a busy machine at its default threads.
+    """
+    chol, info = lapack.dpotrf(a.T, lower=1, clean=1, overwrite_a=1)
+    if info != 0:
+        return None
+    return torch.cholesky_inverse(torch.from_numpy(chol)).numpy()
+
+
+def _norm(a: np.ndarray) -> float:
+    """The Frobenius norm of a 2-D array, without BLAS (OpenBLAS threads its dot products)."""
+    return float(np.sqrt(np.einsum("ij,ij->", a, a)))
 
 
 def tilde(h: np.ndarray, bias: bool) -> np.ndarray:
