@@ -8,6 +8,11 @@
 It never changes the run (analyses run on a shadow copy, without gradients, with every random
 number generator state restored) and never stops it (an exception is logged with its traceback,
 counted, and after `max_failures` the monitor switches itself off with one warning).
+
+In a distributed job (DDP) every rank builds the monitor and calls `step` at the same steps: the
+ranks agree on rank 0's decision to analyse, spread each analysis over themselves
+(`layerpeel.distributed.peel_sharded`, on a gloo group of the monitor's own) and only rank 0
+writes. A rank whose analysis fails reports it in the same gather, so no rank waits for it.
 """
 
 from __future__ import annotations
@@ -82,8 +87,14 @@ class Monitor:
         config: MonitorConfig | None = None,
         schedule: Schedule | None = None,
         loggers: list[Logger] | None = None,
+        collective_timeout_s: float = 1800.0,
     ) -> None:
-        """Check everything that could fail later (model, data, folder, loggers) right here."""
+        """Check everything that could fail later (model, data, folder, loggers) right here.
+
+        Under an initialised torch.distributed group of several ranks, every rank must construct
+        its monitor at the same point (it creates the monitor's own process group, whose
+        collectives fail after `collective_timeout_s` instead of hanging).
+        """
         self.config = config or MonitorConfig()
         self.config.validate()
         self.run_dir = Path(run_dir)
@@ -102,9 +113,11 @@ class Monitor:
             loggers if loggers is not None else make_loggers(self.run_dir, self.config.loggers)
         )
         self.model = model
-        self.shadow = ShadowModel(model) if self.writer else None
+        self.group = monitor_group(collective_timeout_s)  # None when training is not distributed
+        self.working = self.writer or self.group is not None  # this rank takes part in analyses
+        self.shadow = ShadowModel(model) if self.working else None
         self.budget = Budget(self.config.max_overhead)
-        self.enabled = self.writer
+        self.enabled = self.working
         self.failures = 0
         self.analyses = 0
         self.pending = False
@@ -155,13 +168,16 @@ class Monitor:
         if not self.pending:
             return None
         unit = self.analysis.next_unit()
-        if not self.budget.allows(unit.kind):
+        allowed = self.budget.allows(unit.kind)
+        if self.group is not None:  # every rank follows rank 0's budget
+            allowed = agree(allowed, self.group)
+        if not allowed:
             return None
         assert self.shadow is not None
         clock = self.budget.clock
         t0 = clock()
         with preserved_rng():
-            body = self.analysis.run(self.shadow.refresh(), unit)
+            body = self.analysis.run(self.shadow.refresh(), unit, group=self.group)
         seconds = clock() - t0
         self.budget.record(unit.kind, seconds)
         self.analysis.advance()
@@ -203,20 +219,8 @@ class Monitor:
         self.pending = False
         message = f"{type(exc).__name__}: {exc}".splitlines()[0] if str(exc) else type(exc).__name__
         log.debug("monitor analysis failed at step %d: %s", step, message)
-        try:
-            rel = Path("monitor_errors") / f"step-{step:06d}-{self.failures}.txt"
-            atomic_write_text(self.run_dir / rel, "".join(traceback.format_exception(exc)))
-            self._emit(
-                {
-                    "event": "error",
-                    "step": step,
-                    "time": time.time(),
-                    "message": message,
-                    "traceback": rel.as_posix(),
-                }
-            )
-        except Exception as inner:  # noqa: BLE001 - nothing here may stop the run
-            log.debug("could not record the monitor failure: %s", inner)
+        if self.writer:  # every rank counts the failure alike; rank 0 records it
+            self._record_failure(step, exc, message)
         if self.failures >= self.config.max_failures:
             self.enabled = False
             reason = f"{self.failures} failed analyses; last: {message}"
@@ -231,6 +235,23 @@ class Monitor:
                 )
             except Exception as inner:  # noqa: BLE001
                 log.debug("could not record that the monitor switched off: %s", inner)
+
+    def _record_failure(self, step: int, exc: BaseException, message: str) -> None:
+        """The traceback in monitor_errors/ and an "error" event."""
+        try:
+            rel = Path("monitor_errors") / f"step-{step:06d}-{self.failures}.txt"
+            atomic_write_text(self.run_dir / rel, "".join(traceback.format_exception(exc)))
+            self._emit(
+                {
+                    "event": "error",
+                    "step": step,
+                    "time": time.time(),
+                    "message": message,
+                    "traceback": rel.as_posix(),
+                }
+            )
+        except Exception as inner:  # noqa: BLE001 - nothing here may stop the run
+            log.debug("could not record the monitor failure: %s", inner)
 
     # -- resuming ----------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
@@ -249,7 +270,7 @@ class Monitor:
         self.analysis.load_state_dict(state.get("analysis", {}))
         self.failures = int(state.get("failures", 0))
         self.analyses = int(state.get("analyses", 0))
-        self.enabled = bool(state.get("enabled", True)) and self.writer
+        self.enabled = bool(state.get("enabled", True)) and self.working
         self.verdicts = dict(state.get("verdicts", {}))
 
     def resume_at(self, step: int) -> None:
@@ -269,6 +290,30 @@ class Monitor:
         for event in analysed:
             self._remember(event)
         self.analyses = len(analysed)
+
+
+def monitor_group(timeout_s: float) -> Any:
+    """A gloo group of every rank for the monitor's collectives, or None when not distributed.
+
+    A group of its own keeps the monitor's small CPU collectives apart from the training's
+    (NCCL or gloo) communication; creating it is itself collective.
+    """
+    import datetime
+
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() < 2:
+        return None
+    return dist.new_group(backend="gloo", timeout=datetime.timedelta(seconds=timeout_s))
+
+
+def agree(flag: bool, group: Any) -> bool:
+    """Rank 0's `flag`, on every rank of `group`."""
+    import torch.distributed as dist
+
+    t = torch.tensor([1 if flag else 0], dtype=torch.int64)
+    dist.broadcast(t, src=dist.get_global_rank(group, 0), group=group)
+    return bool(t.item())
 
 
 def _as_float(value: Any) -> float | None:
