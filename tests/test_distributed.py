@@ -276,3 +276,101 @@ def test_torchrun_two_processes_write_the_single_process_json(run_dir, tmp_path,
     two = json.loads((tmp_path / "two.json").read_text())
     assert same(one, two) == []
     assert one["ladder"] and one["cascade"]
+
+
+# -- the monitor inside DDP training --------------------------------------------------------------
+
+
+def _ddp_train(rank: int, run_dir: str | None, fail: bool) -> tuple[dict[str, torch.Tensor], Any]:
+    """Six DDP steps of a tiny GPT with dropout; with a monitor analysing every other step."""
+    from torch.nn.parallel import DistributedDataParallel
+
+    from layerpeel.distributed import sharded as sharded_module
+    from layerpeel.monitor import Monitor, MonitorConfig, every
+
+    torch.manual_seed(0)
+    model = GPT(
+        GPTConfig(vocab_size=48, n_layer=2, n_head=2, d_model=16, block_size=12, dropout=0.1)
+    )
+    ddp = DistributedDataParallel(model)
+    opt = torch.optim.AdamW(ddp.parameters(), lr=1e-2)
+    monitor = None
+    if run_dir is not None:
+        cfg = MonitorConfig(preset="standard", warmup=2, max_overhead=None, max_failures=5)
+        cfg.peel = CFG
+        monitor = Monitor(model, tiny_data(), run_dir, cfg, schedule=every(2))
+    original = sharded_module.block_gaps
+    if fail and rank == 1:
+
+        def broken(*args: Any, **kwargs: Any) -> Any:
+            raise RuntimeError("injected failure")
+
+        sharded_module.block_gaps = broken
+    torch.manual_seed(100 + rank)  # each rank its own dropout and batches
+    try:
+        for step in range(1, 7):
+            x = torch.randint(0, 48, (4, 13))
+            loss = model.loss.__func__(ddp, x[:, :-1], x[:, 1:])  # type: ignore[attr-defined]
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            if monitor is not None:
+                monitor.step(step, train_loss=loss)
+    finally:
+        sharded_module.block_gaps = original
+    return {n: p.detach().clone() for n, p in model.named_parameters()}, monitor
+
+
+def _ddp_scenarios(rank: int, world: int, arg: str) -> dict[str, Any]:
+    plain, _ = _ddp_train(rank, None, False)
+    watched, monitor = _ddp_train(rank, f"{arg}/watched", False)
+    failing, fmon = _ddp_train(rank, f"{arg}/failing", True)
+
+    def equal(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
+        return all(torch.equal(a[k], b[k]) for k in a)
+
+    return {
+        "same_with_monitor": equal(plain, watched),
+        "same_with_failing_monitor": equal(plain, failing),
+        "analyses": monitor.analyses,
+        "failures": [monitor.failures, fmon.failures],
+        "enabled": fmon.enabled,
+        "checksum": float(sum(p.double().sum() for p in plain.values())),
+    }
+
+
+@pytest.fixture(scope="module")
+def ddp_ranks(tmp_path_factory: pytest.TempPathFactory) -> tuple[list[dict[str, Any]], Path]:
+    tmp = tmp_path_factory.mktemp("ddp")
+    return run_ranks("_ddp_scenarios", tmp, str(tmp)), tmp
+
+
+@pytest.mark.slow
+def test_ddp_training_ends_bit_identical_with_the_monitor(ddp_ranks):
+    ranks, tmp = ddp_ranks
+    assert ranks[0]["checksum"] == ranks[1]["checksum"]  # DDP kept the replicas equal
+    for seen in ranks:
+        assert seen["same_with_monitor"] and seen["same_with_failing_monitor"]
+        assert seen["analyses"] == 3  # steps 2, 4 and 6, decided alike on both ranks
+    from layerpeel.monitor import read_events
+
+    events = read_events(tmp / "watched" / "monitor.jsonl")  # written by rank 0 alone
+    assert [e["step"] for e in events] == [2, 4, 6]
+    assert events[0]["unit"] == "sweep"
+    assert {(r["block"], r["part"]) for r in events[0]["report"]["layers"]} == {
+        (b, p) for b in (0, 1) for p in ("block", "attn", "mlp")
+    }
+
+
+@pytest.mark.slow
+def test_a_monitor_failure_on_one_rank_does_not_hang_the_other(ddp_ranks):
+    ranks, tmp = ddp_ranks
+    from layerpeel.monitor import read_events
+
+    for seen in ranks:  # both ranks counted the failure of rank 1 and trained on
+        assert seen["failures"] == [0, 3] and seen["enabled"]
+    events = read_events(tmp / "failing" / "monitor.jsonl")
+    errors = [e for e in events if e["event"] == "error"]
+    assert [e["step"] for e in errors] == [2, 4, 6]
+    assert "rank 1: RuntimeError: injected failure" in errors[0]["message"]
+    assert (tmp / "failing" / errors[0]["traceback"]).exists()
