@@ -238,9 +238,26 @@ def test_plan_costs_follow_the_work_each_unit_does():
     p2 = [u.cost for u in plan.units if u.phase == "p2"]
     assert p1 == sorted(p1, reverse=True)  # later blocks have shorter tails to score through
     assert p2 == sorted(p2, reverse=True)  # ladder row l has L - l targets
-    p3 = {u.key: u for u in plan.units if u.phase == "p3"}
-    assert sum(len(u.subsets) for u in p3.values()) == 4  # (), (1,), (2,), (1, 2)
-    assert p3[1].subsets == ((1,), (1, 2))
+    _, alone = plan_analysis(model, data, CFG, 1)
+    p3 = {u.key: u.subsets for u in alone.units if u.phase == "p3"}
+    assert p3 == {(): ((),), (1,): ((1,), (1, 2)), (2,): ((2,),)}  # by first anchor
+    # many ranks: a group costlier than a rank's share is split by its second anchor
+    deep = GPT(GPTConfig(vocab_size=48, n_layer=6, n_head=2, d_model=16))
+    few = {u.key for u in plan_analysis(deep, data, CFG, 1)[1].units if u.phase == "p3"}
+    many = {
+        u.key: u.subsets for u in plan_analysis(deep, data, CFG, 16)[1].units if u.phase == "p3"
+    }
+    assert few == {(), (1,), (2,), (3,), (4,), (5,)}
+    assert many[(1, 2)] == (
+        (1, 2),
+        (1, 2, 3),
+        (1, 2, 4),
+        (1, 2, 5),
+        (1, 2, 3, 4),
+        (1, 2, 3, 5),
+        (1, 2, 4, 5),
+        (1, 2, 3, 4, 5),
+    )
 
 
 # -- the CLI under torchrun -----------------------------------------------------------------------

@@ -3,8 +3,11 @@
 A unit is everything that shares set-up work and nothing with other units:
 - ("p1", b): every P1 part of block b (they share the block's Gram matrices and gradients);
 - ("p2", l): the ladder row of block l (one `BlockProblem` serves every target G_l..G_L);
-- ("p3", a): the cascade paths whose first anchor is a (a = 0: the path with no anchor); paths
-  with different first anchors share no reference block, so no work is repeated across ranks.
+- ("p3", (a,)): the cascade paths whose first anchor is a (key (): the path with no anchor).
+  Paths with different first anchors share no reference block, so no work is repeated. When one
+  such group alone would cost more than a rank's fair share, it is split by the second anchor,
+  ("p3", (a, b)): those units share only the blocks before a, which each computes again -- some
+  repeated work that lets a deep model's cascade spread over many ranks (`p3_cost` counts it).
 
 Costs are counted in *block passes*: one block's forward pass over one monitoring sequence. A
 head pass (final norm + unembedding) costs `head` of them, about V / (12 C) for a GPT block of
@@ -32,16 +35,10 @@ class Shape:
     """What the cost of an analysis depends on."""
 
     n_blocks: int  # L
-    width: int  # C, the residual width
-    vocab: int  # V
+    head: float  # a head pass in block passes: V / (12 C) for a GPT block (2 C V vs 24 C^2 flops)
     fit: int  # fit sequences
     held: int  # held-out sequences
     quantized: bool  # a quantized model peels every P1 part twice (quantized, full precision)
-
-    @property
-    def head(self) -> float:
-        """A head pass in block passes: 2 C V / 24 C^2 flops per token."""
-        return self.vocab / (12.0 * self.width)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,7 +46,7 @@ class Unit:
     """One unit of work: its phase, key, modelled cost and (for "p3") its anchor subsets."""
 
     phase: str  # "p1", "p2" or "p3"
-    key: int  # block (p1), from-block (p2) or first anchor (p3; 0 = no anchor)
+    key: int | tuple[int, ...]  # block (p1), from-block (p2) or first two anchors (p3)
     cost: float  # modelled block passes
     subsets: tuple[tuple[int, ...], ...] = ()  # P3 anchor subsets of this unit
 
@@ -93,8 +90,12 @@ def units(
     blocks: tuple[int, ...],
     cfg: Any,
     cap: int | None,
+    world_size: int = 1,
 ) -> list[Unit]:
-    """Every unit of an analysis with `cfg` (a `PeelConfig`), in the order a single process runs."""
+    """Every unit of an analysis with `cfg` (a `PeelConfig`), in the order a single process runs.
+
+    Cascade groups costlier than 1 / `world_size` of the whole are split by their second anchor.
+    """
     from layerpeel.bounds.cascade import anchor_subsets
 
     steps = cfg.adam_steps if cfg.solver == "adam" else 0
@@ -105,10 +106,19 @@ def units(
     if cfg.ladder:
         out += [Unit("p2", i, p2_cost(s, i)) for i in range(s.n_blocks)]
     if cfg.cascade:
-        groups: dict[int, list[tuple[int, ...]]] = {}
+        groups: dict[tuple[int, ...], list[tuple[int, ...]]] = {}
         for subset in anchor_subsets(s.n_blocks, cap):
-            groups.setdefault(subset[0] if subset else 0, []).append(subset)
-        out += [Unit("p3", a, p3_cost(s, g), tuple(g)) for a, g in sorted(groups.items())]
+            groups.setdefault(subset[:1], []).append(subset)
+        p3 = [Unit("p3", k, p3_cost(s, g), tuple(g)) for k, g in groups.items()]
+        share = (sum(u.cost for u in out) + sum(u.cost for u in p3)) / world_size
+        for unit in p3:
+            if unit.cost <= share or len(unit.subsets) == 1:
+                out.append(unit)
+                continue
+            parts: dict[tuple[int, ...], list[tuple[int, ...]]] = {}
+            for subset in unit.subsets:
+                parts.setdefault(subset[:2], []).append(subset)
+            out += [Unit("p3", k, p3_cost(s, g), tuple(g)) for k, g in parts.items()]
     return out
 
 

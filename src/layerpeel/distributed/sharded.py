@@ -29,11 +29,11 @@ log = logging.getLogger(__name__)
 
 
 def shape_of(a: Analysis, data: MonitoringSet) -> Shape:
+    """The cost model's view of an analysis; the head as a GPT block would weigh it."""
     vocab, width = a.view.unembed_weight().shape
     return Shape(
         n_blocks=a.n_blocks,
-        width=int(width),
-        vocab=int(vocab),
+        head=int(vocab) / (12.0 * int(width)),
         fit=len(data.fit_ids),
         held=len(data.held_ids),
         quantized=a.scheme is not None,
@@ -45,7 +45,7 @@ def plan_analysis(
 ) -> tuple[Analysis, Plan]:
     """The plan of analysing `model` with `cfg` on `world_size` ranks."""
     a = prepare(model, cfg)
-    return a, make_plan(units(shape_of(a, data), a.blocks, cfg, a.cap), world_size)
+    return a, make_plan(units(shape_of(a, data), a.blocks, cfg, a.cap, world_size), world_size)
 
 
 def run_units(

@@ -1,0 +1,275 @@
+"""Wall time of `analyze` on 1 and 2 processes and of a checkpoint sweep in turn and on Ray.
+
+    python benchmarks/scale.py [--tokens 8192] [--checkpoints 8] [--predict-only]
+
+Trains the demo model (4 blocks, width 128, bytes) for a few steps with a checkpoint every two,
+so the run has --checkpoints checkpoints (the cost of an analysis does not depend on how trained
+the weights are), then, side by side in this one run:
+
+1. `layerpeel analyze RUN` as one process with one thread, as one process with two threads, and
+   under `torchrun --nproc-per-node 2` with one thread per rank (gloo), each a fresh process as a
+   user would start it; the JSON rows of all three must agree to 1e-6;
+2. `layerpeel analyze RUN --all-checkpoints` (one process, checkpoints in turn) against
+   `layerpeel sweep RUN` on a local Ray with one CPU per task, on copies of the same run;
+3. the cost model of `layerpeel.distributed.plan` against the row times measured in (1);
+4. what the cost model predicts for 7B and 70B models on 8 and 64 GPUs (docs/scaling.md).
+
+Timings on a shared machine are noisy: compare the ratios within one run, and read the load
+average printed with them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from layerpeel.analyze import PeelConfig
+from layerpeel.distributed.plan import Shape, make_plan, p1_cost, p2_cost, p3_cost, units
+
+
+def sh(cmd: list[str], threads: int, cwd: Path) -> tuple[float, str]:
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+    t0 = time.perf_counter()
+    done = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=cwd)
+    wall = time.perf_counter() - t0
+    if done.returncode != 0:
+        sys.exit(f"failed ({done.returncode}): {' '.join(cmd)}\n{done.stderr[-3000:]}")
+    return wall, done.stdout
+
+
+def make_run(folder: Path, checkpoints: int, monitor_tokens: int) -> Path:
+    from layerpeel.commands.demo import DEMO_MODEL
+    from layerpeel.monitor import MonitorConfig
+    from layerpeel.quant import QuantConfig
+    from layerpeel.train import TrainConfig, Trainer
+
+    cfg = TrainConfig(
+        max_steps=2 * checkpoints,
+        batch_size=8,
+        checkpoint_every=2,
+        eval_every=2 * checkpoints,
+        eval_sequences=8,
+    )
+    trainer = Trainer.create(folder, DEMO_MODEL, QuantConfig(), cfg)
+    trainer.fit()
+    sections = trainer.run.read_config()
+    sections["monitor"] = MonitorConfig(tokens=monitor_tokens).to_dict()
+    for key in ("kind", "version", "layerpeel"):
+        sections.pop(key, None)
+    trainer.run.write_config(sections)
+    return folder
+
+
+def max_diff(a: Any, b: Any) -> float:
+    """Largest absolute difference between numbers of two reports, wall-clock fields aside."""
+    if isinstance(a, dict):
+        return max(
+            (max_diff(a[k], b[k]) for k in a if k not in ("time_s", "timings", "seconds", "time")),
+            default=0.0,
+        )
+    if isinstance(a, list):
+        if len(a) != len(b):
+            return math.inf
+        return max((max_diff(x, y) for x, y in zip(a, b, strict=True)), default=0.0)
+    if isinstance(a, float) and isinstance(b, float):
+        return 0.0 if (math.isnan(a) and math.isnan(b)) else abs(a - b)
+    return 0.0 if a == b else math.inf
+
+
+def analyze_side_by_side(run: Path, tokens: int, work: Path) -> dict[str, Any]:
+    base = [sys.executable, "-m", "layerpeel", "analyze", str(run), "--tokens", str(tokens)]
+    base += ["--no-progress"]
+    tr = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
+    cases = {
+        "1 process, 1 thread": (base, 1),
+        "1 process, 2 threads": (base, 2),
+        "torchrun 2 ranks x 1 thread": ([*tr, "-m", "layerpeel", *base[3:]], 1),
+    }
+    out: dict[str, Any] = {}
+    for name, (cmd, threads) in cases.items():
+        path = work / f"{len(out)}.json"
+        wall, _ = sh([*cmd, "--json", str(path)], threads, work)
+        out[name] = {"wall": wall, "report": json.loads(path.read_text())}
+    return out
+
+
+def sweep_side_by_side(run: Path, work: Path) -> dict[str, Any]:
+    seq, ray_run = work / "seq", work / "ray"
+    shutil.copytree(run, seq)
+    shutil.copytree(run, ray_run)
+    py = [sys.executable, "-m", "layerpeel"]
+    wall_seq, _ = sh([*py, "analyze", str(seq), "--all-checkpoints", "--no-progress"], 1, work)
+    cmd = [*py, "sweep", str(ray_run), "--local-cpus", "2", "--cpus-per-task", "1", "--no-progress"]
+    wall_ray, _ = sh(cmd, 1, work)
+    start = [sys.executable, "-c", "import ray; ray.init(num_cpus=2, include_dashboard=False)"]
+    wall_start, _ = sh([*start[:2], start[2] + "; ray.shutdown()"], 1, work)
+
+    def events(folder: Path) -> list[dict[str, Any]]:
+        lines = (folder / "monitor.jsonl").read_text().splitlines()
+        return [json.loads(x) for x in lines if x.strip()]
+
+    a, b = events(seq), events(ray_run)
+    return {
+        "sequential": wall_seq,
+        "ray": wall_ray,
+        "ray_start": wall_start,
+        "task_seconds_seq": sum(e["seconds"] for e in a),
+        "task_seconds_ray": sum(e["seconds"] for e in b),
+        "n": len(a),
+        "diff": max_diff(a, b),
+    }
+
+
+def cost_check(report: dict[str, Any]) -> list[tuple[str, float, float]]:
+    """(unit, modelled block passes, measured seconds) for every unit of a one-process report."""
+    cfg = PeelConfig.from_dict(report["config"])
+    m = report["monitoring"]
+    from layerpeel.commands.demo import DEMO_MODEL
+
+    s = Shape(
+        n_blocks=report["model"]["blocks"],
+        head=DEMO_MODEL.vocab_size / (12 * DEMO_MODEL.d_model),
+        fit=m["fit_sequences"],
+        held=m["held_sequences"],
+        quantized=report["model"]["quant"] is not None,
+    )
+    rows: list[tuple[str, float, float]] = []
+    for b in range(s.n_blocks):
+        t = sum(r["time_s"] for r in report["layers"] if r["block"] == b)
+        rows.append(
+            (f"P1 block {b}", p1_cost(s, b, len(cfg.parts), len(cfg.etas), cfg.search_sequences), t)
+        )
+    for b in range(s.n_blocks):
+        t = sum(r["time_s"] for r in report["ladder"] if r["from_block"] == b)
+        rows.append((f"P2 row {b}", p2_cost(s, b), t))
+    # P3 rows' times are not additive per unit in one process (a path reuses references other
+    # paths computed), so the cascade is checked as a whole: every distinct reference once
+    subsets = [tuple(r["anchors"]) for r in report["cascade"]["subsets"]]
+    t = sum(r["time_s"] for r in report["cascade"]["subsets"])
+    rows.append(("P3 all paths", p3_cost(s, subsets), t))
+    return rows
+
+
+# -- predictions ----------------------------------------------------------------------------------
+
+MODELS = {  # layers, width, vocabulary, MLP hidden width (gated), key/value width
+    "7B": (32, 4096, 32000, 11008, 4096),
+    "70B": (80, 8192, 32000, 28672, 1024),
+}
+
+
+def block_flops_per_token(c: int, hidden: int, kv: int, seq: int) -> float:
+    """Forward flops per token of a Llama-style block: projections, gated MLP, causal attention."""
+    return 2 * (2 * c * c + 2 * c * kv) + 2 * 3 * c * hidden + 2 * seq * c
+
+
+def predict(tokens: int, seq: int, gpus: int, rate_tflops: float, gpu_gb: float) -> dict[str, Any]:
+    """Time and memory per GPU of the default analysis of each model (closed form, P1+P2+P3)."""
+    cfg = PeelConfig()
+    out = {}
+    for name, (layers, c, vocab, hidden, kv) in MODELS.items():
+        n_seq = tokens // seq
+        per_pass = seq * block_flops_per_token(c, hidden, kv, seq)  # one block, one sequence
+        head = 2 * c * vocab * seq / per_pass  # the head's 2 C V flops per token, in block passes
+        s = Shape(layers, head, n_seq - n_seq // 2, n_seq // 2, False)
+        cap = 2  # the default cascade for L > 8: singletons and pairs
+        work = units(s, tuple(range(layers)), cfg, cap, gpus)
+        plan = make_plan(work, gpus)
+        capture = 3 * layers * n_seq  # forward over both parts + one backward over the fit part
+        passes = max(plan.load(r) for r in range(gpus)) + capture
+        seconds = passes * per_pass / (rate_tflops * 1e12)
+        params = layers * (2 * c * c + 2 * c * kv + 3 * c * hidden) + 2 * vocab * c
+        streams = 4 * (layers + 1) * tokens * c + 4 * layers * (tokens // 2) * c  # G_l and dCE/dG_l
+        gram = 8 * (hidden**2 + c**2)  # float64 Gram matrices of one block problem
+        memory = 2 * params + streams + 2 * gram
+        out[name] = {
+            "units": len(work),
+            "balance": plan.balance,
+            "hours": seconds / 3600,
+            "one_gpu_hours": (sum(u.cost for u in work) + capture)
+            * per_pass
+            / (rate_tflops * 1e12)
+            / 3600,
+            "gb": memory / 2**30,
+            "fits": memory / 2**30 <= gpu_gb,
+        }
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--tokens", type=int, default=8192, help="monitoring tokens of analyze")
+    ap.add_argument("--checkpoints", type=int, default=8)
+    ap.add_argument("--monitor-tokens", type=int, default=2048, help="tokens per sweep analysis")
+    ap.add_argument("--predict-only", action="store_true", help="only the 7B / 70B predictions")
+    ap.add_argument("--rate", type=float, default=200.0, help="TFLOP/s per GPU for predictions")
+    ap.add_argument("--gpu-gb", type=float, default=80.0, help="GPU memory for predictions")
+    args = ap.parse_args()
+    print(f"load average before: {os.getloadavg()}")
+    if not args.predict_only:
+        with tempfile.TemporaryDirectory() as tmp:
+            work = Path(tmp)
+            t0 = time.perf_counter()
+            run = make_run(work / "run", args.checkpoints, args.monitor_tokens)
+            print(f"demo run with {args.checkpoints} checkpoints: {time.perf_counter() - t0:.1f} s")
+            res = analyze_side_by_side(run, args.tokens, work)
+            one = res["1 process, 1 thread"]
+            print(f"\nanalyze, demo model, {args.tokens} tokens (wall time of the whole command):")
+            print(
+                f"{'':<28} {'wall s':>7} {'speed-up':>8} {'capture':>8} {'P1':>7} {'P2':>7} {'P3':>7} {'gather':>7} {'max |diff|':>10}"
+            )
+            for name, r in res.items():
+                t = r["report"]["timings"]
+                print(
+                    f"{name:<28} {r['wall']:>7.1f} {one['wall'] / r['wall']:>7.2f}x"
+                    + "".join(
+                        f" {t.get(k, 0.0):>7.2f}" for k in ("capture", "p1", "p2", "p3", "gather")
+                    )
+                    + f" {max_diff(one['report'], r['report']):>10.1e}"
+                )
+            print("\ncost model (block passes) against measured unit times, 1 process, 1 thread:")
+            rows = cost_check(one["report"])
+            scale = sum(t for *_, t in rows) / sum(c for _, c, _ in rows)
+            print(f"{'unit':<22} {'modelled':>10} {'measured s':>10} {'measured/modelled':>18}")
+            for name, cost, t in rows:
+                print(f"{name:<22} {cost:>10.0f} {t:>10.2f} {t / (cost * scale):>18.2f}")
+            print(f"(one block pass over one sequence measured at {scale * 1e3:.2f} ms on average)")
+            sw = sweep_side_by_side(run, work)
+            print(
+                f"\nsweep over {sw['n']} checkpoints ({args.monitor_tokens} tokens each, preset standard):"
+            )
+            print(
+                f"  in turn (analyze --all-checkpoints, 1 thread):  {sw['sequential']:>6.1f} s wall, {sw['task_seconds_seq']:.1f} s analysing"
+            )
+            print(
+                f"  local Ray (sweep, 2 tasks of 1 CPU at a time):  {sw['ray']:>6.1f} s wall, {sw['task_seconds_ray']:.1f} s analysing"
+            )
+            print(
+                f"  speed-up {sw['sequential'] / sw['ray']:.2f}x; starting and stopping a local Ray alone: {sw['ray_start']:.1f} s; max |diff| {sw['diff']:.1e}"
+            )
+        print(f"load average after: {os.getloadavg()}")
+    print(
+        f"\npredictions: default analysis (65536 tokens of 2048, closed form, P1 + P2 + P3 pairs), {args.rate:.0f} TFLOP/s per GPU"
+    )
+    print(
+        f"{'model':<6} {'GPUs':>5} {'units':>6} {'balance':>8} {'hours':>8} {'GPU hours':>12} {'GB per GPU':>11}"
+    )
+    for gpus in (8, 64):
+        for name, p in predict(65536, 2048, gpus, args.rate, args.gpu_gb).items():
+            fits = "" if p["fits"] else f"  > {args.gpu_gb:.0f} GB: does not fit"
+            print(
+                f"{name:<6} {gpus:>5} {p['units']:>6} {p['balance']:>8.3f} {p['hours']:>8.2f} {p['one_gpu_hours']:>12.1f} {p['gb']:>11.0f}{fits}"
+            )
+
+
+if __name__ == "__main__":
+    main()
