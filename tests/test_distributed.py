@@ -192,6 +192,13 @@ def test_sharding_without_a_process_group_is_a_clear_error():
         peel(tiny_model(), tiny_data(), CFG, sharded=True)
 
 
+def test_a_distributed_monitor_without_a_process_group_is_a_clear_error(tmp_path):
+    from layerpeel.monitor import Monitor
+
+    with pytest.raises(ShardingError, match="no torch.distributed process group"):
+        Monitor(tiny_model(), tiny_data(), tmp_path, distributed=True)
+
+
 def test_cli_shard_outside_torchrun_is_one_line_and_exit_2(tmp_path, capsys, monkeypatch):
     for var in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
         monkeypatch.delenv(var, raising=False)
@@ -226,7 +233,7 @@ def test_plan_gives_every_unit_to_one_rank_within_the_greedy_bound():
             assert max(loads) <= (4 / 3) * opt + 1e-9  # LPT's guarantee (Graham)
         assert plan.digest() == plan_analysis(model, data, CFG, world)[1].digest()
     costs = [7.0, 5.0, 4.0, 4.0, 3.0, 3.0, 3.0, 1.0]
-    plan = make_plan([Unit("p1", i, c) for i, c in enumerate(costs)], 3)
+    plan = make_plan([Unit("p1", (i,), c) for i, c in enumerate(costs)], 3)
     assert max(plan.load(r) for r in range(3)) <= (4 / 3) * best_makespan(costs, 3)
     assert plan.balance < 1.2
 

@@ -1,8 +1,8 @@
 """The cost-balanced plan of a sharded analysis: units of work, their modelled cost, ranks.
 
 A unit is everything that shares set-up work and nothing with other units:
-- ("p1", b): every P1 part of block b (they share the block's Gram matrices and gradients);
-- ("p2", l): the ladder row of block l (one `BlockProblem` serves every target G_l..G_L);
+- ("p1", (b,)): every P1 part of block b (they share the block's Gram matrices and gradients);
+- ("p2", (l,)): the ladder row of block l (one `BlockProblem` serves every target G_l..G_L);
 - ("p3", (a,)): the cascade paths whose first anchor is a (key (): the path with no anchor).
   Paths with different first anchors share no reference block, so no work is repeated. When one
   such group alone would cost more than a rank's fair share, it is split by the second anchor,
@@ -46,7 +46,7 @@ class Unit:
     """One unit of work: its phase, key, modelled cost and (for "p3") its anchor subsets."""
 
     phase: str  # "p1", "p2" or "p3"
-    key: int | tuple[int, ...]  # block (p1), from-block (p2) or first two anchors (p3)
+    key: tuple[int, ...]  # (block,) for p1, (from-block,) for p2, the first anchors for p3
     cost: float  # modelled block passes
     subsets: tuple[tuple[int, ...], ...] = ()  # P3 anchor subsets of this unit
 
@@ -100,11 +100,11 @@ def units(
 
     steps = cfg.adam_steps if cfg.solver == "adam" else 0
     out = [
-        Unit("p1", b, p1_cost(s, b, len(cfg.parts), len(cfg.etas), cfg.search_sequences, steps))
+        Unit("p1", (b,), p1_cost(s, b, len(cfg.parts), len(cfg.etas), cfg.search_sequences, steps))
         for b in blocks
     ]
     if cfg.ladder:
-        out += [Unit("p2", i, p2_cost(s, i)) for i in range(s.n_blocks)]
+        out += [Unit("p2", (i,), p2_cost(s, i)) for i in range(s.n_blocks)]
     if cfg.cascade:
         groups: dict[tuple[int, ...], list[tuple[int, ...]]] = {}
         for subset in anchor_subsets(s.n_blocks, cap):

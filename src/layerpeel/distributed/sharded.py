@@ -16,7 +16,7 @@ from typing import Any
 from torch import nn
 
 from layerpeel.analyze import Analysis, ModelState, PeelConfig, make_report, prepare
-from layerpeel.bounds.cascade import cascade_summary, final_target
+from layerpeel.bounds.cascade import cascade_rows, cascade_summary, final_target
 from layerpeel.bounds.context import PeelContext, build_context
 from layerpeel.bounds.ladder import ladder
 from layerpeel.bounds.peel import block_gaps
@@ -58,12 +58,11 @@ def run_units(
         unit = plan.units[i]
         t0 = time.perf_counter()
         if unit.phase == "p1":
-            rows = block_gaps(ctx, unit.key, tuple(cfg.parts), a.scheme, a.options, a.thresholds)
+            b = unit.key[0]
+            rows = block_gaps(ctx, b, tuple(cfg.parts), a.scheme, a.options, a.thresholds)
         elif unit.phase == "p2":
-            rows = ladder(ctx, a.scheme, cfg.ridge, from_blocks=[unit.key])
+            rows = ladder(ctx, a.scheme, cfg.ridge, from_blocks=[unit.key[0]])
         else:
-            from layerpeel.bounds.cascade import cascade_rows
-
             if final_fit is None:  # every rank with cascade paths finds the same final target
                 final_fit, out["alpha"] = final_target(ctx, cfg.cascade_target, a.scheme, cfg.ridge)
             rows = cascade_rows(ctx, list(unit.subsets), final_fit, a.scheme, cfg.ridge)

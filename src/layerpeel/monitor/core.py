@@ -87,13 +87,16 @@ class Monitor:
         config: MonitorConfig | None = None,
         schedule: Schedule | None = None,
         loggers: list[Logger] | None = None,
+        distributed: bool | None = None,
         collective_timeout_s: float = 1800.0,
     ) -> None:
         """Check everything that could fail later (model, data, folder, loggers) right here.
 
-        Under an initialised torch.distributed group of several ranks, every rank must construct
-        its monitor at the same point (it creates the monitor's own process group, whose
-        collectives fail after `collective_timeout_s` instead of hanging).
+        `distributed` (default: when a torch.distributed group of several ranks is initialised)
+        spreads each analysis over the ranks; then every rank must construct its monitor at the
+        same point (it creates the monitor's own process group, whose collectives fail after
+        `collective_timeout_s` instead of hanging). With `distributed=False` rank 0 analyses
+        alone and the other ranks' monitors do nothing.
         """
         self.config = config or MonitorConfig()
         self.config.validate()
@@ -113,7 +116,10 @@ class Monitor:
             loggers if loggers is not None else make_loggers(self.run_dir, self.config.loggers)
         )
         self.model = model
-        self.group = monitor_group(collective_timeout_s)  # None when training is not distributed
+        # the monitor's own process group; None when rank 0 analyses alone or there is one process
+        self.group = None
+        if distributed is not False:
+            self.group = monitor_group(collective_timeout_s, required=bool(distributed))
         self.working = self.writer or self.group is not None  # this rank takes part in analyses
         self.shadow = ShadowModel(model) if self.working else None
         self.budget = Budget(self.config.max_overhead)
@@ -292,17 +298,23 @@ class Monitor:
         self.analyses = len(analysed)
 
 
-def monitor_group(timeout_s: float) -> Any:
+def monitor_group(timeout_s: float, required: bool = False) -> Any:
     """A gloo group of every rank for the monitor's collectives, or None when not distributed.
 
     A group of its own keeps the monitor's small CPU collectives apart from the training's
-    (NCCL or gloo) communication; creating it is itself collective.
+    (NCCL or gloo) communication; creating it is itself collective. `required`: a clear error
+    instead of None when no process group of several ranks is initialised.
     """
     import datetime
 
     import torch.distributed as dist
 
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() < 2:
+        if required:
+            from layerpeel.distributed.gather import require_group
+
+            _, world = require_group()  # raises when no group is initialised
+            raise ConfigError(f"a distributed monitor needs several ranks; the group has {world}")
         return None
     return dist.new_group(backend="gloo", timeout=datetime.timedelta(seconds=timeout_s))
 
