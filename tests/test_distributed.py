@@ -305,8 +305,11 @@ def test_torchrun_two_processes_write_the_single_process_json(run_dir, tmp_path,
 # -- the monitor inside DDP training --------------------------------------------------------------
 
 
-def _ddp_train(rank: int, run_dir: str | None, fail: bool) -> tuple[dict[str, torch.Tensor], Any]:
-    """Six DDP steps of a tiny GPT with dropout; with a monitor analysing every other step."""
+def _ddp_train(
+    rank: int, run_dir: str | None, fail: bool, fsdp: bool = False
+) -> tuple[dict[str, torch.Tensor], Any]:
+    """Six DDP (or FSDP) steps of a tiny GPT with dropout; a monitor analysing every other step."""
+    from torch.distributed.fsdp import fully_shard
     from torch.nn.parallel import DistributedDataParallel
 
     from layerpeel.distributed import sharded as sharded_module
@@ -316,7 +319,13 @@ def _ddp_train(rank: int, run_dir: str | None, fail: bool) -> tuple[dict[str, to
     model = GPT(
         GPTConfig(vocab_size=48, n_layer=2, n_head=2, d_model=16, block_size=12, dropout=0.1)
     )
-    ddp = DistributedDataParallel(model)
+    ddp: Any = model
+    if fsdp:
+        for block in model.blocks:
+            fully_shard(block)
+        fully_shard(model)
+    else:
+        ddp = DistributedDataParallel(model)
     opt = torch.optim.AdamW(ddp.parameters(), lr=1e-2)
     monitor = None
     if run_dir is not None:
@@ -342,7 +351,10 @@ def _ddp_train(rank: int, run_dir: str | None, fail: bool) -> tuple[dict[str, to
                 monitor.step(step, train_loss=loss)
     finally:
         sharded_module.block_gaps = original
-    return {n: p.detach().clone() for n, p in model.named_parameters()}, monitor
+    local = {
+        n: getattr(p, "to_local", p.detach)().detach().clone() for n, p in model.named_parameters()
+    }
+    return local, monitor
 
 
 def _ddp_scenarios(rank: int, world: int, arg: str) -> dict[str, Any]:
@@ -353,7 +365,17 @@ def _ddp_scenarios(rank: int, world: int, arg: str) -> dict[str, Any]:
     def equal(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
         return all(torch.equal(a[k], b[k]) for k in a)
 
+    fsdp_plain, _ = _ddp_train(rank, None, False, fsdp=True)
+    fsdp_watched, fsdp_mon = _ddp_train(rank, f"{arg}/fsdp", False, fsdp=True)
+    whole = {n: p.full_tensor() for n, p in fsdp_mon.model.named_parameters()}  # collective
+    if rank == 0:
+        from safetensors.torch import save_file
+
+        save_file({n: t.contiguous() for n, t in whole.items()}, f"{arg}/fsdp-final.safetensors")
     return {
+        "fsdp_same_with_monitor": equal(fsdp_plain, fsdp_watched),
+        "fsdp_analyses": fsdp_mon.analyses,
+        "fsdp_failures": fsdp_mon.failures,
         "same_with_monitor": equal(plain, watched),
         "same_with_failing_monitor": equal(plain, failing),
         "analyses": monitor.analyses,
@@ -384,6 +406,37 @@ def test_ddp_training_ends_bit_identical_with_the_monitor(ddp_ranks):
     assert {(r["block"], r["part"]) for r in events[0]["report"]["layers"]} == {
         (b, p) for b in (0, 1) for p in ("block", "attn", "mlp")
     }
+
+
+@pytest.mark.slow
+def test_fsdp_training_ends_bit_identical_and_the_monitor_sees_whole_parameters(ddp_ranks):
+    ranks, tmp = ddp_ranks
+    from layerpeel.monitor import read_events
+
+    for seen in ranks:
+        assert seen["fsdp_same_with_monitor"]  # every rank's shard, torch.equal
+        assert seen["fsdp_analyses"] == 3 and seen["fsdp_failures"] == 0
+    events = read_events(tmp / "fsdp" / "monitor.jsonl")
+    assert [e["step"] for e in events] == [2, 4, 6]
+    assert events[0]["report"]["model"]["params"] == sum(
+        p.numel()
+        for p in GPT(
+            GPTConfig(vocab_size=48, n_layer=2, n_head=2, d_model=16, block_size=12)
+        ).parameters()
+    )  # the whole model, not one rank's shard
+    # the analysis at step 6 equals one process analysing the whole weights of step 6
+    from safetensors.torch import load_file
+
+    model = GPT(
+        GPTConfig(vocab_size=48, n_layer=2, n_head=2, d_model=16, block_size=12, dropout=0.1)
+    )
+    missing, unexpected = model.load_state_dict(
+        load_file(str(tmp / "fsdp-final.safetensors")), strict=False
+    )
+    assert not unexpected and len(missing) <= 1  # at most the tied unembedding's second name
+    last = events[2]["report"]
+    ref = peel(model, tiny_data(), PeelConfig.from_dict(last["config"])).to_dict()
+    assert ref["layers"] and same(ref, last) == []
 
 
 @pytest.mark.slow

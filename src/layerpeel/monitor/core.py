@@ -38,7 +38,7 @@ from layerpeel.monitor.analyses import PRESETS, PeelAnalysis, YesAnalysis, YesDa
 from layerpeel.monitor.budget import Budget
 from layerpeel.monitor.loggers import LOGGER_NAMES, Logger, main_rank, make_loggers, read_events
 from layerpeel.monitor.schedules import Schedule, always
-from layerpeel.monitor.state import ShadowModel, preserved_rng
+from layerpeel.monitor.state import ShadowModel, is_sharded, preserved_rng
 from layerpeel.monitoring import MonitoringSet
 
 log = logging.getLogger(__name__)
@@ -102,26 +102,30 @@ class Monitor:
         self.config.validate()
         self.run_dir = Path(run_dir)
         self.schedule: Schedule = schedule or always
+        # the monitor's own process group; None when rank 0 analyses alone or there is one process
+        self.group = None
+        if distributed is not False:
+            self.group = monitor_group(collective_timeout_s, required=bool(distributed))
+        if self.group is None and is_sharded(model) and not main_rank():
+            raise ConfigError("an FSDP-sharded model needs the distributed monitor on every rank")
+        self.writer = main_rank()
+        self.working = self.writer or self.group is not None  # this rank takes part in analyses
+        self.shadow = ShadowModel(model) if self.working else None
+        # an FSDP model is checked through its unsharded copy
+        seen = self.shadow.copy if self.shadow is not None and is_sharded(model) else model
         self.analysis: PeelAnalysis | YesAnalysis
         if isinstance(data, MonitoringSet):
-            self.analysis = PeelAnalysis(model, data, self.config.preset, self.config.peel)
+            self.analysis = PeelAnalysis(seen, data, self.config.preset, self.config.peel)
         elif isinstance(data, YesData):
             self.analysis = YesAnalysis(model, data)
         else:
             raise ConfigError(
                 f"monitor data must be a MonitoringSet or YesData, got {type(data).__name__}"
             )
-        self.writer = main_rank()
         self.loggers = (
             loggers if loggers is not None else make_loggers(self.run_dir, self.config.loggers)
         )
         self.model = model
-        # the monitor's own process group; None when rank 0 analyses alone or there is one process
-        self.group = None
-        if distributed is not False:
-            self.group = monitor_group(collective_timeout_s, required=bool(distributed))
-        self.working = self.writer or self.group is not None  # this rank takes part in analyses
-        self.shadow = ShadowModel(model) if self.working else None
         self.budget = Budget(self.config.max_overhead)
         self.enabled = self.working
         self.failures = 0
