@@ -24,6 +24,7 @@ import argparse
 import json
 import math
 import os
+import resource
 import shutil
 import subprocess
 import sys
@@ -33,17 +34,23 @@ from pathlib import Path
 from typing import Any
 
 from layerpeel.analyze import PeelConfig
-from layerpeel.distributed.plan import Shape, make_plan, p1_cost, p2_cost, p3_cost, units
+from layerpeel.distributed.plan import Shape, make_plan, units
 
 
-def sh(cmd: list[str], threads: int, cwd: Path) -> tuple[float, str]:
+def children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def sh(cmd: list[str], threads: int, cwd: Path) -> tuple[float, float]:
+    """Wall seconds and CPU seconds (every process it started, all threads) of a command."""
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), children_cpu()
     done = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=cwd)
-    wall = time.perf_counter() - t0
+    wall, cpu = time.perf_counter() - t0, children_cpu() - c0
     if done.returncode != 0:
         sys.exit(f"failed ({done.returncode}): {' '.join(cmd)}\n{done.stderr[-3000:]}")
-    return wall, done.stdout
+    return wall, cpu
 
 
 def make_run(folder: Path, checkpoints: int, monitor_tokens: int) -> Path:
@@ -98,8 +105,8 @@ def analyze_side_by_side(run: Path, tokens: int, work: Path) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for name, (cmd, threads) in cases.items():
         path = work / f"{len(out)}.json"
-        wall, _ = sh([*cmd, "--json", str(path)], threads, work)
-        out[name] = {"wall": wall, "report": json.loads(path.read_text())}
+        wall, cpu = sh([*cmd, "--json", str(path)], threads, work)
+        out[name] = {"wall": wall, "cpu": cpu, "report": json.loads(path.read_text())}
     return out
 
 
@@ -108,9 +115,11 @@ def sweep_side_by_side(run: Path, work: Path) -> dict[str, Any]:
     shutil.copytree(run, seq)
     shutil.copytree(run, ray_run)
     py = [sys.executable, "-m", "layerpeel"]
-    wall_seq, _ = sh([*py, "analyze", str(seq), "--all-checkpoints", "--no-progress"], 1, work)
+    wall_seq, cpu_seq = sh(
+        [*py, "analyze", str(seq), "--all-checkpoints", "--no-progress"], 1, work
+    )
     cmd = [*py, "sweep", str(ray_run), "--local-cpus", "2", "--cpus-per-task", "1", "--no-progress"]
-    wall_ray, _ = sh(cmd, 1, work)
+    wall_ray, cpu_ray = sh(cmd, 1, work)
     start = [sys.executable, "-c", "import ray; ray.init(num_cpus=2, include_dashboard=False)"]
     wall_start, _ = sh([*start[:2], start[2] + "; ray.shutdown()"], 1, work)
 
@@ -122,6 +131,8 @@ def sweep_side_by_side(run: Path, work: Path) -> dict[str, Any]:
     return {
         "sequential": wall_seq,
         "ray": wall_ray,
+        "cpu_seq": cpu_seq,
+        "cpu_ray": cpu_ray,
         "ray_start": wall_start,
         "task_seconds_seq": sum(e["seconds"] for e in a),
         "task_seconds_ray": sum(e["seconds"] for e in b),
@@ -130,34 +141,42 @@ def sweep_side_by_side(run: Path, work: Path) -> dict[str, Any]:
     }
 
 
-def cost_check(report: dict[str, Any]) -> list[tuple[str, float, float]]:
-    """(unit, modelled block passes, measured seconds) for every unit of a one-process report."""
-    cfg = PeelConfig.from_dict(report["config"])
-    m = report["monitoring"]
-    from layerpeel.commands.demo import DEMO_MODEL
+def cost_check(run: Path, tokens: int) -> list[tuple[str, float, float]]:
+    """(unit, modelled block passes, CPU seconds) of every unit, each run alone on one thread.
 
-    s = Shape(
-        n_blocks=report["model"]["blocks"],
-        head=DEMO_MODEL.vocab_size / (12 * DEMO_MODEL.d_model),
-        fit=m["fit_sequences"],
-        held=m["held_sequences"],
-        quantized=report["model"]["quant"] is not None,
-    )
-    rows: list[tuple[str, float, float]] = []
-    for b in range(s.n_blocks):
-        t = sum(r["time_s"] for r in report["layers"] if r["block"] == b)
-        rows.append(
-            (f"P1 block {b}", p1_cost(s, b, len(cfg.parts), len(cfg.etas), cfg.search_sequences), t)
-        )
-    for b in range(s.n_blocks):
-        t = sum(r["time_s"] for r in report["ladder"] if r["from_block"] == b)
-        rows.append((f"P2 row {b}", p2_cost(s, b), t))
-    # P3 rows' times are not additive per unit in one process (a path reuses references other
-    # paths computed), so the cascade is checked as a whole: every distinct reference once
-    subsets = [tuple(r["anchors"]) for r in report["cascade"]["subsets"]]
-    t = sum(r["time_s"] for r in report["cascade"]["subsets"])
-    rows.append(("P3 all paths", p3_cost(s, subsets), t))
+    CPU time of this thread, not wall time: other processes on a shared machine do not count.
+    Each unit runs as a rank would run it (its own cascade references, its own final target).
+    """
+    import torch
+
+    from layerpeel.analyze import load_target, monitoring_from_run
+    from layerpeel.bounds.context import build_context
+    from layerpeel.distributed.sharded import plan_analysis, run_units
+
+    torch.set_num_threads(1)
+    target = load_target(run)
+    mset = monitoring_from_run(target.run, None, tokens)
+    cfg = PeelConfig()
+    a, plan = plan_analysis(target.model, mset, cfg, 1)
+    ctx = build_context(a.view, mset, cfg.batch, int(cfg.budget_mb * 2**20))
+    ctx.grads()
+    rows = []
+    for i, unit in enumerate(plan.units):
+        t0 = time.thread_time()
+        run_units(ctx, a, cfg, plan, (i,))
+        name = f"{unit.phase} {'/'.join(map(str, unit.key)) or '-'}"
+        rows.append((name, unit.cost, time.thread_time() - t0))
     return rows
+
+
+def plan_analysis_for(run: Path, tokens: int, world: int) -> Any:
+    from layerpeel.analyze import load_target, monitoring_from_run
+    from layerpeel.distributed.sharded import plan_analysis
+
+    target = load_target(run)
+    return plan_analysis(
+        target.model, monitoring_from_run(target.run, None, tokens), PeelConfig(), world
+    )
 
 
 # -- predictions ----------------------------------------------------------------------------------
@@ -230,38 +249,54 @@ def main() -> None:
             print(f"demo run with {args.checkpoints} checkpoints: {time.perf_counter() - t0:.1f} s")
             res = analyze_side_by_side(run, args.tokens, work)
             one = res["1 process, 1 thread"]
-            print(f"\nanalyze, demo model, {args.tokens} tokens (wall time of the whole command):")
             print(
-                f"{'':<28} {'wall s':>7} {'speed-up':>8} {'capture':>8} {'P1':>7} {'P2':>7} {'P3':>7} {'gather':>7} {'max |diff|':>10}"
+                f"\nanalyze, demo model, {args.tokens} tokens; whole command, wall and CPU seconds:"
+            )
+            print(
+                f"{'':<28} {'wall s':>7} {'speed-up':>8} {'CPU s':>7} {'capture':>8} {'P1':>7}"
+                f" {'P2':>7} {'P3':>7} {'gather':>7} {'max |diff|':>10}"
             )
             for name, r in res.items():
                 t = r["report"]["timings"]
                 print(
-                    f"{name:<28} {r['wall']:>7.1f} {one['wall'] / r['wall']:>7.2f}x"
+                    f"{name:<28} {r['wall']:>7.1f} {one['wall'] / r['wall']:>7.2f}x {r['cpu']:>7.1f}"
                     + "".join(
                         f" {t.get(k, 0.0):>7.2f}" for k in ("capture", "p1", "p2", "p3", "gather")
                     )
                     + f" {max_diff(one['report'], r['report']):>10.1e}"
                 )
-            print("\ncost model (block passes) against measured unit times, 1 process, 1 thread:")
-            rows = cost_check(one["report"])
+            print("(phase columns: wall seconds inside the analysis, the slowest rank's)")
+            rows = cost_check(run, args.tokens)
             scale = sum(t for *_, t in rows) / sum(c for _, c, _ in rows)
-            print(f"{'unit':<22} {'modelled':>10} {'measured s':>10} {'measured/modelled':>18}")
+            print("\ncost model against the CPU time of each unit alone (one thread):")
+            print(f"{'unit':<12} {'modelled':>9} {'CPU s':>7} {'CPU/modelled':>13}")
             for name, cost, t in rows:
-                print(f"{name:<22} {cost:>10.0f} {t:>10.2f} {t / (cost * scale):>18.2f}")
-            print(f"(one block pass over one sequence measured at {scale * 1e3:.2f} ms on average)")
+                print(f"{name:<12} {cost:>9.0f} {t:>7.2f} {t / (cost * scale):>13.2f}")
+            print(f"(one block pass over one sequence: {scale * 1e3:.2f} ms of CPU on average)")
+            measured = {name: t for name, _, t in rows}
+            for world in (2, 4):
+                _, plan = plan_analysis_for(run, args.tokens, world)
+                names = [f"{u.phase} {'/'.join(map(str, u.key)) or '-'}" for u in plan.units]
+                line = f"plan for {world} ranks: modelled balance {plan.balance:.3f}"
+                if all(n in measured for n in names):
+                    loads = [sum(measured[names[i]] for i in plan.ranks[r]) for r in range(world)]
+                    line += f", measured {max(loads) / (sum(loads) / world):.3f}"
+                print(line + " (largest rank / mean)")
             sw = sweep_side_by_side(run, work)
             print(
                 f"\nsweep over {sw['n']} checkpoints ({args.monitor_tokens} tokens each, preset standard):"
             )
             print(
-                f"  in turn (analyze --all-checkpoints, 1 thread):  {sw['sequential']:>6.1f} s wall, {sw['task_seconds_seq']:.1f} s analysing"
+                f"  in turn (analyze --all-checkpoints, 1 thread): {sw['sequential']:>6.1f} s wall,"
+                f" {sw['cpu_seq']:.1f} s CPU, {sw['task_seconds_seq']:.1f} s analysing"
             )
             print(
-                f"  local Ray (sweep, 2 tasks of 1 CPU at a time):  {sw['ray']:>6.1f} s wall, {sw['task_seconds_ray']:.1f} s analysing"
+                f"  local Ray (sweep, 2 tasks of 1 CPU at a time): {sw['ray']:>6.1f} s wall,"
+                f" {sw['cpu_ray']:.1f} s CPU, {sw['task_seconds_ray']:.1f} s analysing"
             )
             print(
-                f"  speed-up {sw['sequential'] / sw['ray']:.2f}x; starting and stopping a local Ray alone: {sw['ray_start']:.1f} s; max |diff| {sw['diff']:.1e}"
+                f"  speed-up {sw['sequential'] / sw['ray']:.2f}x; a local Ray started and stopped"
+                f" alone: {sw['ray_start']:.1f} s; max |diff| {sw['diff']:.1e}"
             )
         print(f"load average after: {os.getloadavg()}")
     print(

@@ -21,7 +21,7 @@ from layerpeel.bounds.context import PeelContext, build_context
 from layerpeel.bounds.ladder import ladder
 from layerpeel.bounds.peel import block_gaps
 from layerpeel.bounds.report import PeelReport
-from layerpeel.distributed.gather import env_world_size, gather_work, require_group
+from layerpeel.distributed.gather import ShardingError, env_world_size, gather_work, require_group
 from layerpeel.distributed.plan import Plan, Shape, make_plan, units
 from layerpeel.monitoring import MonitoringSet
 
@@ -80,7 +80,7 @@ def merge(
         by_unit.update({int(k): v for k, v in r["units"].items()})
     missing = [i for i in range(len(plan.units)) if i not in by_unit]
     if missing:  # the plan gives every unit to one rank: this means the ranks disagreed
-        raise RuntimeError(f"units {missing} came back from no rank")
+        raise ShardingError(f"units {missing} came back from no rank")
     layers: list[dict[str, Any]] = []
     ladder_rows: list[dict[str, Any]] = []
     subsets: dict[tuple[int, ...], dict[str, Any]] = {}
