@@ -187,7 +187,11 @@ class Monitor:
         clock = self.budget.clock
         t0 = clock()
         with preserved_rng():
-            body = self.analysis.run(self.shadow.refresh(), unit, group=self.group)
+            model = self.shadow.refresh()
+            if self.group is None:  # one process: analyses written for it need no group
+                body = self.analysis.run(model, unit)
+            else:
+                body = self.analysis.run(model, unit, group=self.group)
         seconds = clock() - t0
         self.budget.record(unit.kind, seconds)
         self.analysis.advance()
