@@ -65,7 +65,7 @@ class PeelConfig(ConfigBase):
             raise ConfigError("batch and n_boot must be positive")
 
 
-class _ModelState:
+class ModelState:
     """Puts a model in eval mode for the analysis and restores its mode afterwards."""
 
     def __init__(self, model: nn.Module) -> None:
@@ -80,23 +80,24 @@ class _ModelState:
             m.training = mode
 
 
-def peel(
-    model: nn.Module,
-    data: MonitoringSet,
-    cfg: PeelConfig | None = None,
-    progress: bool = False,
-    keep_references: bool = False,
-) -> PeelReport:
-    """Analyse `model` on the monitoring set: P1 rows, P2 ladder, P3 cascade.
+@dataclasses.dataclass
+class Analysis:
+    """What every analysis of one model settles before it peels: view, quantizer, blocks."""
 
-    With `keep_references` the report's `references` hold every reference block: "p1" by
-    (block, part), "p2" by (from_block, to_block), "p3" a list of blocks by anchor subset.
-    """
-    from tqdm.auto import tqdm
+    view: Any  # the model's `ModelView`
+    scheme: str | None  # the model's quantizer ("ternary", "Q4_1", ...) or None
+    blocks: tuple[int, ...]  # P1 blocks
+    cap: int | None  # P3 anchor subset size cap
+    options: GapOptions  # P1 settings
+    thresholds: Thresholds  # verdict thresholds
 
-    from layerpeel import __version__
+    @property
+    def n_blocks(self) -> int:
+        return int(self.view.n_blocks)
 
-    cfg = cfg or PeelConfig()
+
+def prepare(model: nn.Module, cfg: PeelConfig) -> Analysis:
+    """Validate `cfg` against `model` and settle what every phase needs."""
     cfg.validate()
     view = model_view(model)
     # a model loaded from a low-bit file (GGUF) names its format in `layerpeel_scheme`
@@ -106,32 +107,66 @@ def peel(
     blocks = tuple(range(n)) if cfg.blocks is None else tuple(cfg.blocks)
     if any(not 0 <= b < n for b in blocks):
         raise ConfigError(f"blocks must be in 0..{n - 1}, got {list(blocks)}")
+    opts = GapOptions(
+        solver=cfg.solver,
+        etas=tuple(cfg.etas),
+        search_sequences=cfg.search_sequences,
+        ridge=cfg.ridge,
+        adam_steps=cfg.adam_steps,
+        adam_lr=cfg.adam_lr,
+        n_boot=cfg.n_boot,
+        seed=cfg.seed,
+    )
+    cap = cfg.max_anchors if cfg.max_anchors is not None else (None if n <= 8 else 2)
+    return Analysis(view, scheme, blocks, cap, opts, Thresholds(red=cfg.red, yellow=cfg.yellow))
+
+
+def peel(
+    model: nn.Module,
+    data: MonitoringSet,
+    cfg: PeelConfig | None = None,
+    progress: bool = False,
+    keep_references: bool = False,
+    sharded: bool = False,
+    group: Any = None,
+) -> PeelReport:
+    """Analyse `model` on the monitoring set: P1 rows, P2 ladder, P3 cascade.
+
+    With `keep_references` the report's `references` hold every reference block: "p1" by
+    (block, part), "p2" by (from_block, to_block), "p3" a list of blocks by anchor subset.
+    With `sharded`, every rank of the initialised torch.distributed process group `group`
+    (default: the world) calls this together; the work is spread over the ranks and each gets
+    the report one process would write (`layerpeel.distributed.peel_sharded`).
+    """
+    from tqdm.auto import tqdm
+
+    cfg = cfg or PeelConfig()
+    if sharded:
+        if keep_references:
+            raise ConfigError("a sharded analysis cannot keep the reference blocks")
+        from layerpeel.distributed import peel_sharded
+
+        return peel_sharded(model, data, cfg, group=group)
+    a = prepare(model, cfg)
+    n, scheme = a.n_blocks, a.scheme
     timings: dict[str, float] = {}
     refs: dict[str, dict[Any, Any]] = {"p1": {}, "p2": {}, "p3": {}}
     keep = refs if keep_references else {"p1": None, "p2": None, "p3": None}
-    with _ModelState(model):
+    with ModelState(model):
         t0 = time.perf_counter()
-        ctx = build_context(view, data, cfg.batch, int(cfg.budget_mb * 2**20))
+        ctx = build_context(a.view, data, cfg.batch, int(cfg.budget_mb * 2**20))
         timings["capture"] = time.perf_counter() - t0
-        opts = GapOptions(
-            solver=cfg.solver,
-            etas=tuple(cfg.etas),
-            search_sequences=cfg.search_sequences,
-            ridge=cfg.ridge,
-            adam_steps=cfg.adam_steps,
-            adam_lr=cfg.adam_lr,
-            n_boot=cfg.n_boot,
-            seed=cfg.seed,
-        )
-        thresholds = Thresholds(red=cfg.red, yellow=cfg.yellow)
         rows: list[dict[str, Any]] = []
         t0 = time.perf_counter()
         parts = tuple(cfg.parts)
         with tqdm(
-            total=len(blocks) * len(parts), desc="P1 layer gaps", disable=not progress, unit="peel"
+            total=len(a.blocks) * len(parts),
+            desc="P1 layer gaps",
+            disable=not progress,
+            unit="peel",
         ) as bar:
-            for b in blocks:
-                rows.extend(block_gaps(ctx, b, parts, scheme, opts, thresholds, keep["p1"]))
+            for b in a.blocks:
+                rows.extend(block_gaps(ctx, b, parts, scheme, a.options, a.thresholds, keep["p1"]))
                 bar.update(len(parts))
         timings["p1"] = time.perf_counter() - t0
         ladder_rows: list[dict[str, Any]] = []
@@ -143,14 +178,31 @@ def peel(
         casc = None
         if cfg.cascade:
             t0 = time.perf_counter()
-            cap = cfg.max_anchors if cfg.max_anchors is not None else (None if n <= 8 else 2)
             from layerpeel.bounds.cascade import anchor_subsets
 
             with tqdm(
-                total=len(anchor_subsets(n, cap)), desc="P3 cascade", disable=not progress
+                total=len(anchor_subsets(n, a.cap)), desc="P3 cascade", disable=not progress
             ) as bar:
-                casc = cascade(ctx, scheme, cap, cfg.cascade_target, cfg.ridge, bar, keep["p3"])
+                casc = cascade(ctx, scheme, a.cap, cfg.cascade_target, cfg.ridge, bar, keep["p3"])
             timings["p3"] = time.perf_counter() - t0
+    report = make_report(model, data, cfg, a, rows, ladder_rows, casc, timings)
+    report.references = refs if keep_references else {}
+    return report
+
+
+def make_report(
+    model: nn.Module,
+    data: MonitoringSet,
+    cfg: PeelConfig,
+    a: Analysis,
+    rows: list[dict[str, Any]],
+    ladder_rows: list[dict[str, Any]],
+    casc: dict[str, Any] | None,
+    timings: dict[str, float],
+) -> PeelReport:
+    """The `PeelReport` of the rows, with what was analysed, on what and with which settings."""
+    from layerpeel import __version__
+
     return PeelReport(
         layers=rows,
         ladder=ladder_rows,
@@ -165,13 +217,12 @@ def peel(
         },
         model={
             "class": type(model).__name__,
-            "blocks": n,
-            "quant": scheme,
+            "blocks": a.n_blocks,
+            "quant": a.scheme,
             "params": sum(p.numel() for p in model.parameters()),
         },
         timings=timings,
         version=__version__,
-        references=refs if keep_references else {},
     )
 
 

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from layerpeel.errors import LayerpeelError
 
 # Each module defines `add_parser(subparsers)` and `run(args) -> int`.
-COMMANDS = ["train", "sample", "analyze", "demo", "yes_demo", "report", "serve"]
+COMMANDS = ["train", "sample", "analyze", "sweep", "demo", "yes_demo", "report", "serve"]
 
 
 def build_parser() -> argparse.ArgumentParser:

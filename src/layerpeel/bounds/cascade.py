@@ -107,8 +107,29 @@ def cascade(
 
     `keep`, when given, receives the list of reference blocks of each path under its anchors.
     """
-    n = ctx.n_blocks
     final_fit, alpha = final_target(ctx, final, scheme, ridge)
+    subsets = anchor_subsets(ctx.n_blocks, max_anchors)
+    rows = cascade_rows(ctx, subsets, final_fit, scheme, ridge, progress, keep)
+    return cascade_summary(rows, float(ctx.ce_trained_held.mean()), final, alpha)
+
+
+@torch.no_grad()
+def cascade_rows(
+    ctx: PeelContext,
+    subsets: list[tuple[int, ...]],
+    final_fit: torch.Tensor,
+    scheme: str | None,
+    ridge: float = 1e-3,
+    progress: Any = None,
+    keep: dict[Any, Any] | None = None,
+) -> list[dict[str, Any]]:
+    """Rows {"anchors", "ce", "time_s"}: the held-out CE of the cascade of each anchor subset.
+
+    `final_fit` is the final target on the fit part (`final_target`). Paths that share a prefix
+    of anchors share their first references, so subsets with different first anchors share
+    nothing (a shard can take them apart without repeating work).
+    """
+    n = ctx.n_blocks
     opts = ClosedFormOptions(ridge=ridge)
     memo: dict[tuple[int, tuple[int, ...]], tuple[nn.Module, torch.Tensor, torch.Tensor]] = {}
 
@@ -129,7 +150,7 @@ def cascade(
         return memo[key]
 
     rows: list[dict[str, Any]] = []
-    for subset in anchor_subsets(n, max_anchors):
+    for subset in subsets:
         t0 = time.perf_counter()
         ce = float(ctx.held_ce(n, stage(n - 1, subset)[2], {}).mean())
         if keep is not None:
@@ -137,6 +158,13 @@ def cascade(
         rows.append({"anchors": list(subset), "ce": ce, "time_s": time.perf_counter() - t0})
         if progress is not None:
             progress.update(1)
+    return rows
+
+
+def cascade_summary(
+    rows: list[dict[str, Any]], ce_trained: float, final: str, alpha: float
+) -> dict[str, Any]:
+    """YES-k as running minima over subset sizes, the best subsets and the colour, from the rows."""
     k_max = max(len(r["anchors"]) for r in rows)
     yes: list[float] = []
     best: list[list[int]] = []
@@ -149,7 +177,6 @@ def cascade(
         else:
             yes.append(top["ce"])
             best.append(top["anchors"])
-    ce_trained = float(ctx.ce_trained_held.mean())
     return {
         "yes0": yes[0],
         "yes": yes[1:],

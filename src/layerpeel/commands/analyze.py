@@ -76,6 +76,16 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
         help="analyse every saved checkpoint of the run into RUN/monitor.jsonl (the monitor's "
         "time series, with the run's monitor preset; see docs/monitor.md)",
     )
+    p.add_argument(
+        "--shard",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="spread the analysis over the ranks of torchrun (default: when started by torchrun "
+        "with more than one process; see docs/scaling.md)",
+    )
+    p.add_argument(
+        "--backend", choices=["gloo", "nccl"], help="process group backend (default: nccl on GPU)"
+    )
     p.add_argument("--no-progress", action="store_true", help="hide the progress bars")
     p.add_argument(
         "--no-color", action="store_true", help="no colour in the table (also: NO_COLOR)"
@@ -172,7 +182,7 @@ def _use_color(args: argparse.Namespace) -> bool:
     return not args.no_color and "NO_COLOR" not in os.environ and sys.stdout.isatty()
 
 
-def run_hf(args: argparse.Namespace, cfg: PeelConfig) -> int:
+def run_hf(args: argparse.Namespace, cfg: PeelConfig, sharded: bool = False) -> int:
     """`analyze --hf DIR`: a Hugging Face model from disk, its own tokenizer, the report to --json."""
     from layerpeel.hf import hf_monitoring_set, load_hf, vocabulary_size
 
@@ -182,8 +192,10 @@ def run_hf(args: argparse.Namespace, cfg: PeelConfig) -> int:
     mset = hf_monitoring_set(
         tokenizer, args.data, args.tokens, args.seq_len, vocabulary_size(model)
     )
-    report = peel(model, mset, cfg, progress=not args.no_progress)
+    report = peel(model, mset, cfg, progress=not args.no_progress, sharded=sharded)
     report.model["source"] = str(args.hf)
+    if not _writer(sharded):
+        return _exit_code(args, report)
     if args.json is not None:
         report.save(args.json)
     print_report(report, sys.stdout, _use_color(args))
@@ -201,11 +213,30 @@ def _exit_code(args: argparse.Namespace, report: PeelReport) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
+    from layerpeel.distributed.launch import launched, process_group
+
+    shard = launched() if args.shard is None else args.shard
+    if not shard:
+        return _run(args, sharded=False)
+    if args.all_checkpoints:
+        raise ConfigError("--all-checkpoints is not sharded; use `layerpeel sweep RUN`")
+    with process_group(args.backend):
+        return _run(args, sharded=True)
+
+
+def _writer(sharded: bool) -> bool:
+    """Rank 0 writes and prints; the other ranks of a sharded analysis only compute."""
+    import torch.distributed as dist
+
+    return not sharded or dist.get_rank() == 0
+
+
+def _run(args: argparse.Namespace, sharded: bool) -> int:
     if args.all_checkpoints:
         return _all_checkpoints(args)
     cfg = config_from_args(args)
     if args.hf is not None:
-        return run_hf(args, cfg)
+        return run_hf(args, cfg, sharded)
     if args.target is None:
         raise ConfigError("give a run folder or checkpoint, or --hf DIR")
     target = load_target(args.target)
@@ -215,9 +246,11 @@ def run(args: argparse.Namespace) -> int:
             "analyse a checkpoint inside its run folder"
         )
     mset = monitoring_from_run(target.run, args.data, args.tokens)
-    report = peel(target.model, mset, cfg, progress=not args.no_progress)
+    report = peel(target.model, mset, cfg, progress=not args.no_progress, sharded=sharded)
     report.model["step"] = target.step
     report.model["source"] = target.source
+    if not _writer(sharded):
+        return _exit_code(args, report)
     outputs = [target.run.path / "analysis" / f"step-{(target.step or 0):06d}.json"]
     if args.json is not None:
         outputs.append(args.json)
@@ -225,11 +258,7 @@ def run(args: argparse.Namespace) -> int:
         report.save(path)
     print_report(report, sys.stdout, _use_color(args))
     print("\nreport: " + ", ".join(str(p) for p in outputs))
-    if args.fail_on:
-        bad = {"red"} if args.fail_on == "red" else {"red", "yellow"}
-        if any(r["verdict"] in bad for r in report.layers):
-            return 1
-    return 0
+    return _exit_code(args, report)
 
 
 def _all_checkpoints(args: argparse.Namespace) -> int:

@@ -113,8 +113,10 @@ class PeelAnalysis:
             cascade=spec["cascade"],
         )
 
-    def run(self, model: nn.Module, unit: Unit) -> dict[str, Any]:
-        report = peel(model, self.mset, self.config(unit))
+    def run(self, model: nn.Module, unit: Unit, group: Any = None) -> dict[str, Any]:
+        """`unit` on `model`; spread over the ranks of `group` when one is given."""
+        cfg = self.config(unit)
+        report = peel(model, self.mset, cfg, sharded=group is not None, group=group)
         return {"event": "analysis", "unit": unit.kind, "report": report.to_dict()}
 
     def state_dict(self) -> dict[str, Any]:
@@ -152,7 +154,8 @@ class YesAnalysis:
     def advance(self) -> None:
         """Every YES check is the same unit."""
 
-    def run(self, model: nn.Module, unit: Unit) -> dict[str, Any]:
+    def run(self, model: nn.Module, unit: Unit, group: Any = None) -> dict[str, Any]:
+        """The YES check; every rank of a distributed job computes it alike (no collective)."""
         x, y = self.data.x, self.data.y
         hidden = [h.T for h in model.hidden(x)]  # type: ignore[operator]  # L-1 of (m, N)
         loss = float((model(x) - y).double().square().sum(1).mean())

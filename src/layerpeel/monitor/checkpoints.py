@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,27 +29,29 @@ def run_monitoring_set(run: Any, config: Any) -> MonitoringSet:
     return monitoring_from_run(run, None, config.tokens, seq_len)
 
 
-def analyze_checkpoints(
-    run_path: str | Path,
-    config: Any = None,
-    progress: Callable[[int, int], None] | None = None,
-) -> list[dict[str, Any]]:
-    """Analyse every saved checkpoint of a layerpeel run; append `source: checkpoint` events.
+@dataclass
+class Pending:
+    """The checkpoints of a run still to analyse, with the settings and data to analyse them on."""
 
-    Each checkpoint gets everything the preset computes over every block (no budget, no
-    rotation), on the same monitoring set the training monitor used. Checkpoints that already
-    have a checkpoint event in monitor.jsonl are skipped. Returns the new events.
+    run: Any  # the `RunFolder`
+    config: Any  # the `MonitorConfig`
+    mset: MonitoringSet
+    checkpoints: list[Path]  # every complete checkpoint, oldest first
+    todo: list[tuple[Path, int]]  # (checkpoint, step) without a checkpoint event yet
+
+
+def pending_checkpoints(run_path: str | Path, config: Any = None) -> Pending:
+    """What `analyze_checkpoints` (or a sweep) has to do on a run: its checkpoints not yet analysed.
+
+    `config` is the run's monitor settings (config.json's "monitor" section) unless given.
     """
-    from layerpeel.analyze import peel
-    from layerpeel.monitor.analyses import PeelAnalysis
     from layerpeel.monitor.core import MonitorConfig
-    from layerpeel.monitor.loggers import make_loggers, read_events
-    from layerpeel.run import load_model, open_run
+    from layerpeel.monitor.loggers import read_events
+    from layerpeel.run import open_run
 
     run = open_run(run_path)
-    cfg_all = run.read_config()
     if config is None:
-        section = cfg_all.get("monitor")
+        section = run.read_config().get("monitor")
         config = MonitorConfig.from_dict(section) if section else MonitorConfig()
     config.validate()
     checkpoints = run.checkpoints()
@@ -59,34 +63,64 @@ def analyze_checkpoints(
         for e in read_events(run.path / "monitor.jsonl")
         if e.get("event") == "analysis" and e.get("source") == "checkpoint"
     }
-    loggers = make_loggers(run.path, config.loggers)
+    steps = [int(json.loads(p.read_text()).get("step", -1)) for p in checkpoints]
+    todo = [(p, s) for p, s in zip(checkpoints, steps, strict=True) if s not in done]
+    return Pending(run, config, mset, checkpoints, todo)
+
+
+def checkpoint_event(path: str | Path, mset: MonitoringSet, config: Any) -> dict[str, Any]:
+    """The `source: checkpoint` event of one checkpoint: the preset's full analysis of it."""
+    from layerpeel.analyze import peel
+    from layerpeel.monitor.analyses import PeelAnalysis
+    from layerpeel.run import load_model
+
+    model, ckpt = load_model(path)
+    analysis = PeelAnalysis(model, mset, config.preset, config.peel)
+    t0 = time.perf_counter()
+    report = peel(model, mset, analysis.full_config())
+    report.model["step"] = ckpt.step
+    return {
+        "event": "analysis",
+        "step": ckpt.step,
+        "time": time.time(),
+        "train_loss": None,
+        "preset": config.preset,
+        "seconds": time.perf_counter() - t0,
+        "overhead": 0.0,  # computed after training: no cost to the run
+        "source": "checkpoint",
+        "unit": "all",
+        "report": report.to_dict(),
+    }
+
+
+def analyze_checkpoints(
+    run_path: str | Path,
+    config: Any = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> list[dict[str, Any]]:
+    """Analyse every saved checkpoint of a layerpeel run; append `source: checkpoint` events.
+
+    Each checkpoint gets everything the preset computes over every block (no budget, no
+    rotation), on the same monitoring set the training monitor used. Checkpoints that already
+    have a checkpoint event in monitor.jsonl are skipped. Returns the new events.
+    (`layerpeel.distributed.sweep` does the same with one Ray task per checkpoint.)
+    """
+    from layerpeel.monitor.loggers import make_loggers
+
+    work = pending_checkpoints(run_path, config)
+    loggers = make_loggers(work.run.path, work.config.loggers)
     events: list[dict[str, Any]] = []
+    todo = dict(work.todo)
     try:
-        for i, path in enumerate(checkpoints):
-            model, ckpt = load_model(path)
-            if ckpt.step in done:
+        for i, path in enumerate(work.checkpoints):
+            if path not in todo:
                 continue
-            analysis = PeelAnalysis(model, mset, config.preset, config.peel)
-            t0 = time.perf_counter()
-            report = peel(model, mset, analysis.full_config())
-            report.model["step"] = ckpt.step
-            event = {
-                "event": "analysis",
-                "step": ckpt.step,
-                "time": time.time(),
-                "train_loss": None,
-                "preset": config.preset,
-                "seconds": time.perf_counter() - t0,
-                "overhead": 0.0,  # computed after training: no cost to the run
-                "source": "checkpoint",
-                "unit": "all",
-                "report": report.to_dict(),
-            }
+            event = checkpoint_event(path, work.mset, work.config)
             for logger in loggers:
                 logger.log(event)
             events.append(event)
             if progress is not None:
-                progress(i + 1, len(checkpoints))
+                progress(i + 1, len(work.checkpoints))
     finally:
         for logger in loggers:
             logger.close()

@@ -8,6 +8,11 @@
 It never changes the run (analyses run on a shadow copy, without gradients, with every random
 number generator state restored) and never stops it (an exception is logged with its traceback,
 counted, and after `max_failures` the monitor switches itself off with one warning).
+
+In a distributed job (DDP) every rank builds the monitor and calls `step` at the same steps: the
+ranks agree on rank 0's decision to analyse, spread each analysis over themselves
+(`layerpeel.distributed.peel_sharded`, on a gloo group of the monitor's own) and only rank 0
+writes. A rank whose analysis fails reports it in the same gather, so no rank waits for it.
 """
 
 from __future__ import annotations
@@ -33,7 +38,7 @@ from layerpeel.monitor.analyses import PRESETS, PeelAnalysis, YesAnalysis, YesDa
 from layerpeel.monitor.budget import Budget
 from layerpeel.monitor.loggers import LOGGER_NAMES, Logger, main_rank, make_loggers, read_events
 from layerpeel.monitor.schedules import Schedule, always
-from layerpeel.monitor.state import ShadowModel, preserved_rng
+from layerpeel.monitor.state import ShadowModel, is_sharded, preserved_rng
 from layerpeel.monitoring import MonitoringSet
 
 log = logging.getLogger(__name__)
@@ -82,29 +87,47 @@ class Monitor:
         config: MonitorConfig | None = None,
         schedule: Schedule | None = None,
         loggers: list[Logger] | None = None,
+        distributed: bool | None = None,
+        collective_timeout_s: float = 1800.0,
     ) -> None:
-        """Check everything that could fail later (model, data, folder, loggers) right here."""
+        """Check everything that could fail later (model, data, folder, loggers) right here.
+
+        `distributed` (default: when a torch.distributed group of several ranks is initialised)
+        spreads each analysis over the ranks; then every rank must construct its monitor at the
+        same point (it creates the monitor's own process group, whose collectives fail after
+        `collective_timeout_s` instead of hanging). With `distributed=False` rank 0 analyses
+        alone and the other ranks' monitors do nothing.
+        """
         self.config = config or MonitorConfig()
         self.config.validate()
         self.run_dir = Path(run_dir)
         self.schedule: Schedule = schedule or always
+        # the monitor's own process group; None when rank 0 analyses alone or there is one process
+        self.group = None
+        if distributed is not False:
+            self.group = monitor_group(collective_timeout_s, required=bool(distributed))
+        if self.group is None and is_sharded(model) and not main_rank():
+            raise ConfigError("an FSDP-sharded model needs the distributed monitor on every rank")
+        self.writer = main_rank()
+        self.working = self.writer or self.group is not None  # this rank takes part in analyses
+        self.shadow = ShadowModel(model) if self.working else None
+        # an FSDP model is checked through its unsharded copy
+        seen = self.shadow.copy if self.shadow is not None and is_sharded(model) else model
         self.analysis: PeelAnalysis | YesAnalysis
         if isinstance(data, MonitoringSet):
-            self.analysis = PeelAnalysis(model, data, self.config.preset, self.config.peel)
+            self.analysis = PeelAnalysis(seen, data, self.config.preset, self.config.peel)
         elif isinstance(data, YesData):
             self.analysis = YesAnalysis(model, data)
         else:
             raise ConfigError(
                 f"monitor data must be a MonitoringSet or YesData, got {type(data).__name__}"
             )
-        self.writer = main_rank()
         self.loggers = (
             loggers if loggers is not None else make_loggers(self.run_dir, self.config.loggers)
         )
         self.model = model
-        self.shadow = ShadowModel(model) if self.writer else None
         self.budget = Budget(self.config.max_overhead)
-        self.enabled = self.writer
+        self.enabled = self.working
         self.failures = 0
         self.analyses = 0
         self.pending = False
@@ -155,13 +178,20 @@ class Monitor:
         if not self.pending:
             return None
         unit = self.analysis.next_unit()
-        if not self.budget.allows(unit.kind):
+        allowed = self.budget.allows(unit.kind)
+        if self.group is not None:  # every rank follows rank 0's budget
+            allowed = agree(allowed, self.group)
+        if not allowed:
             return None
         assert self.shadow is not None
         clock = self.budget.clock
         t0 = clock()
         with preserved_rng():
-            body = self.analysis.run(self.shadow.refresh(), unit)
+            model = self.shadow.refresh()
+            if self.group is None:  # one process: analyses written for it need no group
+                body = self.analysis.run(model, unit)
+            else:
+                body = self.analysis.run(model, unit, group=self.group)
         seconds = clock() - t0
         self.budget.record(unit.kind, seconds)
         self.analysis.advance()
@@ -203,20 +233,8 @@ class Monitor:
         self.pending = False
         message = f"{type(exc).__name__}: {exc}".splitlines()[0] if str(exc) else type(exc).__name__
         log.debug("monitor analysis failed at step %d: %s", step, message)
-        try:
-            rel = Path("monitor_errors") / f"step-{step:06d}-{self.failures}.txt"
-            atomic_write_text(self.run_dir / rel, "".join(traceback.format_exception(exc)))
-            self._emit(
-                {
-                    "event": "error",
-                    "step": step,
-                    "time": time.time(),
-                    "message": message,
-                    "traceback": rel.as_posix(),
-                }
-            )
-        except Exception as inner:  # noqa: BLE001 - nothing here may stop the run
-            log.debug("could not record the monitor failure: %s", inner)
+        if self.writer:  # every rank counts the failure alike; rank 0 records it
+            self._record_failure(step, exc, message)
         if self.failures >= self.config.max_failures:
             self.enabled = False
             reason = f"{self.failures} failed analyses; last: {message}"
@@ -231,6 +249,23 @@ class Monitor:
                 )
             except Exception as inner:  # noqa: BLE001
                 log.debug("could not record that the monitor switched off: %s", inner)
+
+    def _record_failure(self, step: int, exc: BaseException, message: str) -> None:
+        """The traceback in monitor_errors/ and an "error" event."""
+        try:
+            rel = Path("monitor_errors") / f"step-{step:06d}-{self.failures}.txt"
+            atomic_write_text(self.run_dir / rel, "".join(traceback.format_exception(exc)))
+            self._emit(
+                {
+                    "event": "error",
+                    "step": step,
+                    "time": time.time(),
+                    "message": message,
+                    "traceback": rel.as_posix(),
+                }
+            )
+        except Exception as inner:  # noqa: BLE001 - nothing here may stop the run
+            log.debug("could not record the monitor failure: %s", inner)
 
     # -- resuming ----------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
@@ -249,7 +284,7 @@ class Monitor:
         self.analysis.load_state_dict(state.get("analysis", {}))
         self.failures = int(state.get("failures", 0))
         self.analyses = int(state.get("analyses", 0))
-        self.enabled = bool(state.get("enabled", True)) and self.writer
+        self.enabled = bool(state.get("enabled", True)) and self.working
         self.verdicts = dict(state.get("verdicts", {}))
 
     def resume_at(self, step: int) -> None:
@@ -269,6 +304,36 @@ class Monitor:
         for event in analysed:
             self._remember(event)
         self.analyses = len(analysed)
+
+
+def monitor_group(timeout_s: float, required: bool = False) -> Any:
+    """A gloo group of every rank for the monitor's collectives, or None when not distributed.
+
+    A group of its own keeps the monitor's small CPU collectives apart from the training's
+    (NCCL or gloo) communication; creating it is itself collective. `required`: a clear error
+    instead of None when no process group of several ranks is initialised.
+    """
+    import datetime
+
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() < 2:
+        if required:
+            from layerpeel.distributed.gather import require_group
+
+            _, world = require_group()  # raises when no group is initialised
+            raise ConfigError(f"a distributed monitor needs several ranks; the group has {world}")
+        return None
+    return dist.new_group(backend="gloo", timeout=datetime.timedelta(seconds=timeout_s))
+
+
+def agree(flag: bool, group: Any) -> bool:
+    """Rank 0's `flag`, on every rank of `group`."""
+    import torch.distributed as dist
+
+    t = torch.tensor([1 if flag else 0], dtype=torch.int64)
+    dist.broadcast(t, src=dist.get_global_rank(group, 0), group=group)
+    return bool(t.item())
 
 
 def _as_float(value: Any) -> float | None:
