@@ -97,7 +97,7 @@ def test_report_offline_colours_words_and_sorting(browser, real_run, tmp_path):
     assert banner.evaluate("e => getComputedStyle(e).backgroundColor") == rgb(
         WHOLE_MODEL[worst]["colour"]
     )
-    # sections in the order the issue asks for
+    # sections in the order the report is specified to show them
     ids = page.eval_on_selector_all("main > section", "els => els.map(e => e.id)")
     assert ids == ["verdict", "cloud", "heatmap", "layers", "ladder", "settings", "provenance"]
     # the YES cloud: one point per analysed checkpoint, with the recorded verdict
