@@ -27,7 +27,6 @@ demo: $(STAMP)
 	$(BIN)/layerpeel demo --out $(DEMO_DIR)
 	$(BIN)/layerpeel analyze $(DEMO_DIR)
 	$(BIN)/layerpeel report $(DEMO_DIR)
-	$(BIN)/layerpeel report $(DEMO_DIR)
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks
