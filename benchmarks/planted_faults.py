@@ -2,7 +2,7 @@
 
 Side by side with WeightWatcher's per-layer power-law alpha on the same checkpoints.
 
-    pip install weightwatcher            # optional; without it the alpha columns are skipped
+    pip install 'layerpeel[bench]'       # WeightWatcher, optional; without it the alpha columns are skipped
     python benchmarks/planted_faults.py [--seeds 0 1] [--positions 1 2] [--steps 300]
 
 For every seed, fault kind (frozen, slow = learning rate 100x too small, reinit = re-initialised
