@@ -78,6 +78,9 @@ class _TargetPropagation:
         copts = ClosedFormOptions(ridge=opts.ridge)
         self.search = BlockProblem(ctx.view, index, x[:half], [out[:half], g[:half]], copts)
         self.full = BlockProblem(ctx.view, index, x, [out, g], copts)
+        self._scores: dict[
+            tuple[str, float, str | None], float
+        ] = {}  # search CE by (part, eta, scheme)
 
     @torch.no_grad()
     def reference(self, part: str, scheme: str | None) -> tuple[nn.Module, float, str]:
@@ -93,10 +96,12 @@ class _TargetPropagation:
         for c in self.opts.etas:
             eta = c * self.unit
             for move in moves:
-                ref = self.search.solve(move, (1.0, -eta), scheme)
-                ce = float(
-                    sequence_ce(ctx.view, i, ctx.fit[i][b], ctx.fit_targets[b], {i: ref}).mean()
-                )
+                key = (move, eta, scheme)  # each search solve is scored once per block
+                if key not in self._scores:
+                    ref = self.search.solve(move, (1.0, -eta), scheme)
+                    seqs = sequence_ce(ctx.view, i, ctx.fit[i][b], ctx.fit_targets[b], {i: ref})
+                    self._scores[key] = float(seqs.mean())
+                ce = self._scores[key]
                 if ce < best_ce:
                     best_eta, best_move, best_ce = eta, move, ce
         return self.full.solve(best_move, (1.0, -best_eta), scheme), best_eta, best_move
