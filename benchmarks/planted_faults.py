@@ -2,7 +2,7 @@
 
 Side by side with WeightWatcher's per-layer power-law alpha on the same checkpoints.
 
-    pip install weightwatcher            # optional; without it the alpha columns are skipped
+    pip install 'layerpeel[bench]'       # WeightWatcher, optional; without it the alpha columns are skipped
     python benchmarks/planted_faults.py [--seeds 0 1] [--positions 1 2] [--steps 300]
 
 For every seed, fault kind (frozen, slow = learning rate 100x too small, reinit = re-initialised
@@ -11,6 +11,8 @@ the built-in corpus with `layerpeel.planted`; a healthy model is trained per see
 - layerpeel: closed-form P1 gaps of whole blocks on a monitoring set from the training split;
   the top-1 pick is the block with the largest gap; a false red is a red verdict on a block
   without a fault (every red of a healthy model is false).
+- cost: the faulty model's held-out CE minus the healthy model's of the same seed (what there is
+  to find; a fault that costs nothing cannot be found by a loss bound);
 - WeightWatcher: alpha of every Linear of a block, averaged per block; the top-1 pick is the block
   with the largest mean alpha (larger alpha = less trained); a false red is a block without a
   fault whose mean alpha exceeds 6, WeightWatcher's own line for an under-trained layer.
@@ -89,8 +91,9 @@ def main() -> None:
     jobs += [(k, b, s) for s in args.seeds for k in args.kinds for b in args.positions]
     outcomes: list[Outcome] = []
     t_start = time.perf_counter()
+    healthy_ce: dict[int, float] = {}  # held-out CE of the healthy model of each seed
     print(
-        f"{'fault':>7} {'block':>5} {'seed':>4} {'CE':>7}  {'layerpeel gaps':<32} {'pick':>4} {'WW alpha':<28} {'pick':>4}"
+        f"{'fault':>7} {'block':>5} {'seed':>4} {'CE':>7} {'cost':>7}  {'layerpeel gaps':<32} {'pick':>4} {'WW alpha':<28} {'pick':>4}"
     )
     for kind, block, seed in jobs:
         run = PlantedRun(fault=kind, block=max(block, 0), steps=args.steps, seed=seed)
@@ -115,10 +118,14 @@ def main() -> None:
             ce=report.layers[0]["ce_trained"],
         )
         outcomes.append(out)
+        if kind == "none":
+            healthy_ce[seed] = out.ce
+        # what the fault costs: held-out CE above the healthy model of the same seed
+        cost = out.ce - healthy_ce.get(seed, out.ce)
         g = " ".join(f"{v:+.4f}" for v in gaps)
         a = " ".join(f"{v:5.2f}" for v in alphas) if alphas else "-"
         print(
-            f"{kind:>7} {block:>5} {seed:>4} {out.ce:7.4f}  {g:<32} {out.lp_pick:>4} {a:<28} {ww_pick if ww_pick is not None else '-':>4}",
+            f"{kind:>7} {block:>5} {seed:>4} {out.ce:7.4f} {cost:+7.4f}  {g:<32} {out.lp_pick:>4} {a:<28} {ww_pick if ww_pick is not None else '-':>4}",
             flush=True,
         )
     faulty = [o for o in outcomes if o.fault != "none"]

@@ -78,18 +78,33 @@ class _TargetPropagation:
         copts = ClosedFormOptions(ridge=opts.ridge)
         self.search = BlockProblem(ctx.view, index, x[:half], [out[:half], g[:half]], copts)
         self.full = BlockProblem(ctx.view, index, x, [out, g], copts)
+        self._scores: dict[
+            tuple[str, float, str | None], float
+        ] = {}  # search CE by (part, eta, scheme)
 
     @torch.no_grad()
-    def reference(self, part: str, scheme: str | None) -> tuple[nn.Module, float]:
+    def reference(self, part: str, scheme: str | None) -> tuple[nn.Module, float, str]:
+        """The reference of `part`, its step eta, and which maps it re-solved.
+
+        A whole-block reference may re-solve only the attention or only the MLP: those are
+        blocks too, and re-solving both maps at once can score worse than one alone (the MLP's
+        fixed hidden features see a changed input), so the search tries all three.
+        """
         ctx, i, b = self.ctx, self.index, self.score
-        best_eta, best_ce = 0.0, float("inf")
+        moves = ("block", "attn", "mlp") if part == "block" else (part,)
+        best_eta, best_move, best_ce = 0.0, part, float("inf")
         for c in self.opts.etas:
             eta = c * self.unit
-            ref = self.search.solve(part, (1.0, -eta), scheme)
-            ce = float(sequence_ce(ctx.view, i, ctx.fit[i][b], ctx.fit_targets[b], {i: ref}).mean())
-            if ce < best_ce:
-                best_eta, best_ce = eta, ce
-        return self.full.solve(part, (1.0, -best_eta), scheme), best_eta
+            for move in moves:
+                key = (move, eta, scheme)  # each search solve is scored once per block
+                if key not in self._scores:
+                    ref = self.search.solve(move, (1.0, -eta), scheme)
+                    seqs = sequence_ce(ctx.view, i, ctx.fit[i][b], ctx.fit_targets[b], {i: ref})
+                    self._scores[key] = float(seqs.mean())
+                ce = self._scores[key]
+                if ce < best_ce:
+                    best_eta, best_move, best_ce = eta, move, ce
+        return self.full.solve(best_move, (1.0, -best_eta), scheme), best_eta, best_move
 
 
 def block_gaps(
@@ -112,15 +127,15 @@ def block_gaps(
     tp = _TargetPropagation(ctx, index, opts) if opts.solver == "closed" else None
     setup = (time.perf_counter() - t0) / max(len(parts), 1)
 
-    def reference(part: str, sch: str | None) -> tuple[nn.Module, float | None]:
+    def reference(part: str, sch: str | None) -> tuple[nn.Module, float | None, str]:
         if tp is None:
-            return _adam_reference(ctx, index, part, sch, opts), None
+            return _adam_reference(ctx, index, part, sch, opts), None, part
         return tp.reference(part, sch)
 
     rows = []
     for part in parts:
         t0 = time.perf_counter()
-        ref, eta = reference(part, scheme)
+        ref, eta, moved = reference(part, scheme)
         if keep is not None:
             keep[(index, part)] = ref
         ce_ref = ctx.held_ce(index, ctx.held[index], {index: ref})
@@ -139,10 +154,11 @@ def block_gaps(
             "ce_reference": float(ce_ref.mean()),
             "solver": opts.solver,
             "eta": eta,
+            "moved": moved,
             "quant": scheme,
         }
         if scheme is not None:
-            ref_fp, _ = reference(part, None)
+            ref_fp, _, _ = reference(part, None)
             ce_fp = float(ctx.held_ce(index, ctx.held[index], {index: ref_fp}).mean())
             row["ce_reference_fp"] = ce_fp
             row["opt_part"] = gap  # quantized reference vs trained: what optimization left
