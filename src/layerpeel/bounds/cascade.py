@@ -1,6 +1,6 @@
 """P3, the YES cascade on the residual stream: blocks peeled in sequence onto anchor subsets.
 
-As in the YES bounds for MLPs (METHOD.md section 1) with blocks in place of layers: starting from
+As in the YES bounds for MLPs (docs/yes.md) with blocks in place of layers: starting from
 G_0, blocks 1..s_1 are peeled in turn onto the anchor G_{s_1}, blocks s_1+1..s_2 onto G_{s_2}, and
 the blocks after the last anchor onto the final target. J(sigma) is the held-out CE of the
 cascade network, a real model of the same class. YES-k = min(min_{|sigma|=k} J, YES-(k-1)).

@@ -33,7 +33,7 @@ def to_db(value: float) -> float:
 
 
 def verdict(train_loss: float, yes0: float, yes_last: float) -> str:
-    """METHOD.md colour: red above YES-0, green at or below YES-(L-1), yellow in between."""
+    """The YES colour: red above YES-0, green at or below YES-(L-1), yellow in between."""
     if train_loss > yes0:
         return "red"
     if train_loss <= yes_last:

@@ -13,7 +13,7 @@ from layerpeel.report.reader import Analysis, finite
 from layerpeel.report.results import RunResults
 
 # Every colour on the page comes with a symbol and a word (the legend the script shows).
-WHOLE_MODEL = {  # the YES verdict of the whole model (METHOD.md section 1)
+WHOLE_MODEL = {  # the YES verdict of the whole model (docs/yes.md)
     "red": {"symbol": "✖", "word": "ineffective training", "colour": "#d73027"},
     "yellow": {"symbol": "▲", "word": "caution", "colour": "#f2c14e"},
     "green": {"symbol": "✔", "word": "effective training", "colour": "#1a9850"},

@@ -13,7 +13,7 @@ from layerpeel.io import atomic_write
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
-# Band colours and their meaning, in words for the legend (METHOD.md section 1).
+# Band colours and their meaning, in words for the legend (the YES bounds, docs/yes.md).
 BANDS = {
     "red": ("#f4a6a6", "red: loss > YES-0 (ineffective training)"),
     "yellow": ("#f7e08a", "yellow: YES-{L} < loss <= YES-0 (caution, the YES cloud)"),

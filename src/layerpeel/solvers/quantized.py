@@ -3,7 +3,7 @@
 Given the Grams of features X (N, p) and targets Y (N, q) and integer codes Q (p, q) from the
 scheme, the fit Y ~ X (Q * s) + 1 b^T with scales s (one per tensor or one per output channel) and
 a free bias b is a least-squares problem in (s, b) with a closed form. For one global scale and no
-bias it is METHOD.md's lambda = <T, S H~> / ||S H~||^2; with a bias it is the same on centred data.
+bias it is the closed-form lambda = <T, S H~> / ||S H~||^2; with a bias it is the same on centred data.
 """
 
 from __future__ import annotations
