@@ -5,7 +5,7 @@
     python benchmarks/yes_speed.py --paper-only --repeats 9
 
 Setting: the paper's synthetic task (y = |Ax|, n = 20, m = 100, N = 800 training samples), the
-hidden outputs of an MLP trained for a few epochs with the paper's recipe. "plain" is METHOD.md
+hidden outputs of an MLP trained for a few epochs with the paper's recipe. "plain" is the method
 written directly: for every anchor subset and every layer, W = T pinv([H; 1]) with numpy's (or
 torch's) pinv, nothing shared. Both run in this process with the same BLAS threads; each time is
 the median of interleaved repeats, as wall time and as process CPU time (the fairer of the two on

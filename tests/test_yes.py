@@ -22,7 +22,7 @@ RTOL = 1e-6
 
 
 def plain_losses(X, Y, hidden, bias=True):
-    """J(sigma) for every anchor subset, written from METHOD.md with nothing shared.
+    """J(sigma) for every anchor subset, written from the definition in docs/yes.md with nothing shared.
 
     For each subset and each layer: H~ = [H; 1^T], W = T pinv(H~) with numpy's pinv at the usual
     cutoff max(rows, N) * eps * sigma_max, H = ReLU(W H~) (no ReLU on the last layer).
