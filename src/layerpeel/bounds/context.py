@@ -12,6 +12,8 @@ from layerpeel.bounds.scoring import sequence_ce
 from layerpeel.capture import DEFAULT_BUDGET_BYTES, residual_stream
 from layerpeel.monitoring import MonitoringSet
 
+GRAD_TOKENS = 1024  # tokens per backward pass: bounds the activations and logits kept for it
+
 
 @dataclass
 class PeelContext:
@@ -42,9 +44,10 @@ class PeelContext:
         if self._grads is None:
             out: list[list[torch.Tensor]] = [[] for _ in range(self.n_blocks)]
             n_tok = self.fit_targets.numel()
-            for s in range(0, self.fit[0].shape[0], self.batch):
+            step = max(1, min(self.batch, GRAD_TOKENS // max(self.fit_targets.shape[1], 1)))
+            for s in range(0, self.fit[0].shape[0], step):
                 with torch.enable_grad():
-                    x = self.fit[0][s : s + self.batch].clone().requires_grad_(True)
+                    x = self.fit[0][s : s + step].clone().requires_grad_(True)
                     outs = []
                     for block in self.view.blocks:
                         x = self.view.run_block(block, x)
@@ -52,8 +55,8 @@ class PeelContext:
                     logits = self.view.head(x)
                     loss = (
                         F.cross_entropy(
-                            logits.transpose(1, 2),
-                            self.fit_targets[s : s + self.batch],
+                            logits.flatten(0, 1).float(),
+                            self.fit_targets[s : s + step].reshape(-1),
                             reduction="sum",
                         )
                         / n_tok
