@@ -62,6 +62,8 @@ class PeelConfig(ConfigBase):
             raise ConfigError("cascade_target must be 'preimage' or 'trained'")
         if not self.budget_mb > 0:
             raise ConfigError(f"the memory budget must be positive, got {self.budget_mb} MiB")
+        if self.search_sequences < 1 or not self.etas:
+            raise ConfigError("the eta line search needs at least one step and one sequence")
         if self.score_dtype not in SCORE_DTYPES:
             raise ConfigError(f"score_dtype must be one of {', '.join(SCORE_DTYPES)}")
         if self.batch < 1 or self.n_boot < 1:
