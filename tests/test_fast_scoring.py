@@ -86,3 +86,23 @@ def test_value_factor_is_the_best_rank_hd_factor_of_each_group():
         want = (u[:, :k] * s[:k]) @ u[:, :k].T
         w = wv[:, g * hd : g * hd + k]
         torch.testing.assert_close(w @ w.T, want, atol=1e-8, rtol=1e-8)
+
+
+def test_the_line_search_scores_the_trained_block_once(monkeypatch):
+    """Candidates equal to the trained block share one tail run; the others each get their own."""
+    import layerpeel.bounds.peel as peel_mod
+
+    model = llama()
+    view = model_view(model)
+    ctx = build_context(view, monitoring_set(torch.randint(0, VOCAB, (8, 17))), batch=4)
+    calls = []
+    real = peel_mod.sequence_ce
+    monkeypatch.setattr(peel_mod, "sequence_ce", lambda *a, **k: calls.append(1) or real(*a, **k))
+    tp = peel_mod._TargetPropagation(ctx, 0, GapOptions(etas=(0.0, 0.0, 0.0), search_sequences=4))
+    ref, eta = tp.reference("attn", None)
+    assert eta == 0.0 and same_block(ref, view.blocks[0])  # eta 0: the block's own output
+    assert len(calls) == 1
+    calls.clear()
+    tp = peel_mod._TargetPropagation(ctx, 0, GapOptions(etas=(0.0, 5.0), search_sequences=4))
+    tp.reference("block", None)
+    assert len(calls) == 2

@@ -78,17 +78,26 @@ class _TargetPropagation:
         copts = ClosedFormOptions(ridge=opts.ridge)
         self.search = BlockProblem(ctx.view, index, x[:half], [out[:half], g[:half]], copts)
         self.full = BlockProblem(ctx.view, index, x, [out, g], copts)
+        self._trained_ce: float | None = None  # the trained block's search score, on demand
+
+    def _search_ce(self, ref: nn.Module) -> float:
+        """Mean CE of the search's scoring sequences with `ref` in place of the block."""
+        ctx, i, b = self.ctx, self.index, self.score
+        same = same_block(ref, ctx.view.blocks[i])  # scores as the trained block: run it once
+        if same and self._trained_ce is not None:
+            return self._trained_ce
+        per_seq = sequence_ce(ctx.view, i, ctx.fit[i][b], ctx.fit_targets[b], {i: ref},
+                              ctx.batch, ctx.score_dtype)  # fmt: skip
+        if same:
+            self._trained_ce = float(per_seq.mean())
+        return float(per_seq.mean())
 
     @torch.no_grad()
     def reference(self, part: str, scheme: str | None) -> tuple[nn.Module, float]:
-        ctx, i, b = self.ctx, self.index, self.score
         best_eta, best_ce = 0.0, float("inf")
         for c in self.opts.etas:
             eta = c * self.unit
-            ref = self.search.solve(part, (1.0, -eta), scheme)
-            per_seq = sequence_ce(ctx.view, i, ctx.fit[i][b], ctx.fit_targets[b], {i: ref},
-                                  ctx.batch, ctx.score_dtype)  # fmt: skip
-            ce = float(per_seq.mean())
+            ce = self._search_ce(self.search.solve(part, (1.0, -eta), scheme))
             if ce < best_ce:
                 best_eta, best_ce = eta, ce
         return self.full.solve(part, (1.0, -best_eta), scheme), best_eta
