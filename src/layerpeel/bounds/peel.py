@@ -167,7 +167,13 @@ def block_gaps(
             row["quant_part"] = row["ce_reference"] - ce_fp  # full precision vs quantized reference
         row["time_s"] = time.perf_counter() - t0 + setup
         rows.append(row)
-    log.info("P1 block %d: %s", index, ", ".join(f"{r['part']} {r['gap']:+.4f}" for r in rows))
+    log.info(
+        "P1 block %d: %s",
+        index,
+        ", ".join(
+            f"{r['part']} {r['gap']:+.4f} [{r['ci_low']:+.4f}, {r['ci_high']:+.4f}]" for r in rows
+        ),
+    )
     return rows
 
 
