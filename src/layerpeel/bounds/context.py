@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -11,6 +11,8 @@ from layerpeel.arch import ModelView
 from layerpeel.bounds.scoring import sequence_ce
 from layerpeel.capture import DEFAULT_BUDGET_BYTES, residual_stream
 from layerpeel.monitoring import MonitoringSet
+
+GRAD_TOKENS = 1024  # tokens per backward pass: bounds the activations and logits kept for it
 
 
 @dataclass
@@ -25,14 +27,30 @@ class PeelContext:
     held_targets: torch.Tensor  # (S_held, T)
     ce_trained_held: torch.Tensor  # per held-out sequence, (S_held,)
     batch: int = 16
+    score_dtype: str = "float32"  # precision of the blocks when scoring a tail (see sequence_ce)
     _grads: list[torch.Tensor] | None = None
+    _baselines: dict[int, torch.Tensor] = field(default_factory=dict)
 
     @property
     def n_blocks(self) -> int:
         return self.view.n_blocks
 
     def held_ce(self, start: int, x: torch.Tensor, replace: dict) -> torch.Tensor:
-        return sequence_ce(self.view, start, x, self.held_targets, replace, self.batch)
+        return sequence_ce(
+            self.view, start, x, self.held_targets, replace, self.batch, self.score_dtype
+        )
+
+    def trained_held_ce(self, start: int) -> torch.Tensor:
+        """The trained model's held-out CE per sequence, scored as a tail from block `start` is.
+
+        In float32 this is `ce_trained_held` itself (the tail reproduces it); in a lower scoring
+        precision the trained tail is run the same way, so a gap compares like with like.
+        """
+        if self.score_dtype == "float32":
+            return self.ce_trained_held
+        if start not in self._baselines:
+            self._baselines[start] = self.held_ce(start, self.held[start], {})
+        return self._baselines[start]
 
     def grads(self) -> list[torch.Tensor]:
         """dCE/dG_l on the fit part for l = 1..L (index l-1), from one backward pass per batch.
@@ -42,9 +60,10 @@ class PeelContext:
         if self._grads is None:
             out: list[list[torch.Tensor]] = [[] for _ in range(self.n_blocks)]
             n_tok = self.fit_targets.numel()
-            for s in range(0, self.fit[0].shape[0], self.batch):
+            step = max(1, min(self.batch, GRAD_TOKENS // max(self.fit_targets.shape[1], 1)))
+            for s in range(0, self.fit[0].shape[0], step):
                 with torch.enable_grad():
-                    x = self.fit[0][s : s + self.batch].clone().requires_grad_(True)
+                    x = self.fit[0][s : s + step].clone().requires_grad_(True)
                     outs = []
                     for block in self.view.blocks:
                         x = self.view.run_block(block, x)
@@ -52,8 +71,8 @@ class PeelContext:
                     logits = self.view.head(x)
                     loss = (
                         F.cross_entropy(
-                            logits.transpose(1, 2),
-                            self.fit_targets[s : s + self.batch],
+                            logits.flatten(0, 1).float(),
+                            self.fit_targets[s : s + step].reshape(-1),
                             reduction="sum",
                         )
                         / n_tok
@@ -71,9 +90,12 @@ def build_context(
     mset: MonitoringSet,
     batch: int = 16,
     budget_bytes: int = DEFAULT_BUDGET_BYTES,
+    score_dtype: str = "float32",
 ) -> PeelContext:
     fit = residual_stream(view, mset.inputs("fit"), batch, budget_bytes)
     held = residual_stream(view, mset.inputs("held"), batch, budget_bytes)
     held_targets = mset.targets("held")
     ce = sequence_ce(view, view.n_blocks, held[-1], held_targets, None, batch)
-    return PeelContext(view, mset, fit, held, mset.targets("fit"), held_targets, ce, batch)
+    return PeelContext(
+        view, mset, fit, held, mset.targets("fit"), held_targets, ce, batch, score_dtype
+    )

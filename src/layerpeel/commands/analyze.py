@@ -66,6 +66,23 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     )
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument(
+        "--etas",
+        default=",".join(str(e) for e in d.etas),
+        help="target-propagation steps the P1 line search tries (comma separated)",
+    )
+    p.add_argument(
+        "--search-sequences",
+        type=int,
+        default=d.search_sequences,
+        help="fit sequences of the eta line search (half fitted, half scored)",
+    )
+    p.add_argument(
+        "--score-dtype",
+        choices=["float32", "bfloat16"],
+        default=d.score_dtype,
+        help="matrix products when scoring tails (bfloat16: faster on CPUs with bfloat16 units)",
+    )
+    p.add_argument(
         "--fail-on",
         choices=["red", "yellow"],
         help="exit 1 if any layer gets this verdict or worse",
@@ -102,6 +119,16 @@ def _int_list(text: str | None, what: str) -> tuple[int, ...] | None:
         raise ConfigError(f"{what} must be comma-separated integers, got {text!r}") from None
 
 
+def _float_list(text: str, what: str) -> tuple[float, ...]:
+    try:
+        values = tuple(float(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise ConfigError(f"{what} must be comma-separated numbers, got {text!r}") from None
+    if not values:
+        raise ConfigError(f"{what} needs at least one value")
+    return values
+
+
 def config_from_args(args: argparse.Namespace) -> PeelConfig:
     cfg = PeelConfig(
         solver=args.solver,
@@ -114,6 +141,9 @@ def config_from_args(args: argparse.Namespace) -> PeelConfig:
         yellow=args.yellow,
         budget_mb=args.budget_mb,
         seed=args.seed,
+        etas=_float_list(args.etas, "--etas"),
+        search_sequences=args.search_sequences,
+        score_dtype=args.score_dtype,
     )
     cfg.validate()
     return cfg

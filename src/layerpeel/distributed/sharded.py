@@ -142,7 +142,9 @@ def peel_sharded(
     def work() -> dict[str, Any]:
         with ModelState(model):
             t0 = time.perf_counter()
-            ctx = build_context(a.view, data, cfg.batch, int(cfg.budget_mb * 2**20))
+            ctx = build_context(
+                a.view, data, cfg.batch, int(cfg.budget_mb * 2**20), cfg.score_dtype
+            )
             capture = time.perf_counter() - t0
             out = run_units(ctx, a, cfg, plan, mine)
         out["timings"]["capture"] = capture

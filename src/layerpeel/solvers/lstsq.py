@@ -28,7 +28,8 @@ class Gram:
         cls, xx: torch.Tensor, xy: torch.Tensor, n: int, bias: bool, yy: torch.Tensor | float = 0.0
     ) -> Gram:
         """A Gram from given X~^T X~ (k, k), X~^T Y (k, q), sample count and ||Y||^2."""
-        g = cls(xx.shape[0] - int(bias), xy.shape[1], bias)
+        g = cls.__new__(cls)  # no zero-filled (p+1)^2 buffers that are replaced at once
+        g.p, g.q, g.bias = xx.shape[0] - int(bias), xy.shape[1], bias
         g.xx, g.xy, g.n = xx.to(DTYPE), xy.to(DTYPE), n
         g.yy = torch.as_tensor(yy, dtype=DTYPE)
         return g
