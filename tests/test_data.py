@@ -322,3 +322,18 @@ def test_sequence_hash():
     assert h != sequence_hash(w2)
     with pytest.raises(DataError):
         sequence_hash(np.arange(5))
+
+
+def test_atomic_writes_get_the_permissions_of_a_plain_file(tmp_path):
+    import os
+
+    from layerpeel.io import atomic_write_text
+
+    mask = os.umask(0o022)
+    try:
+        atomic_write_text(tmp_path / "report.html", "<p>x</p>")
+        (tmp_path / "plain.html").write_text("<p>x</p>")
+    finally:
+        os.umask(mask)
+    mode = (tmp_path / "report.html").stat().st_mode & 0o777
+    assert mode == (tmp_path / "plain.html").stat().st_mode & 0o777 == 0o644
