@@ -99,10 +99,12 @@ def test_the_line_search_scores_the_trained_block_once(monkeypatch):
     real = peel_mod.sequence_ce
     monkeypatch.setattr(peel_mod, "sequence_ce", lambda *a, **k: calls.append(1) or real(*a, **k))
     tp = peel_mod._TargetPropagation(ctx, 0, GapOptions(etas=(0.0, 0.0, 0.0), search_sequences=4))
-    ref, eta = tp.reference("attn", None)
-    assert eta == 0.0 and same_block(ref, view.blocks[0])  # eta 0: the block's own output
+    ref, eta, moved = tp.reference("attn", None)
+    assert eta == 0.0 and moved == "attn" and same_block(ref, view.blocks[0])  # eta 0: own output
     assert len(calls) == 1
     calls.clear()
     tp = peel_mod._TargetPropagation(ctx, 0, GapOptions(etas=(0.0, 5.0), search_sequences=4))
     tp.reference("block", None)
-    assert len(calls) == 2
+    # a whole block tries three moves (block, attn, mlp) at each eta: at eta 0 all three equal
+    # the trained block and share one run; at eta 5 each is a different block with its own run
+    assert len(calls) == 1 + 3
