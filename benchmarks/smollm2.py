@@ -59,8 +59,18 @@ def check_shards(model: torch.nn.Module, tokenizer, idx: torch.Tensor) -> str:
     """Write sharded safetensors + tokenizer.json, load them back, compare logits exactly."""
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
-        model.config.layerpeel_scheme = getattr(model, "layerpeel_scheme", None)
-        model.save_pretrained(folder, max_shard_size="100MB")
+        # A GGUF-loaded model holds dequantized float tensors but transformers refuses to save
+        # it as such; a plain model of the same config with the same tensors saves normally.
+        from transformers import AutoModelForCausalLM
+
+        config = model.config.__class__.from_dict(model.config.to_dict())
+        config.quantization_config = None
+        if hasattr(config, "quantization_config"):
+            del config.quantization_config
+        config.layerpeel_scheme = getattr(model, "layerpeel_scheme", None)
+        plain = AutoModelForCausalLM.from_config(config, torch_dtype=model.dtype)
+        plain.load_state_dict(model.state_dict())
+        plain.save_pretrained(folder, max_shard_size="100MB")
         tokenizer._tok.save(str(folder / "tokenizer.json"))
         shards = len(list(folder.glob("*.safetensors")))
         again, tok2 = load_hf(folder)
