@@ -22,6 +22,7 @@ from typing import Any
 import pytest
 import torch
 
+from json_diff import differences
 from layerpeel import GPT, GPTConfig
 from layerpeel.analyze import PeelConfig, peel
 from layerpeel.cli import main
@@ -47,24 +48,9 @@ def tiny_data():
     return monitoring_set(torch.randint(0, 48, (12, 13), generator=g))
 
 
-def same(a: Any, b: Any, path: str = "") -> list[str]:
-    """Differences between two reports' JSON, ignoring timings; floats to 1e-6."""
-    if isinstance(a, dict) and isinstance(b, dict):
-        if set(a) != set(b):
-            return [f"{path}: keys {sorted(set(a) ^ set(b))}"]
-        return [
-            d for k in a if k not in ("time_s", "timings") for d in same(a[k], b[k], f"{path}.{k}")
-        ]
-    if isinstance(a, list) and isinstance(b, list):
-        if len(a) != len(b):
-            return [f"{path}: lengths {len(a)} != {len(b)}"]
-        return [
-            d for i, (x, y) in enumerate(zip(a, b, strict=True)) for d in same(x, y, f"{path}[{i}]")
-        ]
-    if isinstance(a, float) and isinstance(b, float):
-        ok = (math.isnan(a) and math.isnan(b)) or abs(a - b) <= 1e-6
-        return [] if ok else [f"{path}: {a} != {b}"]
-    return [] if a == b else [f"{path}: {a!r} != {b!r}"]
+def same(a: Any, b: Any) -> list[str]:
+    """Differences between two results, ignoring timings; floats to 1e-6."""
+    return differences(a, b, ("time_s", "timings"))
 
 
 # -- running two ranks ----------------------------------------------------------------------------

@@ -6,13 +6,13 @@ own local Ray once (about 10-15 s here), shared by the tests of this module.
 
 from __future__ import annotations
 
-import math
 import shutil
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from json_diff import differences
 from layerpeel.cli import main
 from layerpeel.models import GPTConfig
 from layerpeel.monitor import MonitorConfig, analyze_checkpoints, read_events
@@ -23,25 +23,9 @@ MONITOR = MonitorConfig(preset="standard", tokens=192, seq_len=16)
 VOLATILE = {"time", "seconds", "time_s", "timings"}  # wall-clock fields
 
 
-def same(a: Any, b: Any, path: str = "") -> list[str]:
-    """Differences between two events, ignoring wall-clock fields; floats to 1e-6."""
-    if isinstance(a, dict) and isinstance(b, dict):
-        if set(a) != set(b):
-            return [f"{path}: keys {sorted(set(a) ^ set(b))}"]
-        return [d for k in a if k not in VOLATILE for d in same(a[k], b[k], f"{path}.{k}")]
-    if isinstance(a, list) and isinstance(b, list):
-        if len(a) != len(b):
-            return [f"{path}: lengths {len(a)} != {len(b)}"]
-        return [
-            d for i, (x, y) in enumerate(zip(a, b, strict=True)) for d in same(x, y, f"{path}[{i}]")
-        ]
-    if isinstance(a, float) and isinstance(b, float):
-        return (
-            []
-            if (math.isnan(a) and math.isnan(b)) or abs(a - b) <= 1e-6
-            else [f"{path}: {a} != {b}"]
-        )
-    return [] if a == b else [f"{path}: {a!r} != {b!r}"]
+def same(a: Any, b: Any) -> list[str]:
+    """Differences between two results, ignoring wall-clock fields; floats to 1e-6."""
+    return differences(a, b, VOLATILE)
 
 
 @pytest.fixture(scope="module")
