@@ -62,6 +62,7 @@ def main() -> None:
         out, frozen_ce = train(Path(tmp), args, args.frozen)
         _, plain_ce = train(Path(tmp), args, None)
         verdicts: list[tuple[int, str]] = []
+        others_red: list[tuple[int, int, str]] = []
         print("| step | unit | block/part: verdict gap [ci_low] |")
         print("|---|---|---|")
         for e in read_events(out / "monitor.jsonl"):
@@ -71,18 +72,23 @@ def main() -> None:
             rows = e["report"]["layers"]
             cells = " ".join(
                 f"{r['block']}/{r['part']}: {r['verdict']} {r['gap']:+.3f} [{r['ci_low']:+.3f}]"
+                + (f" work {r['work']:+.3f}" if r.get("work") is not None else "")
+                + (" idle" if r.get("idle") else "")
                 for r in rows
             )
             print(f"| {e['step']} | {e['unit']} | {cells} |")
             for r in rows:
                 if r["block"] == args.frozen and r["part"] == "block":
                     verdicts.append((e["step"], r["verdict"]))
+                elif r["verdict"] == "red":
+                    others_red.append((e["step"], r["block"], r["part"]))
     red = [s for s, v in verdicts if v == "red"]
     first = red[0] if red else None
     stays = first is not None and all(v == "red" for s, v in verdicts if s >= first)
     print()
     print(f"frozen block {args.frozen}: analysed at steps {[s for s, _ in verdicts]}")
     print(f"first red: {first if first is not None else 'never'}; red from then on: {stays}")
+    print(f"red rows of other blocks (step, block, part): {others_red or 'none'}")
     print(
         f"final held-out CE: frozen run {frozen_ce:.4f}, plain run {plain_ce:.4f} "
         f"(the frozen block costs {frozen_ce - plain_ce:+.4f} nats/token)"

@@ -1,16 +1,18 @@
-"""Planted faults: whether the P1 gap finds the block that training left behind.
+"""Planted faults: whether layerpeel's P1 report finds the block that training left behind.
 
 Side by side with WeightWatcher's per-layer power-law alpha on the same checkpoints.
 
     pip install 'layerpeel[bench]'       # WeightWatcher, optional; without it the alpha columns are skipped
-    python benchmarks/planted_faults.py [--seeds 0 1] [--positions 1 2] [--steps 300]
+    python benchmarks/planted_faults.py [--seeds 0 1] [--positions 0 1 2 3] [--steps 300] [--quant binary-global]
 
 For every seed, fault kind (frozen, slow = learning rate 100x too small, reinit = re-initialised
-at 80 % of the run) and faulty block, a 4-layer GPT (d_model 64, context 64, bytes) is trained on
-the built-in corpus with `layerpeel.planted`; a healthy model is trained per seed as well. Then:
-- layerpeel: closed-form P1 gaps of whole blocks on a monitoring set from the training split;
-  the top-1 pick is the block with the largest gap; a false red is a red verdict on a block
-  without a fault (every red of a healthy model is false).
+at 80 % of the run) and faulty block, a 4-layer GPT (d_model 64, context 64, bytes; full
+precision or `--quant`) is trained on the built-in corpus with `layerpeel.planted`; a healthy
+model is trained per seed as well. Then:
+- layerpeel: closed-form P1 rows of whole blocks (gap and work, the cost of removing the block)
+  on a monitoring set from the training split; the top-1 pick is the first row of the report's
+  ranking (red rows first -- a red verdict for a large gap or for an idle block -- then by gap); a
+  false red is a red verdict on a block without a fault (every red of a healthy model is false).
 - cost: the faulty model's held-out CE minus the healthy model's of the same seed (what there is
   to find; a fault that costs nothing cannot be found by a loss bound);
 - WeightWatcher: alpha of every Linear of a block, averaged per block; the top-1 pick is the block
@@ -49,6 +51,7 @@ class Outcome:
     lp_pick: int
     lp_false_reds: int
     lp_gaps: list[float]
+    lp_works: list[float]
     ww_pick: int | None
     ww_false_reds: int | None
     ce: float
@@ -75,11 +78,12 @@ def ww_block_alpha(model: GPT) -> list[float] | None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
-    ap.add_argument("--positions", type=int, nargs="+", default=[1, 2])
+    ap.add_argument("--positions", type=int, nargs="+", default=[0, 1, 2, 3])
     ap.add_argument("--kinds", nargs="+", default=["frozen", "slow", "reinit"])
     ap.add_argument("--steps", type=int, default=300)
     ap.add_argument("--sequences", type=int, default=256, help="monitoring sequences of 64 tokens")
     ap.add_argument("--solver", default="closed")
+    ap.add_argument("--quant", default="none", help="quantizer of every model, e.g. binary-global")
     args = ap.parse_args()
     tokens = prepare_tokens(None, ByteTokenizer(), token_cache_dir())
     data = SequenceDataset(tokens, CFG.block_size)
@@ -93,13 +97,16 @@ def main() -> None:
     t_start = time.perf_counter()
     healthy_ce: dict[int, float] = {}  # held-out CE of the healthy model of each seed
     print(
-        f"{'fault':>7} {'block':>5} {'seed':>4} {'CE':>7} {'cost':>7}  {'layerpeel gaps':<32} {'pick':>4} {'WW alpha':<28} {'pick':>4}"
+        f"{'fault':>7} {'block':>5} {'seed':>4} {'CE':>7} {'cost':>7}  {'layerpeel gaps':<32} {'work (* red)':<36} {'pick':>4} {'WW alpha':<28} {'pick':>4}"
     )
     for kind, block, seed in jobs:
-        run = PlantedRun(fault=kind, block=max(block, 0), steps=args.steps, seed=seed)
+        run = PlantedRun(
+            fault=kind, block=max(block, 0), steps=args.steps, seed=seed, quant=args.quant
+        )
         model = train_planted(CFG, data, train_ids, run)
         report = peel(model, mset, pcfg)
-        gaps = [r["gap"] for r in sorted(report.layers, key=lambda r: r["block"])]
+        by_block = sorted(report.layers, key=lambda r: r["block"])
+        gaps, works = [r["gap"] for r in by_block], [r["work"] for r in by_block]
         reds = [r["block"] for r in report.layers if r["verdict"] == "red"]
         alphas = ww_block_alpha(model)
         ww_pick = int(np.argmax(alphas)) if alphas else None
@@ -110,9 +117,10 @@ def main() -> None:
             fault=kind,
             block=block,
             seed=seed,
-            lp_pick=int(np.argmax(gaps)),
+            lp_pick=int(report.ranked()[0]["block"]),
             lp_false_reds=sum(1 for b in reds if b != block),
             lp_gaps=gaps,
+            lp_works=works,
             ww_pick=ww_pick,
             ww_false_reds=None if ww_reds is None else sum(1 for b in ww_reds if b != block),
             ce=report.layers[0]["ce_trained"],
@@ -123,15 +131,16 @@ def main() -> None:
         # what the fault costs: held-out CE above the healthy model of the same seed
         cost = out.ce - healthy_ce.get(seed, out.ce)
         g = " ".join(f"{v:+.4f}" for v in gaps)
+        w = " ".join(f"{v:+.4f}" + ("*" if b in reds else "") for b, v in enumerate(works))
         a = " ".join(f"{v:5.2f}" for v in alphas) if alphas else "-"
         print(
-            f"{kind:>7} {block:>5} {seed:>4} {out.ce:7.4f} {cost:+7.4f}  {g:<32} {out.lp_pick:>4} {a:<28} {ww_pick if ww_pick is not None else '-':>4}",
+            f"{kind:>7} {block:>5} {seed:>4} {out.ce:7.4f} {cost:+7.4f}  {g:<32} {w:<36} {out.lp_pick:>4} {a:<28} {ww_pick if ww_pick is not None else '-':>4}",
             flush=True,
         )
     faulty = [o for o in outcomes if o.fault != "none"]
     healthy = [o for o in outcomes if o.fault == "none"]
     print(
-        f"\n{len(faulty)} faulty and {len(healthy)} healthy models, {args.steps} steps each, {time.perf_counter() - t_start:.0f} s"
+        f"\n{len(faulty)} faulty and {len(healthy)} healthy models ({args.quant}), {args.steps} steps each, {time.perf_counter() - t_start:.0f} s"
     )
     print(f"{'detector':<24} {'top-1 accuracy':>15} {'false reds':>11}")
     lp_acc = sum(o.lp_pick == o.block for o in faulty) / max(len(faulty), 1)

@@ -95,6 +95,7 @@ def main() -> None:
     ap.add_argument("--score-dtype", default="bfloat16", help="tail scoring: bfloat16 or float32")
     ap.add_argument("--check-blocks", help="re-run these blocks with float32 scoring and compare")
     ap.add_argument("--cascade", action="store_true", help="also P3 with singleton anchors")
+    ap.add_argument("--no-work", action="store_true", help="skip each block's work (removal)")
     ap.add_argument("--shards", action="store_true", help="also check a sharded safetensors copy")
     ap.add_argument("--json", type=Path, help="write the report here")
     args = ap.parse_args()
@@ -124,6 +125,7 @@ def main() -> None:
         etas=tuple(float(e) for e in args.etas.split(",")),
         search_sequences=args.search_sequences,
         score_dtype=args.score_dtype,
+        work=not args.no_work,
     )
     t0, c0 = time.perf_counter(), cpu_s()
     report = peel(model, mset, cfg, progress=True)
@@ -142,10 +144,13 @@ def main() -> None:
     print(f"peak RSS {peak_rss_gb():.2f} GiB, score dtype {args.score_dtype}")
     print(
         f"\n{'block':>5} {'part':<5} {'gap':>8} {'95% interval':>20} {'verdict':<7} {'optim':>8} {'quant':>8}"
+        f" {'work':>8} {'work interval':>20}"
     )
     for r in report.layers:
+        work = (f" {r['work']:>+8.4f} [{r['work_ci_low']:>+8.4f},{r['work_ci_high']:>+8.4f}]"
+                + (" idle" if r.get("idle") else "")) if r.get("work") is not None else ""  # fmt: skip
         print(f"{r['block']:>5} {r['part']:<5} {r['gap']:>+8.4f} [{r['ci_low']:>+8.4f},{r['ci_high']:>+8.4f}] "
-              f"{r['verdict']:<7} {r.get('opt_part', 0):>+8.4f} {r.get('quant_part', 0):>+8.4f}")  # fmt: skip
+              f"{r['verdict']:<7} {r.get('opt_part', 0):>+8.4f} {r.get('quant_part', 0):>+8.4f}{work}")  # fmt: skip
     if report.cascade:
         c = report.cascade
         print(

@@ -48,6 +48,10 @@ def test_analyze_writes_the_report_and_prints_the_table(run_dir, tmp_path, capsy
         assert row["verdict"] in text  # the word is printed with each row, colour or not
         assert row["ci_low"] <= row["gap"] <= row["ci_high"]
         assert {"opt_part", "quant_part"} <= set(row)
+        if row["part"] == "block":  # whole blocks carry their work (2 blocks: no idle verdict)
+            assert row["work_ci_low"] <= row["work"] <= row["work_ci_high"]
+            assert row["idle"] is False
+    assert "work" in text
     assert "\033[" not in text  # no colour codes when stdout is not a terminal
     assert data["cascade"]["verdict"] in ("green", "yellow", "red")
 
@@ -85,6 +89,7 @@ def test_bad_inputs_exit_2_with_one_line_and_no_json(run_dir, tmp_path, capsys):
         (["analyze", run_dir, "--json", out, "--blocks", "7", *FAST], "blocks"),
         (["analyze", run_dir, "--json", out, "--etas", "0,big", *FAST], "--etas"),
         (["analyze", run_dir, "--json", out, "--search-sequences", "0", *FAST], "line search"),
+        (["analyze", run_dir, "--json", out, "--idle=-0.5", *FAST], "idle"),
     ]
     for args, needle in cases:
         assert cli(*args) == 2, args

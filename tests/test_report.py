@@ -94,6 +94,9 @@ def test_page_data_matches_the_json(real_run):
         )
         assert row["gap"] == pytest.approx(want["gap"], rel=1e-5, abs=1e-12)
         assert row["quant_part"] == pytest.approx(want["quant_part"], rel=1e-5, abs=1e-12)
+        if want["part"] == "block":
+            assert row["work"] == pytest.approx(want["work"], rel=1e-5, abs=1e-12)
+            assert row["idle"] == want["idle"]
     # heatmap: one verdict letter per checkpoint, in step order
     hm = data["heatmap"]
     assert hm["steps"] == steps
@@ -137,6 +140,23 @@ def test_a_file_replaces_the_monitor_rows_of_the_same_step(run_copy):
     (a,) = [a for a in read_results(run).analyses if a.step == step]
     assert a.layers[0]["gap"] == 0.5 and len(a.layers) == len(changed["layers"])
     assert "monitor.jsonl" in a.source and "analysis/" in a.source
+
+
+def test_an_idle_block_is_named_as_idle_in_the_summary(run_copy):
+    run, reports = run_copy
+    step = sorted(reports)[-1]
+    changed = json.loads(json.dumps(reports[step]))
+    for r in changed["layers"]:  # only block 0 idle, whatever this tiny run found
+        r.update(idle=False, verdict="green")
+    row = next(r for r in changed["layers"] if r["part"] == "block")
+    row.update(verdict="red", idle=True, work=0.0012)
+    write_analysis(run, step, changed)
+    data = build_payload(read_results(run))
+    assert (
+        f"block {row['block']} (idle: removing it costs 0.001 nats)" in data["headline"]["sentence"]
+    )
+    (shown,) = [r for r in data["table"] if (r["block"], r["part"]) == (row["block"], "block")]
+    assert shown["idle"] is True and shown["work"] == pytest.approx(0.0012)
 
 
 # ----------------------------------------------------------------------------- bad input

@@ -288,6 +288,28 @@ def test_max_anchors_cap():
         assert b.stats["factorizations"] <= full.stats["factorizations"]
 
 
+@pytest.mark.parametrize("threads", [1, 2, 3, 5])
+@pytest.mark.parametrize(("n_layers", "cap"), [(2, None), (5, None), (6, None), (6, 2), (5, 1)])
+def test_walk_on_several_threads_gives_the_same_bounds(threads, n_layers, cap):
+    """The walk's subtrees on several threads: every J(sigma) and the work counts as on one."""
+    x, y, hidden = rank_deficient_data() if n_layers == 5 else net_data(n_layers=n_layers)
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = YesTracker(x, y, max_anchors=cap).bounds(hidden)
+        torch.set_num_threads(threads)
+        many = YesTracker(x, y, max_anchors=cap).bounds(hidden)
+        assert torch.get_num_threads() == threads  # restored after the parallel walk
+    finally:
+        torch.set_num_threads(before)
+    assert set(many.losses) == set(one.losses)
+    for sub, value in one.losses.items():
+        assert many.losses[sub] == pytest.approx(value, rel=1e-10, abs=1e-14)
+    assert many.stats == one.stats
+    if cap is None:
+        assert_parity(many, x, y, hidden)
+
+
 def test_sharing_does_less_work_than_per_subset():
     x, y, hidden = net_data(n_layers=6, seed=0)
     b = yes_bounds(x, y, hidden)

@@ -18,7 +18,7 @@ from layerpeel.bounds.context import build_context
 from layerpeel.bounds.ladder import ladder
 from layerpeel.bounds.peel import GapOptions, block_gaps
 from layerpeel.bounds.report import PeelReport
-from layerpeel.bounds.scoring import SCORE_DTYPES, Thresholds
+from layerpeel.bounds.scoring import SCORE_DTYPES, Thresholds, mark_idle
 from layerpeel.config import ConfigBase
 from layerpeel.errors import ConfigError
 from layerpeel.monitoring import MonitoringSet
@@ -41,6 +41,8 @@ class PeelConfig(ConfigBase):
     cascade_target: str = "preimage"  # P3 final target: "preimage" or "trained"
     red: float = 0.02  # a gap is red when its interval's lower end exceeds this (nats/token)
     yellow: float = 0.005  # a gap is yellow when it exceeds this (nats/token)
+    work: bool = True  # score each whole block's removal: its work, and whether it is idle
+    idle: float = 0.1  # idle (red) below this fraction of the other blocks' median work; 0: off
     etas: tuple[float, ...] = (0.0, 0.01, 0.03, 0.1, 0.3)  # target-propagation steps, relative
     search_sequences: int = 64  # fit sequences for the eta line search
     ridge: float = 1e-3  # ridge of closed-form solves, relative to feature energy (see docs)
@@ -66,6 +68,8 @@ class PeelConfig(ConfigBase):
             raise ConfigError("the eta line search needs at least one step and one sequence")
         if self.score_dtype not in SCORE_DTYPES:
             raise ConfigError(f"score_dtype must be one of {', '.join(SCORE_DTYPES)}")
+        if not self.idle >= 0:
+            raise ConfigError(f"idle must be a fraction >= 0, got {self.idle}")
         if self.batch < 1 or self.n_boot < 1:
             raise ConfigError("batch and n_boot must be positive")
 
@@ -121,9 +125,12 @@ def prepare(model: nn.Module, cfg: PeelConfig) -> Analysis:
         adam_lr=cfg.adam_lr,
         n_boot=cfg.n_boot,
         seed=cfg.seed,
+        work=cfg.work,
     )
     cap = cfg.max_anchors if cfg.max_anchors is not None else (None if n <= 8 else 2)
-    return Analysis(view, scheme, blocks, cap, opts, Thresholds(red=cfg.red, yellow=cfg.yellow))
+    return Analysis(
+        view, scheme, blocks, cap, opts, Thresholds(red=cfg.red, yellow=cfg.yellow, idle=cfg.idle)
+    )
 
 
 def peel(
@@ -173,6 +180,7 @@ def peel(
             for b in a.blocks:
                 rows.extend(block_gaps(ctx, b, parts, scheme, a.options, a.thresholds, keep["p1"]))
                 bar.update(len(parts))
+        mark_idle(rows, a.thresholds)
         timings["p1"] = time.perf_counter() - t0
         ladder_rows: list[dict[str, Any]] = []
         if cfg.ladder:

@@ -35,6 +35,7 @@ class GapOptions:
     adam_lr: float = 1e-3  # learning rate of the Adam solver
     n_boot: int = 1000  # bootstrap resamples of held-out sequences
     seed: int = 0  # seed of the bootstrap and the Adam batches
+    work: bool = True  # also score each whole block's removal (its work)
 
 
 def _rms(t: torch.Tensor) -> float:
@@ -56,6 +57,21 @@ def _adam_reference(
         lr=opts.adam_lr,
         seed=opts.seed,
     )
+
+
+def block_work(
+    ctx: PeelContext, index: int, trained: torch.Tensor, opts: GapOptions
+) -> dict[str, float]:
+    """What block `index` does: held-out CE without it minus CE with it, with its interval.
+
+    Without the block is the model whose block `index` has zero output maps (the identity on
+    the residual stream): a network of the same class, under every quantizer too. It is scored
+    as the trained model is, from the same block, so `trained` is the trained tail's CE.
+    """
+    without = ctx.held_ce(index + 1, ctx.held[index], {})
+    diff = without - trained
+    lo, hi = bootstrap_interval(diff, opts.n_boot, seed=opts.seed)
+    return {"work": float(diff.mean()), "work_ci_low": lo, "work_ci_high": hi}
 
 
 class _TargetPropagation:
@@ -176,6 +192,8 @@ def block_gaps(
             "moved": moved,
             "quant": scheme,
         }
+        if part == "block" and opts.work:
+            row.update(block_work(ctx, index, trained, opts))
         if scheme is not None:
             ref_fp, _, _ = reference(part, None)
             ce_fp = float(held_ce(ref_fp).mean())

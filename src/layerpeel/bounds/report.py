@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from layerpeel.bounds.scoring import severity
 from layerpeel.errors import LayerpeelError
 from layerpeel.io import atomic_write_json
 
@@ -73,6 +74,9 @@ class PeelReport:
             raise LayerpeelError(f"cannot read peel report {path}: {exc}") from None
 
     def ranked(self, part: str | None = None) -> list[dict[str, Any]]:
-        """Rows sorted by gap, largest first (optionally one part only)."""
+        """Rows most worrying first (optionally one part only): red, yellow, green, then by gap.
+
+        An idle block is red with a gap near zero, so it comes before every yellow or green row.
+        """
         rows = [r for r in self.layers if part is None or r["part"] == part]
-        return sorted(rows, key=lambda r: r["gap"], reverse=True)
+        return sorted(rows, key=severity, reverse=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -92,10 +93,11 @@ def bootstrap_interval(
 
 @dataclass
 class Thresholds:
-    """Verdict thresholds on a gap, in nats per token."""
+    """Verdict thresholds on a gap and on a block's work, in nats per token."""
 
     red: float = 0.02  # red when the interval's lower end exceeds this
     yellow: float = 0.005  # yellow when the gap itself exceeds this
+    idle: float = 0.1  # idle (red) below this fraction of the other blocks' median work; 0: off
 
     def verdict(self, gap: float, ci_low: float) -> str:
         if ci_low > self.red:
@@ -103,3 +105,42 @@ class Thresholds:
         if gap > self.yellow:
             return "yellow"
         return "green"
+
+    def is_idle(self, work: float, work_ci_high: float, others: list[float]) -> bool:
+        """Whether a block does no measurable work next to the other blocks of its model.
+
+        Idle: removing the block costs less than `red` (the whole interval below it) and less
+        than `idle` times the median of what removing each other block costs. Needs at least two
+        other blocks to compare with.
+        """
+        if self.idle <= 0 or len(others) < 2:
+            return False
+        return work_ci_high < self.red and work < self.idle * float(np.median(others))
+
+
+def mark_idle(
+    rows: list[dict[str, Any]], thresholds: Thresholds, peers: dict[int, float] | None = None
+) -> None:
+    """Set `idle` and the verdict of every whole-block P1 row that carries its `work`.
+
+    The other blocks' work comes from `rows` and, for blocks not in them, from `peers` (block ->
+    work, e.g. from earlier analyses). An idle block is red whatever its gap; the other rows keep
+    their gap's verdict.
+    """
+    known = dict(peers or {})
+    known.update({int(r["block"]): float(r["work"]) for r in rows if _has_work(r)})
+    for r in rows:
+        if not _has_work(r):
+            continue
+        others = [w for b, w in known.items() if b != r["block"]]
+        r["idle"] = thresholds.is_idle(r["work"], r["work_ci_high"], others)
+        r["verdict"] = "red" if r["idle"] else thresholds.verdict(r["gap"], r["ci_low"])
+
+
+def _has_work(row: dict[str, Any]) -> bool:
+    return row.get("part") == "block" and row.get("work") is not None
+
+
+def severity(row: dict[str, Any]) -> tuple[int, float]:
+    """Sort key of a row, most worrying first when sorted in reverse: verdict, then gap."""
+    return VERDICTS.index(row.get("verdict", "green")), float(row["gap"])

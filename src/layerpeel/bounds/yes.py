@@ -178,7 +178,8 @@ def _bounds(walk: AnchorWalk, hidden: list[np.ndarray], max_anchors: int | None)
     """Run the walk with the cap `max_anchors` and read YES-0..YES-(L-1) off its losses."""
     n_layers = walk.n_layers
     cap = n_layers - 1 if max_anchors is None else min(max_anchors, n_layers - 1)
-    losses, stats = walk.run(hidden, cap)
+    # as many threads as torch may use (torch.set_num_threads): the subtrees of the walk share them
+    losses, stats = walk.run(hidden, cap, threads=torch.get_num_threads())
     yes: list[float] = [walk.yes0]
     best: list[Subset] = [()]
     by_size: dict[int, list[tuple[float, Subset]]] = {}

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import logging
 import threading
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
+import torch
 
 from layerpeel.solvers.basis import KINDS, Basis, mm, tilde
 
@@ -49,6 +54,24 @@ class Workspace:
         if self.targets.shape[0] < rows:
             self.targets = np.empty((rows, self.n_samples))
         return self.targets[:rows]
+
+
+_WORKERS: dict[int, Workspace] = {}  # the buffers of the walk's extra threads, by slot
+_WORKERS_LOCK = threading.Lock()
+
+
+def worker_scratch(slot: int, like: Workspace) -> Workspace:
+    """The workspace of extra thread `slot` of a parallel walk, kept as `scratch` keeps its own."""
+    with _WORKERS_LOCK:
+        ws = _WORKERS.get(slot)
+        if (
+            ws is None
+            or (ws.rows, ws.n_samples) != (like.rows, like.n_samples)
+            or (ws.nbytes > SCRATCH_BYTES)
+        ):
+            ws = Workspace(like.rows, like.n_samples)
+            _WORKERS[slot] = ws
+        return ws
 
 
 def scratch(rows: int, n_samples: int) -> Workspace:
@@ -96,8 +119,14 @@ class AnchorWalk:
         self.losses: dict[Subset, float] = {}
         self.stats: dict[str, int] = {}
 
-    def run(self, hidden: list[np.ndarray], cap: int) -> tuple[dict[Subset, float], dict[str, int]]:
-        """J(sigma) for every subset of at most `cap` anchors, and the work counts."""
+    def run(
+        self, hidden: list[np.ndarray], cap: int, threads: int = 1
+    ) -> tuple[dict[Subset, float], dict[str, int]]:
+        """J(sigma) for every subset of at most `cap` anchors, and the work counts.
+
+        With `threads` > 1 the subtrees below the first layer are walked by that many threads,
+        each with its own buffers (the products and factorizations release the GIL).
+        """
         self.cap = cap
         # Dead units (all-zero rows) of a target give all-zero rows of every fit onto it, which
         # change no row space: each target keeps only its live rows, stacked in layer order.
@@ -110,13 +139,49 @@ class AnchorWalk:
             np.compress(keep, t, axis=0, out=stack[lo:hi])
         stack[self.offsets[-2] :] = self.y_live
         self.targets = stack
-        self.losses = {(): self.yes0}
-        self.stats = dict.fromkeys(["subsets", "factorizations", "projections", *KINDS], 0)
-        if self.cap > 0:
-            self._descend(self.x_basis, 1, (), None)
+        main = _Sink(self.ws)
+        main.losses[()] = self.yes0
+        if self.cap > 0 and threads > 1:
+            tasks: list[_Task] = []
+            self._descend(main, self.x_basis, 1, (), None, defer=tasks)
+            self._walk_parallel(main, tasks, threads)
+        elif self.cap > 0:
+            self._descend(main, self.x_basis, 1, (), None)
+        self.losses, self.stats = main.losses, main.stats
         self.stats["subsets"] = len(self.losses)
         logger.debug("YES work: %s", self.stats)
         return dict(self.losses), dict(self.stats)
+
+    def _walk_parallel(self, main: _Sink, tasks: list[_Task], threads: int) -> None:
+        """Walk the deferred subtrees on `threads` threads; merge their results into `main`.
+
+        Subtrees go to threads longest first (a subtree whose next anchor is layer t holds
+        about 2^(L-1-t) subsets), each thread with workspace buffers of its own.
+        """
+        bins: list[list[_Task]] = [[] for _ in range(min(threads, len(tasks)))]
+        load = [0.0] * len(bins)
+        for task in sorted(tasks, key=lambda t: -t.weight):
+            i = load.index(min(load))
+            bins[i].append(task)
+            load[i] += task.weight
+        sinks = [main] + [_Sink(worker_scratch(i, self.ws)) for i in range(1, len(bins))]
+
+        def walk(i: int) -> None:
+            for t in bins[i]:
+                self._descend(sinks[i], t.basis, t.layer, t.subset, t.forced)
+
+        if len(bins) == 1:
+            walk(0)
+            return
+        with _one_torch_thread(), ThreadPoolExecutor(max_workers=len(bins) - 1) as pool:
+            futures = [pool.submit(walk, i) for i in range(1, len(bins))]
+            walk(0)
+            for f in futures:
+                f.result()
+        for sink in sinks[1:]:
+            main.losses.update(sink.losses)
+            for key, value in sink.stats.items():
+                main.stats[key] += value
 
     def _child(self, basis: Basis, coef: np.ndarray, into: np.ndarray) -> Basis:
         """The factored H~ = [ReLU(coef @ basis.rows); 1] of a fitted layer's output, coef (c, q).
@@ -132,11 +197,21 @@ class AnchorWalk:
             h[rows] = 1.0
         return Basis(h)
 
-    def _descend(self, basis: Basis, layer: int, subset: Subset, forced: int | None) -> None:
+    def _descend(
+        self,
+        sink: _Sink,
+        basis: Basis,
+        layer: int,
+        subset: Subset,
+        forced: int | None,
+        defer: list[_Task] | None = None,
+    ) -> None:
         """Fit `layer` from the input factored in `basis` onto each target it may take, recurse.
 
         `forced` is the target this layer must fit (an anchor not reached yet, or Y = L); None
         means the layer before reached its anchor, so the target is free: a later anchor or Y.
+        Results and buffers are `sink`'s. With `defer`, the children are listed there as tasks
+        instead of walked.
         """
         n_layers = self.n_layers
         if forced is not None:
@@ -148,19 +223,56 @@ class AnchorWalk:
         if layer == 1:  # the all-onto-Y path is YES-0, already known
             choices = [c for c in choices if c != n_layers]
         if layer == n_layers:  # only Y is left: the loss needs no predictions
-            self.stats["projections"] += 1
-            self.losses[subset] = basis.sse(self.y_live, self.yy) / self.n_samples
+            sink.stats["projections"] += 1
+            sink.losses[subset] = basis.sse(self.y_live, self.yy) / self.n_samples
             return
         lo, hi = self.offsets[choices[0] - 1], self.offsets[choices[-1]]
         coef = basis.coef(self.targets[lo:hi])  # (rows of the chosen targets, q): one product
-        self.stats["projections"] += len(choices)
-        buf = self.ws.child_buffer(layer, len(choices))
+        sink.stats["projections"] += len(choices)
+        buf = sink.ws.child_buffer(layer, len(choices))
         start = 0
         for i, target in enumerate(choices):
             new = subset + (target,) if forced is None and target < n_layers else subset
             stop = start + self.sizes[target - 1]
             child = self._child(basis, coef[start:stop], buf[i])
             start = stop
-            self.stats["factorizations"] += 1
-            self.stats[child.kind] += 1
-            self._descend(child, layer + 1, new, None if target == layer else target)
+            sink.stats["factorizations"] += 1
+            sink.stats[child.kind] += 1
+            nxt = None if target == layer else target
+            if defer is not None:
+                # subsets below: every choice of the anchors after this one
+                weight = 2.0 ** (n_layers - 1 - max(target, layer))
+                defer.append(_Task(child, layer + 1, new, nxt, weight))
+            else:
+                self._descend(sink, child, layer + 1, new, nxt)
+
+
+@dataclasses.dataclass
+class _Task:
+    """A subtree of the walk: the factored input of `layer`, the anchors so far, the target."""
+
+    basis: Basis
+    layer: int
+    subset: Subset
+    forced: int | None
+    weight: float  # about how many subsets it holds
+
+
+class _Sink:
+    """What one thread of the walk writes: its buffers, the losses it found, its work counts."""
+
+    def __init__(self, ws: Workspace) -> None:
+        self.ws = ws
+        self.losses: dict[Subset, float] = {}
+        self.stats = dict.fromkeys(["subsets", "factorizations", "projections", *KINDS], 0)
+
+
+@contextlib.contextmanager
+def _one_torch_thread() -> Iterator[None]:
+    """Set torch to one intra-op thread meanwhile: the walk's own threads share the cores."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)

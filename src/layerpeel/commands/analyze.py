@@ -62,6 +62,16 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     )
     p.add_argument("--yellow", type=float, default=d.yellow, help="yellow when a gap exceeds this")
     p.add_argument(
+        "--idle",
+        type=float,
+        default=d.idle,
+        help="a block is idle (red) when removing it costs less than --red and less than this "
+        "fraction of the other blocks' median (0: off)",
+    )
+    p.add_argument(
+        "--no-work", action="store_true", help="skip scoring each block's removal (its work)"
+    )
+    p.add_argument(
         "--budget-mb", type=float, default=d.budget_mb, help="memory budget of cached activations"
     )
     p.add_argument("--seed", type=int, default=d.seed)
@@ -139,6 +149,8 @@ def config_from_args(args: argparse.Namespace) -> PeelConfig:
         max_anchors=args.max_anchors,
         red=args.red,
         yellow=args.yellow,
+        work=not args.no_work,
+        idle=args.idle,
         budget_mb=args.budget_mb,
         seed=args.seed,
         etas=_float_list(args.etas, "--etas"),
@@ -161,9 +173,10 @@ def print_report(report: PeelReport, out: TextIO, color: bool) -> None:
     head = f"{'block':>5}  {'part':<5}  {'gap':>8}  {'95% interval':>19}  {'verdict':<8}  {'CE ref':>7}  {'CE trained':>10}"
     if q:
         head += f"  {'optim':>7}  {'quant':>7}"
-    head += f"  {'time':>6}"
+    head += f"  {'work':>8}  {'time':>6}"
     print(
-        f"P1 layer gaps (nats/token, held-out; red when the interval clears {report.config.get('red')}):",
+        f"P1 layer gaps (nats/token, held-out; red when the interval clears {report.config.get('red')}"
+        " or the block is idle; work = CE without the block - CE with it):",
         file=out,
     )
     print(head, file=out)
@@ -174,7 +187,9 @@ def print_report(report: PeelReport, out: TextIO, color: bool) -> None:
         )
         if q:
             line += f"  {r.get('opt_part', 0.0):>+7.4f}  {r.get('quant_part', 0.0):>+7.4f}"
-        line += f"  {r['time_s']:>5.1f}s"
+        work = r.get("work")
+        line += f"  {work:>+8.4f}" if work is not None else f"  {'':>8}"
+        line += f"  {r['time_s']:>5.1f}s" + ("  idle" if r.get("idle") else "")
         print(line, file=out)
     if report.ladder:
         n = int(report.model.get("blocks", 0))
@@ -197,6 +212,7 @@ def print_report(report: PeelReport, out: TextIO, color: bool) -> None:
             file=out,
         )
     reds = [r for r in report.layers if r["verdict"] == "red"]
+    idle = [r for r in reds if r.get("idle")]
     if reds:
         worst = max(reds, key=lambda r: r["gap"])
         print(
@@ -204,6 +220,13 @@ def print_report(report: PeelReport, out: TextIO, color: bool) -> None:
             f"({worst['gap']:+.4f} nats/token).",
             file=out,
         )
+        for r in idle:
+            print(
+                f"block {r['block']} is idle: removing it costs {r['work']:+.4f} nats/token "
+                f"[{r['work_ci_low']:+.4f}, {r['work_ci_high']:+.4f}], far less than the other "
+                "blocks' work.",
+                file=out,
+            )
     else:
         print("\nno red layer.", file=out)
 

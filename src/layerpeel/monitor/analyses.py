@@ -16,6 +16,7 @@ from torch import nn
 
 from layerpeel.analyze import PeelConfig, peel
 from layerpeel.arch import model_view
+from layerpeel.bounds.scoring import Thresholds, mark_idle
 from layerpeel.bounds.yes import YesTracker, to_db
 from layerpeel.errors import ConfigError, DataError
 from layerpeel.monitoring import MonitoringSet
@@ -82,6 +83,7 @@ class PeelAnalysis:
         if spec["ladder"]:
             self.rotation.append(Unit("p2"))
         self.position = -1  # -1: the first unit is the sweep over every block
+        self.works: dict[int, float] = {}  # latest work of each block: peers of the idle verdict
 
     def next_unit(self) -> Unit:
         if self.position < 0:
@@ -117,13 +119,20 @@ class PeelAnalysis:
         """`unit` on `model`; spread over the ranks of `group` when one is given."""
         cfg = self.config(unit)
         report = peel(model, self.mset, cfg, sharded=group is not None, group=group)
+        # A unit of one block judges whether it is idle against the other blocks' latest work.
+        self.works.update(
+            {int(r["block"]): float(r["work"]) for r in report.layers if r.get("work") is not None}
+        )
+        thresholds = Thresholds(red=cfg.red, yellow=cfg.yellow, idle=cfg.idle)
+        mark_idle(report.layers, thresholds, peers=self.works)
         return {"event": "analysis", "unit": unit.kind, "report": report.to_dict()}
 
     def state_dict(self) -> dict[str, Any]:
-        return {"position": self.position}
+        return {"position": self.position, "works": {str(b): w for b, w in self.works.items()}}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.position = int(state.get("position", -1))
+        self.works = {int(b): float(w) for b, w in state.get("works", {}).items()}
 
 
 @dataclass

@@ -160,10 +160,14 @@ def _headline(res: RunResults, table: list[dict[str, Any]]) -> dict[str, Any]:
         )
         verdict = v
     if table:
-        reds = sorted((r for r in table if r["verdict"] == "red"), key=lambda r: -r["gap"])
+        # idle blocks first (their gap is near zero), then the largest gaps
+        reds = sorted(
+            (r for r in table if r["verdict"] == "red"),
+            key=lambda r: (not r.get("idle"), -r["gap"]),
+        )
         yellows = [r for r in table if r["verdict"] == "yellow"]
         if reds:
-            named = ", ".join(f"{_label(r)} (gap {r['gap']:.3f} nats)" for r in reds[:3])
+            named = ", ".join(_red_reason(r) for r in reds[:3])
             more = f" and {len(reds) - 3} more" if len(reds) > 3 else ""
             parts.append(f"{len(reds)} of {len(table)} layer parts under-optimized: {named}{more}")
         elif yellows:
@@ -186,6 +190,13 @@ def _headline(res: RunResults, table: list[dict[str, Any]]) -> dict[str, Any]:
 
 def _label(row: dict[str, Any]) -> str:
     return f"block {row['block']}" + ("" if row["part"] == "block" else f" {row['part']}")
+
+
+def _red_reason(row: dict[str, Any]) -> str:
+    """Why a row is red: its gap, or, for an idle block, the little its removal costs."""
+    if row.get("idle") and row.get("work") is not None:
+        return f"{_label(row)} (idle: removing it costs {row['work']:.3f} nats)"
+    return f"{_label(row)} (gap {row['gap']:.3f} nats)"
 
 
 def _cloud(res: RunResults) -> dict[str, Any] | None:

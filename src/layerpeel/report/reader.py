@@ -29,6 +29,9 @@ LAYER_NUMBERS = (
     "opt_part",
     "quant_part",
     "time_s",
+    "work",
+    "work_ci_low",
+    "work_ci_high",
 )
 
 
@@ -184,6 +187,7 @@ def _layer_rows(rows: Any) -> tuple[list[dict[str, Any]], int]:
         clean["verdict"] = verdict if verdict in ("red", "yellow", "green") else "unknown"
         clean.update({key: finite(row.get(key)) for key in LAYER_NUMBERS})
         clean["solver"] = str(row["solver"]) if isinstance(row.get("solver"), str) else None
+        clean["idle"] = row.get("idle") is True
         out.append(clean)
     return out, bad
 

@@ -310,6 +310,7 @@
     { key: "gap", label: "gap (nats)", digits: 4 },
     { key: "ci_low", label: "95% interval", digits: 4, render: function (r) { return "[" + num(r.ci_low, 4) + ", " + num(r.ci_high, 4) + "]"; } },
     { key: "verdict", label: "verdict", text: true },
+    { key: "work", label: "work (nats)", digits: 4, render: function (r) { return num(r.work, 4) + (r.idle ? " idle" : ""); } },
     { key: "ce_reference", label: "reference CE", digits: 4 },
     { key: "ce_trained", label: "trained CE", digits: 4 },
     { key: "opt_part", label: "optimization part", digits: 4 },
@@ -368,7 +369,8 @@
     }));
     return section("layers", "Blocks and sub-blocks",
       note("One row per block and sub-block, from the most recent analysis that has it. gap = trained CE \u2212 reference CE on the held-out part: " +
-        "how much re-optimizing only that part (everything else frozen) lowers the loss. For quantized models the gap splits into an optimization " +
+        "how much re-optimizing only that part (everything else frozen) lowers the loss. work = CE without the block \u2212 CE with it; " +
+        "a block whose work is far below the other blocks' is idle, and red. For quantized models the gap splits into an optimization " +
         "part (quantized reference vs trained) and a quantization part (full-precision reference vs quantized reference). Click a column to sort."),
       h("div", { "class": "scroll" }, h("table", { "class": "data", id: "layer-table" }, h("thead", null, head), body)));
   }
