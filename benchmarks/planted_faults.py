@@ -16,8 +16,11 @@ model is trained per seed as well. Then:
 - cost: the faulty model's held-out CE minus the healthy model's of the same seed (what there is
   to find; a fault that costs nothing cannot be found by a loss bound);
 - WeightWatcher: alpha of every Linear of a block, averaged per block; the top-1 pick is the block
-  with the largest mean alpha (larger alpha = less trained); a false red is a block without a
-  fault whose mean alpha exceeds 6, WeightWatcher's own line for an under-trained layer.
+  with the largest mean alpha (larger alpha = less trained); its red is a mean alpha above 6,
+  WeightWatcher's own line for an under-trained layer, and a false red is such a block without a
+  fault.
+"Faulty block red" is the share of faulty models whose faulty block gets the detector's alarm:
+a ranking always names some block, an alarm has to clear a line.
 """
 
 from __future__ import annotations
@@ -52,8 +55,10 @@ class Outcome:
     lp_false_reds: int
     lp_gaps: list[float]
     lp_works: list[float]
+    lp_caught: bool  # the faulty block's row is red
     ww_pick: int | None
     ww_false_reds: int | None
+    ww_caught: bool | None  # the faulty block's alpha is above WeightWatcher's line
     ce: float
 
 
@@ -121,8 +126,10 @@ def main() -> None:
             lp_false_reds=sum(1 for b in reds if b != block),
             lp_gaps=gaps,
             lp_works=works,
+            lp_caught=block in reds,
             ww_pick=ww_pick,
             ww_false_reds=None if ww_reds is None else sum(1 for b in ww_reds if b != block),
+            ww_caught=None if ww_reds is None else block in ww_reds,
             ce=report.layers[0]["ce_trained"],
         )
         outcomes.append(out)
@@ -142,14 +149,19 @@ def main() -> None:
     print(
         f"\n{len(faulty)} faulty and {len(healthy)} healthy models ({args.quant}), {args.steps} steps each, {time.perf_counter() - t_start:.0f} s"
     )
-    print(f"{'detector':<24} {'top-1 accuracy':>15} {'false reds':>11}")
-    lp_acc = sum(o.lp_pick == o.block for o in faulty) / max(len(faulty), 1)
+    n = max(len(faulty), 1)
+    print(f"{'detector':<24} {'top-1 accuracy':>15} {'faulty block red':>17} {'false reds':>11}")
+    lp_acc = sum(o.lp_pick == o.block for o in faulty) / n
+    lp_caught = sum(o.lp_caught for o in faulty) / n
     lp_false = sum(o.lp_false_reds for o in outcomes)
-    print(f"{'layerpeel P1 (' + args.solver + ')':<24} {lp_acc:>15.0%} {lp_false:>11d}")
+    print(
+        f"{'layerpeel P1 (' + args.solver + ')':<24} {lp_acc:>15.0%} {lp_caught:>17.0%} {lp_false:>11d}"
+    )
     if all(o.ww_pick is not None for o in outcomes):
-        ww_acc = sum(o.ww_pick == o.block for o in faulty) / max(len(faulty), 1)
+        ww_acc = sum(o.ww_pick == o.block for o in faulty) / n
+        ww_caught = sum(bool(o.ww_caught) for o in faulty) / n
         ww_false = sum(o.ww_false_reds or 0 for o in outcomes)
-        print(f"{'WeightWatcher alpha':<24} {ww_acc:>15.0%} {ww_false:>11d}")
+        print(f"{'WeightWatcher alpha':<24} {ww_acc:>15.0%} {ww_caught:>17.0%} {ww_false:>11d}")
     else:
         print("WeightWatcher: not installed (pip install weightwatcher)")
     print(f"chance level of top-1: {1 / CFG.n_layer:.0%}")
