@@ -53,7 +53,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=500)
     parser.add_argument("--frozen", type=int, default=2)
     parser.add_argument("--every", type=int, default=50)
-    parser.add_argument("--warmup", type=int, default=50)
+    parser.add_argument("--warmup", type=int, default=MonitorConfig().warmup)
     parser.add_argument("--n-layer", type=int, default=4)
     parser.add_argument("--d-model", type=int, default=128)
     args = parser.parse_args()

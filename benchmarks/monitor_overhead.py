@@ -4,7 +4,7 @@ Run: .venv/bin/python benchmarks/monitor_overhead.py [--steps 1500] [--chunk 50]
 
 Part 1 trains the demo model (`layerpeel demo`: 4 blocks, d_model 128, batch 32 x 128 bytes) twice
 in one process, side by side: a plain run and a run with the default monitor (`layerpeel train`'s:
-preset standard, max_overhead 0.05, warm-up 50), alternating chunks of `--chunk` steps so that
+preset standard, max_overhead 0.05, warm-up 100), alternating chunks of `--chunk` steps so that
 both see the same machine load. The two runs start from the same weights and see the same
 batches. It prints both wall times, the overhead (monitored / plain - 1) and the monitor's own
 measured overhead.

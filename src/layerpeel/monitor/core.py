@@ -50,7 +50,7 @@ class MonitorConfig(ConfigBase):
 
     preset: str = "standard"  # "economy" (P1 closed form), "standard" (+ P3), "full" (+ P2, Adam)
     max_overhead: float | None = 0.05  # monitor time / training time it may use; None = no limit
-    warmup: int = 50  # no analysis before this step
+    warmup: int = 100  # no analysis before this step (see docs/monitor.md: why 100)
     loggers: tuple[str, ...] = ()  # besides JSONL (always): "tensorboard", "wandb", "csv"
     max_failures: int = 3  # after this many failed analyses the monitor switches itself off
     tokens: int = 2048  # monitoring tokens of a layerpeel run (`layerpeel train`, checkpoints)
