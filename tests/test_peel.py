@@ -180,3 +180,45 @@ def test_non_finite_activations_name_the_first_block():
     mset = monitoring_set(torch.randint(0, 64, (8, 17)))
     with pytest.raises(NonFiniteError, match="block 1"):
         peel(model, mset, PeelConfig(n_boot=10))
+
+
+def test_cascade_shares_each_stage_once_and_frees_it_after_its_last_path(monkeypatch):
+    """Paths that share anchors share a stage (solved once); a stage no later path uses is freed."""
+    import gc
+    import weakref
+
+    from layerpeel.bounds import cascade as cascade_mod
+    from layerpeel.bounds.context import build_context
+
+    cfg4 = GPTConfig(vocab_size=64, n_layer=4, n_head=2, d_model=16, block_size=8)
+    model = _model(seed=2, cfg=cfg4)
+    windows = torch.randint(0, 64, (12, 9), generator=torch.Generator().manual_seed(3))
+    ctx = build_context(model_view(model), monitoring_set(windows))
+    subsets = cascade_mod.anchor_subsets(4, None)
+    solved: list[weakref.ref] = []
+    solve = BlockProblem.solve
+
+    def counting_solve(self, *args, **kwargs):
+        ref = solve(self, *args, **kwargs)
+        solved.append(weakref.ref(ref))
+        return ref
+
+    monkeypatch.setattr(BlockProblem, "solve", counting_solve)
+    live_after_path: list[int] = []
+
+    class Progress:
+        def update(self, _n: int) -> None:
+            gc.collect()
+            live_after_path.append(sum(r() is not None for r in solved))
+
+    final_fit, _ = cascade_mod.final_target(ctx, "trained", None)
+    rows = cascade_mod.cascade_rows(ctx, subsets, final_fit, None, progress=Progress())
+    keys = {cascade_mod.stage_key(i, s) for s in subsets for i in range(4)}
+    assert len(solved) == len(keys) < 4 * len(subsets)  # shared stages were solved once
+    assert live_after_path[-1] == 0  # nothing left once every path is walked
+    # after each path only the stages that a later path uses are alive
+    for k, live in enumerate(live_after_path):
+        later = {cascade_mod.stage_key(i, s) for s in subsets[k + 1 :] for i in range(4)}
+        done = {cascade_mod.stage_key(i, s) for s in subsets[: k + 1] for i in range(4)}
+        assert live == len(later & done)
+    assert [r["anchors"] for r in rows] == [list(s) for s in subsets]

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import itertools
 import time
+from collections import Counter
 from typing import Any
 
 import torch
@@ -132,6 +133,9 @@ def cascade_rows(
     n = ctx.n_blocks
     opts = ClosedFormOptions(ridge=ridge)
     memo: dict[tuple[int, tuple[int, ...]], tuple[nn.Module, torch.Tensor, torch.Tensor]] = {}
+    # How many of the paths still to walk use each stage: a stage no later path uses is dropped,
+    # so memory holds one path plus the stages shared with paths to come, never every path.
+    uses = Counter(stage_key(i, s) for s in subsets for i in range(n))
 
     def stage(i: int, subset: tuple[int, ...]) -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
         """Reference of block i (0-based) on the path of `subset`, with its fit and held outputs.
@@ -139,10 +143,10 @@ def cascade_rows(
         It depends only on the anchors up to the first one at or after block i+1, so paths that
         share that prefix share the reference.
         """
-        nxt = [a for a in subset if a >= i + 1]
-        key = (i, tuple(a for a in subset if not nxt or a <= nxt[0]))
+        key = stage_key(i, subset)
         if key not in memo:
             x_fit, x_held = (ctx.fit[0], ctx.held[0]) if i == 0 else stage(i - 1, subset)[1:]
+            nxt = [a for a in subset if a >= i + 1]  # the anchor block i is peeled onto
             target = ctx.fit[nxt[0]] if nxt else final_fit
             ref = BlockProblem(ctx.view, i, x_fit, [target], opts).solve("block", (1.0,), scheme)
             run = ctx.view.run_block
@@ -156,9 +160,24 @@ def cascade_rows(
         if keep is not None:
             keep[subset] = [stage(i, subset)[0] for i in range(n)]
         rows.append({"anchors": list(subset), "ce": ce, "time_s": time.perf_counter() - t0})
+        for i in range(n):
+            key = stage_key(i, subset)
+            uses[key] -= 1
+            if uses[key] == 0:
+                memo.pop(key, None)
         if progress is not None:
             progress.update(1)
     return rows
+
+
+def stage_key(i: int, subset: tuple[int, ...]) -> tuple[int, tuple[int, ...]]:
+    """What the reference of block i (0-based) on the path of `subset` depends on.
+
+    Block i is peeled onto the first anchor at or after block i+1 (or the final target), from
+    the output of the path before it: the anchors up to that one, and nothing after.
+    """
+    nxt = [a for a in subset if a >= i + 1]
+    return i, tuple(a for a in subset if not nxt or a <= nxt[0])
 
 
 def cascade_summary(
