@@ -73,6 +73,10 @@ class PeelConfig(ConfigBase):
         if self.batch < 1 or self.n_boot < 1:
             raise ConfigError("batch and n_boot must be positive")
 
+    def thresholds(self) -> Thresholds:
+        """The verdict thresholds these settings name."""
+        return Thresholds(red=self.red, yellow=self.yellow, idle=self.idle)
+
 
 class ModelState:
     """Puts a model in eval mode for the analysis and restores its mode afterwards."""
@@ -128,9 +132,7 @@ def prepare(model: nn.Module, cfg: PeelConfig) -> Analysis:
         work=cfg.work,
     )
     cap = cfg.max_anchors if cfg.max_anchors is not None else (None if n <= 8 else 2)
-    return Analysis(
-        view, scheme, blocks, cap, opts, Thresholds(red=cfg.red, yellow=cfg.yellow, idle=cfg.idle)
-    )
+    return Analysis(view, scheme, blocks, cap, opts, cfg.thresholds())
 
 
 def peel(
@@ -180,7 +182,6 @@ def peel(
             for b in a.blocks:
                 rows.extend(block_gaps(ctx, b, parts, scheme, a.options, a.thresholds, keep["p1"]))
                 bar.update(len(parts))
-        mark_idle(rows, a.thresholds)
         timings["p1"] = time.perf_counter() - t0
         ladder_rows: list[dict[str, Any]] = []
         if cfg.ladder:
@@ -213,8 +214,13 @@ def make_report(
     casc: dict[str, Any] | None,
     timings: dict[str, float],
 ) -> PeelReport:
-    """The `PeelReport` of the rows, with what was analysed, on what and with which settings."""
+    """The `PeelReport` of the rows, with what was analysed, on what and with which settings.
+
+    The idle verdicts are settled here, once every block's work is in `rows`.
+    """
     from layerpeel import __version__
+
+    mark_idle(rows, a.thresholds)
 
     return PeelReport(
         layers=rows,

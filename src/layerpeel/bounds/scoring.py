@@ -127,14 +127,18 @@ def mark_idle(
     work, e.g. from earlier analyses). An idle block is red whatever its gap; the other rows keep
     their gap's verdict.
     """
-    known = dict(peers or {})
-    known.update({int(r["block"]): float(r["work"]) for r in rows if _has_work(r)})
+    known = {**(peers or {}), **block_works(rows)}
     for r in rows:
         if not _has_work(r):
             continue
         others = [w for b, w in known.items() if b != r["block"]]
         r["idle"] = thresholds.is_idle(r["work"], r["work_ci_high"], others)
         r["verdict"] = "red" if r["idle"] else thresholds.verdict(r["gap"], r["ci_low"])
+
+
+def block_works(rows: list[dict[str, Any]]) -> dict[int, float]:
+    """The work of each block whose whole-block row carries it: block -> work."""
+    return {int(r["block"]): float(r["work"]) for r in rows if _has_work(r)}
 
 
 def _has_work(row: dict[str, Any]) -> bool:

@@ -63,24 +63,25 @@ _WORKERS_LOCK = threading.Lock()
 def worker_scratch(slot: int, like: Workspace) -> Workspace:
     """The workspace of extra thread `slot` of a parallel walk, kept as `scratch` keeps its own."""
     with _WORKERS_LOCK:
-        ws = _WORKERS.get(slot)
-        if (
-            ws is None
-            or (ws.rows, ws.n_samples) != (like.rows, like.n_samples)
-            or (ws.nbytes > SCRATCH_BYTES)
-        ):
-            ws = Workspace(like.rows, like.n_samples)
-            _WORKERS[slot] = ws
+        ws = _WORKERS[slot] = _kept(_WORKERS.get(slot), like.rows, like.n_samples)
         return ws
 
 
 def scratch(rows: int, n_samples: int) -> Workspace:
     """The workspace of the calling thread for (m + bias, N), kept while under SCRATCH_BYTES."""
-    ws = getattr(_SCRATCH, "workspace", None)
-    if ws is None or (ws.rows, ws.n_samples) != (rows, n_samples) or ws.nbytes > SCRATCH_BYTES:
-        ws = Workspace(rows, n_samples)
-        _SCRATCH.workspace = ws
+    ws = _SCRATCH.workspace = _kept(getattr(_SCRATCH, "workspace", None), rows, n_samples)
     return ws
+
+
+def _kept(ws: Workspace | None, rows: int, n_samples: int) -> Workspace:
+    """`ws` while it serves (rows, N) data and is under SCRATCH_BYTES, else a fresh workspace."""
+    if (
+        ws is not None
+        and (ws.rows, ws.n_samples) == (rows, n_samples)
+        and (ws.nbytes <= SCRATCH_BYTES)
+    ):
+        return ws
+    return Workspace(rows, n_samples)
 
 
 class AnchorWalk:
@@ -111,13 +112,11 @@ class AnchorWalk:
         for layer in range(1, n_layers):
             basis = self._child(basis, basis.coef(y), buf[layer % 2])
         self.yes0 = basis.sse(y, self.yy) / self.n_samples
-        # Per run: the stacked targets, the cap, the results and the work counts.
+        # Per run: the stacked targets and the cap.
         self.targets = y
         self.sizes: list[int] = []
         self.offsets: list[int] = []
         self.cap = 0
-        self.losses: dict[Subset, float] = {}
-        self.stats: dict[str, int] = {}
 
     def run(
         self, hidden: list[np.ndarray], cap: int, threads: int = 1
@@ -147,10 +146,9 @@ class AnchorWalk:
             self._walk_parallel(main, tasks, threads)
         elif self.cap > 0:
             self._descend(main, self.x_basis, 1, (), None)
-        self.losses, self.stats = main.losses, main.stats
-        self.stats["subsets"] = len(self.losses)
-        logger.debug("YES work: %s", self.stats)
-        return dict(self.losses), dict(self.stats)
+        main.stats["subsets"] = len(main.losses)
+        logger.debug("YES work: %s", main.stats)
+        return main.losses, main.stats
 
     def _walk_parallel(self, main: _Sink, tasks: list[_Task], threads: int) -> None:
         """Walk the deferred subtrees on `threads` threads; merge their results into `main`.

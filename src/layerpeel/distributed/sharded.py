@@ -21,7 +21,6 @@ from layerpeel.bounds.context import PeelContext, build_context
 from layerpeel.bounds.ladder import ladder
 from layerpeel.bounds.peel import block_gaps
 from layerpeel.bounds.report import PeelReport
-from layerpeel.bounds.scoring import mark_idle
 from layerpeel.distributed.gather import ShardingError, env_world_size, gather_work, require_group
 from layerpeel.distributed.plan import Plan, Shape, make_plan, units
 from layerpeel.monitoring import MonitoringSet
@@ -155,7 +154,6 @@ def peel_sharded(
     results = gather_work(work, group, signature)
     t0 = time.perf_counter()
     layers, ladder_rows, casc = merge(plan, results, cfg, results[0]["ce_trained"])
-    mark_idle(layers, a.thresholds)  # needs every block's work: only after the gather
     phases = ["capture", "p1"] + ["p2"] * cfg.ladder + ["p3"] * cfg.cascade
     timings = {ph: max(r["timings"].get(ph, 0.0) for r in results) for ph in phases}
     timings["gather"] = time.perf_counter() - t0

@@ -16,7 +16,7 @@ from torch import nn
 
 from layerpeel.analyze import PeelConfig, peel
 from layerpeel.arch import model_view
-from layerpeel.bounds.scoring import Thresholds, mark_idle
+from layerpeel.bounds.scoring import block_works, mark_idle
 from layerpeel.bounds.yes import YesTracker, to_db
 from layerpeel.errors import ConfigError, DataError
 from layerpeel.monitoring import MonitoringSet
@@ -120,11 +120,8 @@ class PeelAnalysis:
         cfg = self.config(unit)
         report = peel(model, self.mset, cfg, sharded=group is not None, group=group)
         # A unit of one block judges whether it is idle against the other blocks' latest work.
-        self.works.update(
-            {int(r["block"]): float(r["work"]) for r in report.layers if r.get("work") is not None}
-        )
-        thresholds = Thresholds(red=cfg.red, yellow=cfg.yellow, idle=cfg.idle)
-        mark_idle(report.layers, thresholds, peers=self.works)
+        self.works.update(block_works(report.layers))
+        mark_idle(report.layers, cfg.thresholds(), peers=self.works)
         return {"event": "analysis", "unit": unit.kind, "report": report.to_dict()}
 
     def state_dict(self) -> dict[str, Any]:
