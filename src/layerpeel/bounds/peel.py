@@ -134,6 +134,11 @@ class _TargetPropagation:
                     best_eta, best_move, best_ce = eta, move, ce
         return self.full.solve(best_move, (1.0, -best_eta), scheme), best_eta, best_move
 
+    @torch.no_grad()
+    def twin(self, move: str, eta: float) -> nn.Module:
+        """The full-precision reference of the same peel: the maps `move` re-solved at step eta."""
+        return self.full.solve(move, (1.0, -eta), None)
+
 
 def block_gaps(
     ctx: PeelContext,
@@ -146,8 +151,9 @@ def block_gaps(
 ) -> list[dict[str, Any]]:
     """P1 rows of block `index` for each of `parts`, with bootstrap intervals and verdicts.
 
-    For a quantized model each part is also peeled in full precision, which splits the gap into
-    an optimization part and a quantization part. A row's `time_s` is its solves and scoring plus
+    For a quantized model each part is also peeled in full precision, onto the same target with
+    the same maps (the step and move its quantized reference took, so only the weight format
+    differs), which splits the gap into an optimization part and a quantization part. A row's `time_s` is its solves and scoring plus
     an equal share of the block's set-up. `keep`, when given, receives each reference block under
     (index, part).
     """
@@ -159,6 +165,12 @@ def block_gaps(
         if tp is None:
             return _adam_reference(ctx, index, part, sch, opts), None, part
         return tp.reference(part, sch)
+
+    def twin(part: str, eta: float | None, moved: str) -> nn.Module:
+        """The same peel without the quantizer: same target and maps, so only the format differs."""
+        if tp is None or eta is None:
+            return _adam_reference(ctx, index, part, None, opts)
+        return tp.twin(moved, eta)
 
     trained = ctx.trained_held_ce(index)
 
@@ -195,7 +207,7 @@ def block_gaps(
         if part == "block" and opts.work:
             row.update(block_work(ctx, index, trained, opts))
         if scheme is not None:
-            ref_fp, _, _ = reference(part, None)
+            ref_fp = twin(part, eta, moved)
             ce_fp = float(held_ce(ref_fp).mean())
             row["ce_reference_fp"] = ce_fp
             row["opt_part"] = gap  # quantized reference vs trained: what optimization left
