@@ -209,6 +209,10 @@ def test_idle_rule_compares_a_block_with_the_median_of_the_others():
     mark_idle(rows, th)
     # block 1: 0.004 < 0.1 * median(1.0, 0.05, 0.03) = 0.005 and its interval is below 0.02
     assert [r["idle"] for r in rows] == [False, True, False, False]
+    # each block's work over the median of the other three
+    for r in rows:
+        others = sorted(o["work"] for o in rows if o is not r)
+        assert r["work_ratio"] == pytest.approx(r["work"] / others[1])
     assert rows[1]["verdict"] == "red" and rows[0]["verdict"] == "green"
     rows[1]["work"] = 0.006  # above a tenth of the median: not idle, back to its gap's verdict
     mark_idle(rows, th)
@@ -228,13 +232,21 @@ def test_idle_rule_compares_a_block_with_the_median_of_the_others():
     assert not one[0]["idle"]
 
 
-def test_ranked_puts_red_rows_first_then_the_largest_gap():
+def test_ranked_orders_each_verdict_by_how_near_red_a_row_is():
     rows = [
-        {"block": 0, "part": "block", "gap": 0.004, "verdict": "green"},
-        {"block": 1, "part": "block", "gap": 0.0, "verdict": "red", "idle": True},
+        {"block": 0, "part": "block", "gap": 0.004, "verdict": "green", "work_ratio": 0.5},
+        {"block": 1, "part": "block", "gap": 0.0, "verdict": "red", "idle": True, "work_ratio": 0.02},
         {"block": 2, "part": "attn", "gap": 0.01, "verdict": "yellow"},
         {"block": 3, "part": "mlp", "gap": 0.03, "verdict": "red"},
-    ]
+        {"block": 4, "part": "block", "gap": 0.001, "verdict": "green", "work_ratio": 0.125},
+        {"block": 5, "part": "block", "gap": 0.0, "verdict": "green", "work_ratio": -0.1},
+    ]  # fmt: skip
+    # red line 0.02, idle line 0.1: block 1 is at 0.1 / 0.02 = 5 times the idle line, block 3 at
+    # 1.5 times the red line; among the green rows, block 5 (removing it helps) is past any line,
+    # block 4 at 0.8 of the idle line, block 0 at 0.2 of either line
     order = [r["block"] for r in PeelReport(layers=rows).ranked()]
-    assert order == [3, 1, 2, 0]
-    assert [r["block"] for r in PeelReport(layers=rows).ranked("block")] == [1, 0]
+    assert order == [1, 3, 2, 5, 4, 0]
+    assert [r["block"] for r in PeelReport(layers=rows).ranked("block")] == [1, 5, 4, 0]
+    # with the idle rule off the work plays no part: each verdict by gap
+    off = PeelReport(layers=rows, config={"idle": 0.0, "red": 0.02}).ranked()
+    assert [r["block"] for r in off] == [3, 1, 2, 0, 4, 5]

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from layerpeel.bounds.scoring import severity
+from layerpeel.bounds.scoring import Thresholds, severity
 from layerpeel.errors import LayerpeelError
 from layerpeel.io import atomic_write_json
 
@@ -74,9 +74,18 @@ class PeelReport:
             raise LayerpeelError(f"cannot read peel report {path}: {exc}") from None
 
     def ranked(self, part: str | None = None) -> list[dict[str, Any]]:
-        """Rows most worrying first (optionally one part only): red, yellow, green, then by gap.
+        """Rows most worrying first (optionally one part only): red, yellow, green, then `alarm`.
 
-        An idle block is red with a gap near zero, so it comes before every yellow or green row.
+        Within a verdict, rows go by how near red they are (`scoring.alarm`: the gap over the red
+        line, or for a block the idle line over its share of the other blocks' median work).
+        An idle block is red with a gap near zero, so it comes before every yellow or green row;
+        a block far below its peers' work comes before green rows with small gaps.
         """
+        base = Thresholds()
+        thresholds = Thresholds(
+            red=float(self.config.get("red", base.red)),
+            yellow=float(self.config.get("yellow", base.yellow)),
+            idle=float(self.config.get("idle", base.idle)),
+        )
         rows = [r for r in self.layers if part is None or r["part"] == part]
-        return sorted(rows, key=severity, reverse=True)
+        return sorted(rows, key=lambda r: severity(r, thresholds), reverse=True)

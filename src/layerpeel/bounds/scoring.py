@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -132,6 +133,8 @@ def mark_idle(
         if not _has_work(r):
             continue
         others = [w for b, w in known.items() if b != r["block"]]
+        median = float(np.median(others)) if len(others) >= 2 else 0.0
+        r["work_ratio"] = r["work"] / median if median > 0 else None
         r["idle"] = thresholds.is_idle(r["work"], r["work_ci_high"], others)
         r["verdict"] = "red" if r["idle"] else thresholds.verdict(r["gap"], r["ci_low"])
 
@@ -145,6 +148,22 @@ def _has_work(row: dict[str, Any]) -> bool:
     return row.get("part") == "block" and row.get("work") is not None
 
 
-def severity(row: dict[str, Any]) -> tuple[int, float]:
-    """Sort key of a row, most worrying first when sorted in reverse: verdict, then gap."""
-    return VERDICTS.index(row.get("verdict", "green")), float(row["gap"])
+def alarm(row: dict[str, Any], thresholds: Thresholds) -> float:
+    """How near a row is to being red, as a multiple of its line: 1 at the line, more past it.
+
+    The larger of the gap over the red line and, for a whole block whose work was compared
+    with its peers' (`work_ratio`, its work over their median), the idle line over that ratio:
+    a block doing 0.2 of its peers' median work is half-way to idle at the 0.1 line, one whose
+    removal helps (ratio <= 0) is past any line.
+    """
+    level = float(row["gap"]) / thresholds.red if thresholds.red > 0 else 0.0
+    ratio = row.get("work_ratio")
+    if ratio is not None and thresholds.idle > 0:
+        level = max(level, thresholds.idle / ratio if ratio > 0 else math.inf)
+    return level
+
+
+def severity(row: dict[str, Any], thresholds: Thresholds | None = None) -> tuple[int, float]:
+    """Sort key of a row, most worrying first when sorted in reverse: verdict, then `alarm`."""
+    level = alarm(row, thresholds or Thresholds())
+    return VERDICTS.index(row.get("verdict", "green")), level

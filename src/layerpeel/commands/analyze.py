@@ -173,10 +173,11 @@ def print_report(report: PeelReport, out: TextIO, color: bool) -> None:
     head = f"{'block':>5}  {'part':<5}  {'gap':>8}  {'95% interval':>19}  {'verdict':<8}  {'CE ref':>7}  {'CE trained':>10}"
     if q:
         head += f"  {'optim':>7}  {'quant':>7}"
-    head += f"  {'work':>8}  {'time':>6}"
+    head += f"  {'work':>8}  {'/median':>7}  {'time':>6}"
     print(
         f"P1 layer gaps (nats/token, held-out; red when the interval clears {report.config.get('red')}"
-        " or the block is idle; work = CE without the block - CE with it):",
+        " or the block is idle; work = CE without the block - CE with it, /median = over the other"
+        " blocks' median work):",
         file=out,
     )
     print(head, file=out)
@@ -189,6 +190,8 @@ def print_report(report: PeelReport, out: TextIO, color: bool) -> None:
             line += f"  {r.get('opt_part', 0.0):>+7.4f}  {r.get('quant_part', 0.0):>+7.4f}"
         work = r.get("work")
         line += f"  {work:>+8.4f}" if work is not None else f"  {'':>8}"
+        ratio = r.get("work_ratio")
+        line += f"  {ratio:>7.2f}" if ratio is not None else f"  {'':>7}"
         line += f"  {r['time_s']:>5.1f}s" + ("  idle" if r.get("idle") else "")
         print(line, file=out)
     if report.ladder:
@@ -229,6 +232,15 @@ def print_report(report: PeelReport, out: TextIO, color: bool) -> None:
             )
     else:
         print("\nno red layer.", file=out)
+    if report.layers:
+        top = report.ranked()[0]
+        why = f"gap {top['gap']:+.4f}"
+        if top.get("work_ratio") is not None:
+            why += f", work {top['work_ratio']:.2f} of the other blocks' median"
+        print(
+            f"first to look at: block {top['block']} {top['part']} ({top['verdict']}; {why}).",
+            file=out,
+        )
 
 
 def _use_color(args: argparse.Namespace) -> bool:

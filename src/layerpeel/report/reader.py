@@ -32,6 +32,7 @@ LAYER_NUMBERS = (
     "work",
     "work_ci_low",
     "work_ci_high",
+    "work_ratio",
 )
 
 
