@@ -3,16 +3,18 @@
 Side by side with WeightWatcher's per-layer power-law alpha on the same checkpoints.
 
     pip install 'layerpeel[bench]'       # WeightWatcher, optional; without it the alpha columns are skipped
-    python benchmarks/planted_faults.py [--seeds 0 1] [--positions 0 1 2 3] [--steps 300] [--quant binary-global]
+    python benchmarks/planted_faults.py [--seeds 0 1] [--positions 0 1 2 3] [--steps 300] [--quant binary-global] [--solvers closed adam]
 
 For every seed, fault kind (frozen, slow = learning rate 100x too small, reinit = re-initialised
 at 80 % of the run) and faulty block, a 4-layer GPT (d_model 64, context 64, bytes; full
 precision or `--quant`) is trained on the built-in corpus with `layerpeel.planted`; a healthy
 model is trained per seed as well. Then:
-- layerpeel: closed-form P1 rows of whole blocks (gap and work, the cost of removing the block)
-  on a monitoring set from the training split; the top-1 pick is the first row of the report's
-  ranking (red rows first -- a red verdict for a large gap or for an idle block -- then by gap); a
-  false red is a red verdict on a block without a fault (every red of a healthy model is false).
+- layerpeel: P1 rows of whole blocks (gap and work, the cost of removing the block) on a
+  monitoring set from the training split, with each solver of `--solvers` on the same model;
+  the top-1 pick is the first row of the report's ranking (red rows first -- a red verdict for a
+  large gap or for an idle block -- then by how near red a row is: its gap over the red line, or
+  the idle line over its share of the other blocks' median work); a false red is a red verdict
+  on a block without a fault (every red of a healthy model is false).
 - cost: the faulty model's held-out CE minus the healthy model's of the same seed (what there is
   to find; a fault that costs nothing cannot be found by a loss bound);
 - WeightWatcher: alpha of every Linear of a block, averaged per block; the top-1 pick is the block
@@ -45,17 +47,25 @@ WW_UNDERTRAINED = 6.0
 
 
 @dataclass
+class Peeled:
+    """What layerpeel made of one trained model with one solver."""
+
+    pick: int
+    false_reds: int
+    gaps: list[float]
+    works: list[float]
+    reds: list[int]
+    caught: bool  # the faulty block's row is red
+
+
+@dataclass
 class Outcome:
     """What both detectors made of one trained model."""
 
     fault: str
     block: int
     seed: int
-    lp_pick: int
-    lp_false_reds: int
-    lp_gaps: list[float]
-    lp_works: list[float]
-    lp_caught: bool  # the faulty block's row is red
+    lp: dict[str, Peeled]  # by solver
     ww_pick: int | None
     ww_false_reds: int | None
     ww_caught: bool | None  # the faulty block's alpha is above WeightWatcher's line
@@ -87,7 +97,9 @@ def main() -> None:
     ap.add_argument("--kinds", nargs="+", default=["frozen", "slow", "reinit"])
     ap.add_argument("--steps", type=int, default=300)
     ap.add_argument("--sequences", type=int, default=256, help="monitoring sequences of 64 tokens")
-    ap.add_argument("--solver", default="closed")
+    ap.add_argument(
+        "--solvers", nargs="+", default=["closed"], help="P1 solvers, each on every model"
+    )
     ap.add_argument("--quant", default="none", help="quantizer of every model, e.g. binary-global")
     args = ap.parse_args()
     tokens = prepare_tokens(None, ByteTokenizer(), token_cache_dir())
@@ -95,24 +107,37 @@ def main() -> None:
     train_ids, _ = split_sequences(len(data), 0.1, seed=0)
     pick = np.linspace(0, len(train_ids) - 1, args.sequences).round().astype(np.int64)
     mset = monitoring_set(data.windows(train_ids[pick]))
-    pcfg = PeelConfig(parts=("block",), ladder=False, cascade=False, solver=args.solver)
+    pcfgs = {
+        s: PeelConfig(parts=("block",), ladder=False, cascade=False, solver=s) for s in args.solvers
+    }
     jobs = [("none", -1, s) for s in args.seeds]
     jobs += [(k, b, s) for s in args.seeds for k in args.kinds for b in args.positions]
     outcomes: list[Outcome] = []
     t_start = time.perf_counter()
     healthy_ce: dict[int, float] = {}  # held-out CE of the healthy model of each seed
     print(
-        f"{'fault':>7} {'block':>5} {'seed':>4} {'CE':>7} {'cost':>7}  {'layerpeel gaps':<32} {'work (* red)':<36} {'pick':>4} {'WW alpha':<28} {'pick':>4}"
+        f"{'fault':>7} {'block':>5} {'seed':>4} {'CE':>7} {'cost':>7}  {'solver':<6} {'layerpeel gaps':<32} {'work (* red)':<36} {'pick':>4} {'WW alpha':<28} {'pick':>4}"
     )
     for kind, block, seed in jobs:
         run = PlantedRun(
             fault=kind, block=max(block, 0), steps=args.steps, seed=seed, quant=args.quant
         )
         model = train_planted(CFG, data, train_ids, run)
-        report = peel(model, mset, pcfg)
-        by_block = sorted(report.layers, key=lambda r: r["block"])
-        gaps, works = [r["gap"] for r in by_block], [r["work"] for r in by_block]
-        reds = [r["block"] for r in report.layers if r["verdict"] == "red"]
+        lp: dict[str, Peeled] = {}
+        ce = 0.0
+        for solver, pcfg in pcfgs.items():
+            report = peel(model, mset, pcfg)
+            by_block = sorted(report.layers, key=lambda r: r["block"])
+            reds = [r["block"] for r in report.layers if r["verdict"] == "red"]
+            lp[solver] = Peeled(
+                pick=int(report.ranked()[0]["block"]),
+                false_reds=sum(1 for b in reds if b != block),
+                gaps=[r["gap"] for r in by_block],
+                works=[r["work"] for r in by_block],
+                reds=reds,
+                caught=block in reds,
+            )
+            ce = report.layers[0]["ce_trained"]
         alphas = ww_block_alpha(model)
         ww_pick = int(np.argmax(alphas)) if alphas else None
         ww_reds = (
@@ -122,28 +147,27 @@ def main() -> None:
             fault=kind,
             block=block,
             seed=seed,
-            lp_pick=int(report.ranked()[0]["block"]),
-            lp_false_reds=sum(1 for b in reds if b != block),
-            lp_gaps=gaps,
-            lp_works=works,
-            lp_caught=block in reds,
+            lp=lp,
             ww_pick=ww_pick,
             ww_false_reds=None if ww_reds is None else sum(1 for b in ww_reds if b != block),
             ww_caught=None if ww_reds is None else block in ww_reds,
-            ce=report.layers[0]["ce_trained"],
+            ce=ce,
         )
         outcomes.append(out)
         if kind == "none":
             healthy_ce[seed] = out.ce
         # what the fault costs: held-out CE above the healthy model of the same seed
         cost = out.ce - healthy_ce.get(seed, out.ce)
-        g = " ".join(f"{v:+.4f}" for v in gaps)
-        w = " ".join(f"{v:+.4f}" + ("*" if b in reds else "") for b, v in enumerate(works))
         a = " ".join(f"{v:5.2f}" for v in alphas) if alphas else "-"
-        print(
-            f"{kind:>7} {block:>5} {seed:>4} {out.ce:7.4f} {cost:+7.4f}  {g:<32} {w:<36} {out.lp_pick:>4} {a:<28} {ww_pick if ww_pick is not None else '-':>4}",
-            flush=True,
-        )
+        for solver, res in lp.items():
+            g = " ".join(f"{v:+.4f}" for v in res.gaps)
+            w = " ".join(
+                f"{v:+.4f}" + ("*" if b in res.reds else "") for b, v in enumerate(res.works)
+            )
+            print(
+                f"{kind:>7} {block:>5} {seed:>4} {out.ce:7.4f} {cost:+7.4f}  {solver:<6} {g:<32} {w:<36} {res.pick:>4} {a:<28} {ww_pick if ww_pick is not None else '-':>4}",
+                flush=True,
+            )
     faulty = [o for o in outcomes if o.fault != "none"]
     healthy = [o for o in outcomes if o.fault == "none"]
     print(
@@ -151,12 +175,13 @@ def main() -> None:
     )
     n = max(len(faulty), 1)
     print(f"{'detector':<24} {'top-1 accuracy':>15} {'faulty block red':>17} {'false reds':>11}")
-    lp_acc = sum(o.lp_pick == o.block for o in faulty) / n
-    lp_caught = sum(o.lp_caught for o in faulty) / n
-    lp_false = sum(o.lp_false_reds for o in outcomes)
-    print(
-        f"{'layerpeel P1 (' + args.solver + ')':<24} {lp_acc:>15.0%} {lp_caught:>17.0%} {lp_false:>11d}"
-    )
+    for solver in args.solvers:
+        lp_acc = sum(o.lp[solver].pick == o.block for o in faulty) / n
+        lp_caught = sum(o.lp[solver].caught for o in faulty) / n
+        lp_false = sum(o.lp[solver].false_reds for o in outcomes)
+        print(
+            f"{'layerpeel P1 (' + solver + ')':<24} {lp_acc:>15.0%} {lp_caught:>17.0%} {lp_false:>11d}"
+        )
     if all(o.ww_pick is not None for o in outcomes):
         ww_acc = sum(o.ww_pick == o.block for o in faulty) / n
         ww_caught = sum(bool(o.ww_caught) for o in faulty) / n
