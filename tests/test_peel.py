@@ -158,6 +158,44 @@ def test_quantized_references_stay_in_the_value_set():
     assert row["quant_part"] == pytest.approx(row["ce_reference"] - row["ce_reference_fp"])
 
 
+def test_full_precision_twin_is_the_same_peel_without_the_quantizer():
+    """A quantized row's full-precision twin: the same maps at the same step, not quantized.
+
+    Its reported CE is that of the twin substituted into the model and run afresh.
+    """
+    from layerpeel.bounds.context import build_context
+
+    model = _model("ternary", seed=6)
+    windows = torch.randint(0, 64, (16, 17), generator=torch.Generator().manual_seed(7))
+    mset = monitoring_set(windows)
+    cfg = PeelConfig(n_boot=20, ladder=False, cascade=False, search_sequences=4)
+    report = peel(model, mset, cfg, keep_references=True)
+    held = windows[torch.as_tensor(mset.held_ids)]
+    ctx = build_context(model_view(model), mset)
+    blocks = list(model.blocks)
+    for row in report.layers:
+        i, part = row["block"], row["part"]
+        twin = report.references["p1_fp"][(i, part)]
+        grads = ctx.grads()[i]
+        problem = BlockProblem(
+            ctx.view, i, ctx.fit[i], [ctx.fit[i + 1], grads], ClosedFormOptions(ridge=cfg.ridge)
+        )
+        again = problem.solve(row["moved"], (1.0, -row["eta"]), None)
+        for (name, a), (_, b) in zip(
+            twin.state_dict().items(), again.state_dict().items(), strict=True
+        ):
+            assert torch.allclose(a, b, rtol=1e-5, atol=1e-7), name
+        sub = _with_blocks(model, blocks[:i] + [twin] + blocks[i + 1 :])
+        assert row["ce_reference_fp"] == pytest.approx(_fresh_ce(sub, held), rel=1e-5)
+    # the twins of re-solved maps are not held to three levels
+    levels = [
+        len(torch.unique(ref.get_submodule("mlp.proj").weight.detach()))
+        for (_i, part), ref in report.references["p1_fp"].items()
+        if part != "attn"
+    ]
+    assert max(levels) > 3
+
+
 def test_report_round_trips_through_json(tmp_path):
     model = _model(seed=8)
     mset = monitoring_set(torch.randint(0, 64, (8, 17), generator=torch.Generator().manual_seed(9)))

@@ -147,7 +147,8 @@ def peel(
     """Analyse `model` on the monitoring set: P1 rows, P2 ladder, P3 cascade.
 
     With `keep_references` the report's `references` hold every reference block: "p1" by
-    (block, part), "p2" by (from_block, to_block), "p3" a list of blocks by anchor subset.
+    (block, part), "p2" by (from_block, to_block), "p3" a list of blocks by anchor subset, and
+    for a quantized model "p1_fp" the full-precision twin of each P1 reference.
     With `sharded`, every rank of the initialised torch.distributed process group `group`
     (default: the world) calls this together; the work is spread over the ranks and each gets
     the report one process would write (`layerpeel.distributed.peel_sharded`).
@@ -164,8 +165,8 @@ def peel(
     a = prepare(model, cfg)
     n, scheme = a.n_blocks, a.scheme
     timings: dict[str, float] = {}
-    refs: dict[str, dict[Any, Any]] = {"p1": {}, "p2": {}, "p3": {}}
-    keep = refs if keep_references else {"p1": None, "p2": None, "p3": None}
+    refs: dict[str, dict[Any, Any]] = {"p1": {}, "p1_fp": {}, "p2": {}, "p3": {}}
+    keep = refs if keep_references else dict.fromkeys(refs)
     with ModelState(model):
         t0 = time.perf_counter()
         ctx = build_context(a.view, data, cfg.batch, int(cfg.budget_mb * 2**20), cfg.score_dtype)
@@ -180,7 +181,9 @@ def peel(
             unit="peel",
         ) as bar:
             for b in a.blocks:
-                rows.extend(block_gaps(ctx, b, parts, scheme, a.options, a.thresholds, keep["p1"]))
+                rows.extend(block_gaps(
+                        ctx, b, parts, scheme, a.options, a.thresholds, keep["p1"], keep["p1_fp"]
+                    ))
                 bar.update(len(parts))
         timings["p1"] = time.perf_counter() - t0
         ladder_rows: list[dict[str, Any]] = []

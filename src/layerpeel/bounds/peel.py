@@ -148,14 +148,15 @@ def block_gaps(
     opts: GapOptions,
     thresholds: Thresholds,
     keep: dict[Any, nn.Module] | None = None,
+    keep_fp: dict[Any, nn.Module] | None = None,
 ) -> list[dict[str, Any]]:
     """P1 rows of block `index` for each of `parts`, with bootstrap intervals and verdicts.
 
     For a quantized model each part is also peeled in full precision, onto the same target with
     the same maps (the step and move its quantized reference took, so only the weight format
     differs), which splits the gap into an optimization part and a quantization part. A row's `time_s` is its solves and scoring plus
-    an equal share of the block's set-up. `keep`, when given, receives each reference block under
-    (index, part).
+    an equal share of the block's set-up. `keep` and `keep_fp`, when given, receive each reference
+    block and each full-precision twin under (index, part).
     """
     t0 = time.perf_counter()
     tp = _TargetPropagation(ctx, index, opts) if opts.solver == "closed" else None
@@ -208,6 +209,8 @@ def block_gaps(
             row.update(block_work(ctx, index, trained, opts))
         if scheme is not None:
             ref_fp = twin(part, eta, moved)
+            if keep_fp is not None:
+                keep_fp[(index, part)] = ref_fp
             ce_fp = float(held_ce(ref_fp).mean())
             row["ce_reference_fp"] = ce_fp
             row["opt_part"] = gap  # quantized reference vs trained: what optimization left
