@@ -181,9 +181,11 @@ def peel(
             unit="peel",
         ) as bar:
             for b in a.blocks:
-                rows.extend(block_gaps(
+                rows.extend(
+                    block_gaps(
                         ctx, b, parts, scheme, a.options, a.thresholds, keep["p1"], keep["p1_fp"]
-                    ))
+                    )
+                )
                 bar.update(len(parts))
         timings["p1"] = time.perf_counter() - t0
         ladder_rows: list[dict[str, Any]] = []
