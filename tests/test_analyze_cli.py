@@ -4,6 +4,7 @@ import json
 
 import pytest
 
+from layerpeel.bounds.report import PeelReport
 from layerpeel.checkpoint import list_checkpoints
 from layerpeel.cli import main
 from layerpeel.models import GPTConfig
@@ -52,6 +53,8 @@ def test_analyze_writes_the_report_and_prints_the_table(run_dir, tmp_path, capsy
             assert row["work_ci_low"] <= row["work"] <= row["work_ci_high"]
             assert row["idle"] is False
     assert "work" in text
+    top = PeelReport.from_dict(data).ranked()[0]
+    assert f"first to look at: block {top['block']} {top['part']} ({top['verdict']};" in text
     assert "\033[" not in text  # no colour codes when stdout is not a terminal
     assert data["cascade"]["verdict"] in ("green", "yellow", "red")
 
