@@ -154,8 +154,8 @@ def block_gaps(
 
     For a quantized model each part is also peeled in full precision, onto the same target with
     the same maps (the step and move its quantized reference took, so only the weight format
-    differs), which splits the gap into an optimization part and a quantization part. A row's `time_s` is its solves and scoring plus
-    an equal share of the block's set-up. `keep` and `keep_fp`, when given, receive each reference
+    differs), which splits the gap into an optimization part and a quantization part. A row's
+    `time_s` is its solves and scoring plus an equal share of the block's set-up. `keep` and `keep_fp`, when given, receive each reference
     block and each full-precision twin under (index, part).
     """
     t0 = time.perf_counter()

@@ -114,9 +114,15 @@ class Thresholds:
         than `idle` times the median of what removing each other block costs. Needs at least two
         other blocks to compare with.
         """
-        if self.idle <= 0 or len(others) < 2:
+        median = peer_median(others)
+        if self.idle <= 0 or median is None:
             return False
-        return work_ci_high < self.red and work < self.idle * float(np.median(others))
+        return work_ci_high < self.red and work < self.idle * median
+
+
+def peer_median(others: list[float]) -> float | None:
+    """The median work of the other blocks, the idle rule's yardstick; None with fewer than two."""
+    return float(np.median(others)) if len(others) >= 2 else None
 
 
 def mark_idle(
@@ -133,8 +139,8 @@ def mark_idle(
         if not _has_work(r):
             continue
         others = [w for b, w in known.items() if b != r["block"]]
-        median = float(np.median(others)) if len(others) >= 2 else 0.0
-        r["work_ratio"] = r["work"] / median if median > 0 else None
+        median = peer_median(others)
+        r["work_ratio"] = r["work"] / median if median is not None and median > 0 else None
         r["idle"] = thresholds.is_idle(r["work"], r["work_ci_high"], others)
         r["verdict"] = "red" if r["idle"] else thresholds.verdict(r["gap"], r["ci_low"])
 
