@@ -13,6 +13,7 @@ from layerpeel import GPT, GPTConfig
 from layerpeel.analyze import PeelConfig, peel
 from layerpeel.arch import model_view
 from layerpeel.bounds.report import PeelReport
+from layerpeel.bounds.scoring import same_block
 from layerpeel.capture import NonFiniteError
 from layerpeel.monitoring import monitoring_set
 from layerpeel.quant import QuantConfig, quantize_
@@ -194,6 +195,28 @@ def test_full_precision_twin_is_the_same_peel_without_the_quantizer():
         if part != "attn"
     ]
     assert max(levels) > 3
+
+
+@pytest.mark.parametrize("scheme", ["none", "ternary", "binary-global", "int4"])
+def test_at_step_zero_the_solver_keeps_the_trained_block(scheme):
+    """At eta 0 the solver returns the trained block, for every part and scheme.
+
+    Eta 0 targets the block's own output, so P1 takes the trained block there without solving;
+    this checks that the solver, asked anyway, agrees.
+    """
+    from layerpeel.bounds.context import build_context
+
+    model = _model(scheme, seed=3)
+    windows = torch.randint(0, 64, (8, 17), generator=torch.Generator().manual_seed(4))
+    ctx = build_context(model_view(model), monitoring_set(windows))
+    quant = None if scheme == "none" else scheme
+    for i in range(TINY.n_layer):
+        problem = BlockProblem(ctx.view, i, ctx.fit[i], [ctx.fit[i + 1], ctx.grads()[i]])
+        trained = ctx.view.reference_copy(i)
+        for part in ("block", "attn", "mlp"):
+            for sch in {quant, None}:
+                ref = problem.solve(part, (1.0, -0.0), sch)
+                assert same_block(ref, trained), (i, part, sch)
 
 
 def test_report_round_trips_through_json(tmp_path):

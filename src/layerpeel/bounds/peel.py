@@ -38,6 +38,16 @@ class GapOptions:
     work: bool = True  # also score each whole block's removal (its work)
 
 
+def is_trained(ref: nn.Module, block: nn.Module) -> bool:
+    """Whether reference `ref` computes as the trained `block` (it is it, or holds its weights)."""
+    return ref is block or same_block(ref, block)
+
+
+def _kept(ctx: PeelContext, index: int, ref: nn.Module) -> nn.Module:
+    """A reference to keep: a copy when it is the trained block itself, which must not be shared."""
+    return ctx.view.reference_copy(index) if ref is ctx.view.blocks[index] else ref
+
+
 def _rms(t: torch.Tensor) -> float:
     return float(t.double().pow(2).mean().sqrt())
 
@@ -78,9 +88,10 @@ class _TargetPropagation:
     """The closed-form P1 references of one block: targets G_l - eta * dCE/dG_l, eta by search.
 
     One `BlockProblem` on the search sequences and one on the whole fit part serve every part and
-    every eta, for the quantized and the full-precision reference alike. The search fits on one
-    half of its sequences and scores on the other, so it does not reward a step that only helps
-    the sequences it was fitted on.
+    every eta, for the quantized and the full-precision reference alike; the second is built only
+    when some part takes a step (eta 0 is the trained block itself). The search fits on one half
+    of its sequences and scores on the other, so it does not reward a step that only helps the
+    sequences it was fitted on.
     """
 
     def __init__(self, ctx: PeelContext, index: int, opts: GapOptions) -> None:
@@ -91,18 +102,38 @@ class _TargetPropagation:
         n_search = min(opts.search_sequences, x.shape[0])
         half = max(1, n_search // 2)
         self.score = slice(half, max(half + 1, n_search))
-        copts = ClosedFormOptions(ridge=opts.ridge)
-        self.search = BlockProblem(ctx.view, index, x[:half], [out[:half], g[:half]], copts)
-        self.full = BlockProblem(ctx.view, index, x, [out, g], copts)
+        self.copts = ClosedFormOptions(ridge=opts.ridge)
+        self.search = BlockProblem(ctx.view, index, x[:half], [out[:half], g[:half]], self.copts)
+        self._full: BlockProblem | None = None  # on the whole fit part: only for a step eta > 0
         self._scores: dict[
             tuple[str, float, str | None], float
         ] = {}  # search CE by (move, eta, scheme)
         self._trained_ce: float | None = None  # the trained block's search score, on demand
 
+    @property
+    def full(self) -> BlockProblem:
+        """The block's problem on the whole fit part, built when a step eta > 0 is taken."""
+        if self._full is None:
+            ctx, i = self.ctx, self.index
+            out, g = ctx.fit[i + 1], ctx.grads()[i]
+            self._full = BlockProblem(ctx.view, i, ctx.fit[i], [out, g], self.copts)
+        return self._full
+
+    def _solve(self, problem: BlockProblem, move: str, eta: float, scheme: str | None) -> nn.Module:
+        """The reference of `move` at step eta; at eta 0, the trained block itself.
+
+        At eta 0 the target is the block's own output, which the trained block reproduces exactly:
+        no map can fit it better, so the trained block is that step's reference (the solver would
+        keep it too, up to rounding) and nothing is solved.
+        """
+        if eta == 0.0:
+            return self.ctx.view.blocks[self.index]
+        return problem.solve(move, (1.0, -eta), scheme)
+
     def _search_ce(self, ref: nn.Module) -> float:
         """Mean CE of the search's scoring sequences with `ref` in place of the block."""
         ctx, i, b = self.ctx, self.index, self.score
-        same = same_block(ref, ctx.view.blocks[i])  # scores as the trained block: run it once
+        same = is_trained(ref, ctx.view.blocks[i])  # scores as the trained block: run it once
         if same and self._trained_ce is not None:
             return self._trained_ce
         per_seq = sequence_ce(ctx.view, i, ctx.fit[i][b], ctx.fit_targets[b], {i: ref},
@@ -126,18 +157,16 @@ class _TargetPropagation:
             for move in moves:
                 key = (move, eta, scheme)  # each search solve is scored once per block
                 if key not in self._scores:
-                    self._scores[key] = self._search_ce(
-                        self.search.solve(move, (1.0, -eta), scheme)
-                    )
+                    self._scores[key] = self._search_ce(self._solve(self.search, move, eta, scheme))
                 ce = self._scores[key]
                 if ce < best_ce:
                     best_eta, best_move, best_ce = eta, move, ce
-        return self.full.solve(best_move, (1.0, -best_eta), scheme), best_eta, best_move
+        return self._solve(self.full, best_move, best_eta, scheme), best_eta, best_move
 
     @torch.no_grad()
     def twin(self, move: str, eta: float) -> nn.Module:
         """The full-precision reference of the same peel: the maps `move` re-solved at step eta."""
-        return self.full.solve(move, (1.0, -eta), None)
+        return self._solve(self.full, move, eta, None)
 
 
 def block_gaps(
@@ -176,7 +205,7 @@ def block_gaps(
     trained = ctx.trained_held_ce(index)
 
     def held_ce(ref: nn.Module) -> torch.Tensor:  # a reference equal to the block scores as it
-        if same_block(ref, ctx.view.blocks[index]):
+        if is_trained(ref, ctx.view.blocks[index]):
             return trained
         return ctx.held_ce(index, ctx.held[index], {index: ref})
 
@@ -185,7 +214,7 @@ def block_gaps(
         t0 = time.perf_counter()
         ref, eta, moved = reference(part, scheme)
         if keep is not None:
-            keep[(index, part)] = ref
+            keep[(index, part)] = _kept(ctx, index, ref)
         ce_ref = held_ce(ref)
         diff = trained - ce_ref
         gap = float(diff.mean())
@@ -210,7 +239,7 @@ def block_gaps(
         if scheme is not None:
             ref_fp = twin(part, eta, moved)
             if keep_fp is not None:
-                keep_fp[(index, part)] = ref_fp
+                keep_fp[(index, part)] = _kept(ctx, index, ref_fp)
             ce_fp = float(held_ce(ref_fp).mean())
             row["ce_reference_fp"] = ce_fp
             row["opt_part"] = gap  # quantized reference vs trained: what optimization left
