@@ -49,11 +49,12 @@ def _stream64(model, idx):
 
 
 @torch.no_grad()
-def test_attention_joint_solve_matches_lstsq_on_the_materialised_problem():
+@pytest.mark.parametrize("n_seq", [48, 1])  # 1 x 16 tokens < 64 features / 2: sample space
+def test_attention_joint_solve_matches_lstsq_on_the_materialised_problem(n_seq):
     model = _model().double()  # float64 throughout, so the comparison is of the algebra
     view = model_view(model)
     gen = torch.Generator().manual_seed(1)
-    idx = torch.randint(0, 64, (48, 16), generator=gen)
+    idx = torch.randint(0, 64, (n_seq, 16), generator=gen)
     stream = _stream64(model, idx)
     x = stream[0]
     target = stream[1] + 0.1 * torch.randn(stream[1].shape, generator=gen, dtype=torch.float64)
@@ -74,8 +75,13 @@ def test_attention_joint_solve_matches_lstsq_on_the_materialised_problem():
     expected = f @ sol
 
     problem = BlockProblem(view, 0, x, [target], ClosedFormOptions(ridge=ridge))
+    assert (problem._samples is not None) == (n_seq == 1)
     m, b = problem.joint_solution([1.0])
     torch.testing.assert_close(fx @ m + b, expected, rtol=1e-7, atol=1e-9)
+    # the maps the value factor is taken from (stacked solve, in sample space when short)
+    torch.testing.assert_close(
+        problem._joint_map(problem._coef([1.0])), sol[:p], rtol=1e-7, atol=1e-9
+    )
 
 
 @torch.no_grad()

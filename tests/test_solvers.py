@@ -5,7 +5,7 @@ from layerpeel import GPT, GPTConfig
 from layerpeel.arch import model_view
 from layerpeel.capture import residual_stream
 from layerpeel.solvers.closed import peel_block
-from layerpeel.solvers.lstsq import Gram
+from layerpeel.solvers.lstsq import Gram, sample_space_solve
 from layerpeel.solvers.quantized import refit_scales
 
 TINY = GPTConfig(vocab_size=64, n_layer=2, n_head=2, d_model=32, block_size=16)
@@ -32,6 +32,29 @@ def test_streamed_ridge_matches_lstsq_on_the_materialised_problem(ridge):
     ref = torch.linalg.lstsq(a, rhs).solution
     torch.testing.assert_close(w, ref[:12], rtol=1e-8, atol=1e-10)
     torch.testing.assert_close(b, ref[12], rtol=1e-8, atol=1e-10)
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_sample_space_ridge_matches_lstsq_with_fewer_samples_than_features(bias):
+    torch.manual_seed(3)
+    n, p = 30, 80
+    x = torch.randn(n, p, dtype=torch.float64) + 0.5  # not centred: the bias has work to do
+    y = torch.randn(n, 4, dtype=torch.float64)
+    ridge = 1e-3
+    w, b = sample_space_solve(x, y, ridge, bias=bias)
+    lam = ridge * float((x * x).sum()) / p
+    # independent reference: lstsq on [X 1; sqrt(lam) I 0], the bias (if any) unpenalised
+    a = torch.cat([x, torch.ones(n, 1, dtype=torch.float64)], 1) if bias else x
+    pen = torch.cat(
+        [lam**0.5 * torch.eye(p, dtype=torch.float64), torch.zeros(p, a.shape[1] - p)], 1
+    )
+    ref = torch.linalg.lstsq(torch.cat([a, pen], 0), torch.cat([y, torch.zeros(p, 4)], 0)).solution
+    torch.testing.assert_close(w, ref[:p], rtol=1e-8, atol=1e-10)
+    torch.testing.assert_close(b, ref[p] if bias else torch.zeros(4, dtype=torch.float64))
+    gw, gb = streamed(x, y, bias=bias).solve(ridge)  # the streamed normal equations agree
+    torch.testing.assert_close(w, gw, rtol=1e-7, atol=1e-9)
+    with pytest.raises(ValueError):
+        sample_space_solve(x, y, 0.0)
 
 
 def test_rank_deficient_gives_pinv_predictions():

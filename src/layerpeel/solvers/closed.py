@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 from layerpeel.arch import BlockView, ModelView, WeightSlot
-from layerpeel.solvers.lstsq import DTYPE, Gram
+from layerpeel.solvers.lstsq import DTYPE, Gram, sample_space_solve
 from layerpeel.solvers.quantized import constrained_solve, project_weight
 
 log = logging.getLogger(__name__)
@@ -154,6 +154,10 @@ class BlockProblem:
         # features [A_h xn]_h with a constant column; right-hand sides: the K directions, then
         # the offset x + mlp(x + attn(x)) that the attention output does not have to produce
         self.joint = Gram(self.h * self.c, (k + 1) * self.c, bias=True)
+        # with fewer samples than half the features (a line search's few sequences), the joint
+        # solve is cheaper in sample space: keep the samples for it (less memory than the Gram)
+        few = x.shape[0] * x.shape[1] * 2 < self.h * self.c and self.opts.ridge > 0
+        self._samples: list[tuple[torch.Tensor, torch.Tensor]] | None = [] if few else None
         with torch.no_grad():
             for xb, ds in self._batches():
                 xn = bv.attn_norm(xb)
@@ -161,7 +165,10 @@ class BlockProblem:
                 bsz, t, _ = xb.shape
                 feats = _head_mix(a, xn[:, None].expand(bsz, self.h, t, self.c))
                 offset = xb + bv.mlp(bv.mlp_residual(xb))
-                self.joint.update(feats, torch.cat([*ds, offset], -1))
+                rhs = torch.cat([*ds, offset], -1)
+                self.joint.update(feats, rhs)
+                if self._samples is not None:
+                    self._samples.append((feats.reshape(-1, feats.shape[-1]), rhs.flatten(0, -2)))
 
     def _batches(self):
         size = self.opts.batch
@@ -200,8 +207,13 @@ class BlockProblem:
         Least squares is linear in the right-hand side: the K+1 stacked solutions are solved once
         and mixed per target.
         """
-        if self._joint_maps is None:
-            self._joint_maps, _ = self.joint.solve(self.opts.ridge)  # (H*C, (K+1)*C)
+        if self._joint_maps is None:  # (H*C, (K+1)*C)
+            if self._samples is not None:
+                feats, rhs = (torch.cat(t, 0) for t in zip(*self._samples, strict=True))
+                self._joint_maps, _ = sample_space_solve(feats, rhs, self.opts.ridge)
+                self._samples = None
+            else:
+                self._joint_maps, _ = self.joint.solve(self.opts.ridge)
         maps = self._joint_maps.view(self._joint_maps.shape[0], -1, self.c)
         return torch.einsum("pkc,k->pc", maps, coef)
 

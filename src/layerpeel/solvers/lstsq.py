@@ -78,6 +78,30 @@ class Gram:
         return float(value)
 
 
+def sample_space_solve(
+    x: torch.Tensor, y: torch.Tensor, ridge: float, bias: bool = True
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """`Gram.solve` (ridge > 0) from the samples x (N, p), y (N, q), when N is well below p.
+
+    The ridge solution W = (Xc^T Xc + lam I)^-1 Xc^T Yc equals Xc^T (Xc Xc^T + lam I)^-1 Yc, where
+    Xc, Yc are centred when the (unpenalised) bias is fitted, b = mean(y) - W^T mean(x): an N x N
+    system in place of a p x p one. lam is `Gram.solve`'s, ridge * trace(X^T X) / p.
+    """
+    if ridge <= 0:
+        raise ValueError("the sample-space solve needs ridge > 0")
+    x, y = x.to(DTYPE), y.to(DTYPE)
+    p = x.shape[1]
+    lam = ridge * float(x.pow(2).sum()) / max(p, 1)
+    if bias:
+        mx, my = x.mean(0), y.mean(0)
+        x, y = x - mx, y - my
+    k = x @ x.T
+    k.diagonal().add_(lam)
+    w = x.T @ _spd_solve(k, y)
+    b = my - mx @ w if bias else torch.zeros(y.shape[1], dtype=DTYPE)
+    return w, b
+
+
 def _spd_solve(a: torch.Tensor, rhs: torch.Tensor) -> torch.Tensor:
     """Solve a x = rhs for symmetric positive (semi)definite a; falls back to pinv if singular."""
     chol, info = torch.linalg.cholesky_ex(a)
