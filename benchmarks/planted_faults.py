@@ -3,7 +3,7 @@
 Side by side with WeightWatcher's per-layer power-law alpha on the same checkpoints.
 
     pip install 'layerpeel[bench]'       # WeightWatcher, optional; without it the alpha columns are skipped
-    python benchmarks/planted_faults.py [--seeds 0 1] [--positions 0 1 2 3] [--steps 300] [--quant binary-global] [--solvers closed adam]
+    python benchmarks/planted_faults.py [--seeds 0 1] [--positions 0 1 2 3] [--steps 300] [--quant binary-global] [--solvers closed adam] [--attribute]
 
 For every seed, fault kind (frozen, slow = learning rate 100x too small, reinit = re-initialised
 at 80 % of the run) and faulty block, a 4-layer GPT (d_model 64, context 64, bytes; full
@@ -14,7 +14,10 @@ model is trained per seed as well. Then:
   the top-1 pick is the first row of the report's ranking (red rows first -- a red verdict for a
   large gap or for an idle block -- then by how near red a row is: its gap over the red line, or
   the idle line over its share of the other blocks' median work); a false red is a red verdict
-  on a block without a fault (every red of a healthy model is false).
+  on a block without a fault (every red of a healthy model is false). With `--attribute` each
+  solver is also counted after attribution (`PeelConfig.attribute`: the reds after the first
+  red block re-checked with its reference in place; those it explains turn yellow), from the
+  same run, as "<solver>+attr".
 - cost: the faulty model's held-out CE minus the healthy model's of the same seed (what there is
   to find; a fault that costs nothing cannot be found by a loss bound);
 - WeightWatcher: alpha of every Linear of a block, averaged per block; the top-1 pick is the block
@@ -28,6 +31,7 @@ a ranking always names some block, an alarm has to clear a line.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import time
 from dataclasses import dataclass
@@ -101,6 +105,11 @@ def main() -> None:
         "--solvers", nargs="+", default=["closed"], help="P1 solvers, each on every model"
     )
     ap.add_argument("--quant", default="none", help="quantizer of every model, e.g. binary-global")
+    ap.add_argument(
+        "--attribute",
+        action="store_true",
+        help="also count each solver's verdicts after attribution (PeelConfig.attribute)",
+    )
     args = ap.parse_args()
     tokens = prepare_tokens(None, ByteTokenizer(), token_cache_dir())
     data = SequenceDataset(tokens, CFG.block_size)
@@ -108,15 +117,21 @@ def main() -> None:
     pick = np.linspace(0, len(train_ids) - 1, args.sequences).round().astype(np.int64)
     mset = monitoring_set(data.windows(train_ids[pick]))
     pcfgs = {
-        s: PeelConfig(parts=("block",), ladder=False, cascade=False, solver=s) for s in args.solvers
+        s: PeelConfig(
+            parts=("block",), ladder=False, cascade=False, solver=s, attribute=args.attribute
+        )
+        for s in args.solvers
     }
+    labels = [
+        label for s in args.solvers for label in ([s, s + "+attr"] if args.attribute else [s])
+    ]
     jobs = [("none", -1, s) for s in args.seeds]
     jobs += [(k, b, s) for s in args.seeds for k in args.kinds for b in args.positions]
     outcomes: list[Outcome] = []
     t_start = time.perf_counter()
     healthy_ce: dict[int, float] = {}  # held-out CE of the healthy model of each seed
     print(
-        f"{'fault':>7} {'block':>5} {'seed':>4} {'CE':>7} {'cost':>7}  {'solver':<6} {'layerpeel gaps':<32} {'work (* red)':<36} {'pick':>4} {'WW alpha':<28} {'pick':>4}"
+        f"{'fault':>7} {'block':>5} {'seed':>4} {'CE':>7} {'cost':>7}  {'solver':<11} {'layerpeel gaps':<32} {'work (* red)':<36} {'pick':>4} {'WW alpha':<28} {'pick':>4}"
     )
     for kind, block, seed in jobs:
         run = PlantedRun(
@@ -126,18 +141,28 @@ def main() -> None:
         lp: dict[str, Peeled] = {}
         ce = 0.0
         for solver, pcfg in pcfgs.items():
-            report = peel(model, mset, pcfg)
-            by_block = sorted(report.layers, key=lambda r: r["block"])
-            reds = [r["block"] for r in report.layers if r["verdict"] == "red"]
-            lp[solver] = Peeled(
-                pick=int(report.ranked()[0]["block"]),
-                false_reds=sum(1 for b in reds if b != block),
-                gaps=[r["gap"] for r in by_block],
-                works=[r["work"] for r in by_block],
-                reds=reds,
-                caught=block in reds,
+            attributed = peel(model, mset, pcfg)
+            # without attribution, the rows it explained are red as measured
+            plain = dataclasses.replace(
+                attributed,
+                layers=[
+                    {**r, "verdict": "red"} if r.get("explained_by") is not None else r
+                    for r in attributed.layers
+                ],
             )
-            ce = report.layers[0]["ce_trained"]
+            views = [(solver, plain)] + ([(solver + "+attr", attributed)] if args.attribute else [])
+            for label, report in views:
+                by_block = sorted(report.layers, key=lambda r: r["block"])
+                reds = [r["block"] for r in report.layers if r["verdict"] == "red"]
+                lp[label] = Peeled(
+                    pick=int(report.ranked()[0]["block"]),
+                    false_reds=sum(1 for b in reds if b != block),
+                    gaps=[r["gap"] for r in by_block],
+                    works=[r["work"] for r in by_block],
+                    reds=reds,
+                    caught=block in reds,
+                )
+            ce = attributed.layers[0]["ce_trained"]
         alphas = ww_block_alpha(model)
         ww_pick = int(np.argmax(alphas)) if alphas else None
         ww_reds = (
@@ -165,7 +190,7 @@ def main() -> None:
                 f"{v:+.4f}" + ("*" if b in res.reds else "") for b, v in enumerate(res.works)
             )
             print(
-                f"{kind:>7} {block:>5} {seed:>4} {out.ce:7.4f} {cost:+7.4f}  {solver:<6} {g:<32} {w:<36} {res.pick:>4} {a:<28} {ww_pick if ww_pick is not None else '-':>4}",
+                f"{kind:>7} {block:>5} {seed:>4} {out.ce:7.4f} {cost:+7.4f}  {solver:<11} {g:<32} {w:<36} {res.pick:>4} {a:<28} {ww_pick if ww_pick is not None else '-':>4}",
                 flush=True,
             )
     faulty = [o for o in outcomes if o.fault != "none"]
@@ -174,19 +199,19 @@ def main() -> None:
         f"\n{len(faulty)} faulty and {len(healthy)} healthy models ({args.quant}), {args.steps} steps each, {time.perf_counter() - t_start:.0f} s"
     )
     n = max(len(faulty), 1)
-    print(f"{'detector':<24} {'top-1 accuracy':>15} {'faulty block red':>17} {'false reds':>11}")
-    for solver in args.solvers:
+    print(f"{'detector':<28} {'top-1 accuracy':>15} {'faulty block red':>17} {'false reds':>11}")
+    for solver in labels:
         lp_acc = sum(o.lp[solver].pick == o.block for o in faulty) / n
         lp_caught = sum(o.lp[solver].caught for o in faulty) / n
         lp_false = sum(o.lp[solver].false_reds for o in outcomes)
         print(
-            f"{'layerpeel P1 (' + solver + ')':<24} {lp_acc:>15.0%} {lp_caught:>17.0%} {lp_false:>11d}"
+            f"{'layerpeel P1 (' + solver + ')':<28} {lp_acc:>15.0%} {lp_caught:>17.0%} {lp_false:>11d}"
         )
     if all(o.ww_pick is not None for o in outcomes):
         ww_acc = sum(o.ww_pick == o.block for o in faulty) / n
         ww_caught = sum(bool(o.ww_caught) for o in faulty) / n
         ww_false = sum(o.ww_false_reds or 0 for o in outcomes)
-        print(f"{'WeightWatcher alpha':<24} {ww_acc:>15.0%} {ww_caught:>17.0%} {ww_false:>11d}")
+        print(f"{'WeightWatcher alpha':<28} {ww_acc:>15.0%} {ww_caught:>17.0%} {ww_false:>11d}")
     else:
         print("WeightWatcher: not installed (pip install weightwatcher)")
     print(f"chance level of top-1: {1 / CFG.n_layer:.0%}")

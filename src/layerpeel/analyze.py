@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from layerpeel.arch import model_view
+from layerpeel.bounds.attribution import attribute, first_red
 from layerpeel.bounds.cascade import cascade
 from layerpeel.bounds.context import build_context
 from layerpeel.bounds.ladder import ladder
@@ -53,6 +54,7 @@ class PeelConfig(ConfigBase):
     score_dtype: str = "float32"  # blocks' matrix products when scoring tails: float32 or bfloat16
     budget_mb: float = 2048  # memory budget for cached activations (MiB)
     seed: int = 0  # seed of bootstrap and Adam batches
+    attribute: bool = False  # re-check the reds after the first red block with it fixed
 
     def validate(self) -> None:
         if self.solver not in SOLVERS:
@@ -159,6 +161,8 @@ def peel(
     if sharded:
         if keep_references:
             raise ConfigError("a sharded analysis cannot keep the reference blocks")
+        if cfg.attribute:
+            raise ConfigError("a sharded analysis cannot attribute reds (run it in one process)")
         from layerpeel.distributed import peel_sharded
 
         return peel_sharded(model, data, cfg, group=group)
@@ -180,14 +184,41 @@ def peel(
             disable=not progress,
             unit="peel",
         ) as bar:
+            # attribution needs the references of rows red by their gap; keep those at least
+            p1_refs = keep["p1"] if keep["p1"] is not None or not cfg.attribute else {}
             for b in a.blocks:
-                rows.extend(
-                    block_gaps(
-                        ctx, b, parts, scheme, a.options, a.thresholds, keep["p1"], keep["p1_fp"]
-                    )
+                block_rows = block_gaps(
+                    ctx, b, parts, scheme, a.options, a.thresholds, p1_refs, keep["p1_fp"]
                 )
+                rows.extend(block_rows)
+                if p1_refs is not None and keep["p1"] is None:
+                    for r in block_rows:
+                        if r["verdict"] != "red":
+                            p1_refs.pop((b, r["part"]), None)
                 bar.update(len(parts))
         timings["p1"] = time.perf_counter() - t0
+        if cfg.attribute:
+            t0 = time.perf_counter()
+            mark_idle(rows, a.thresholds)  # an idle block is red for its work: not attributed
+            first = first_red(rows)
+            if first is not None and p1_refs is not None:
+                attribute(
+                    model,
+                    a.view,
+                    data,
+                    rows,
+                    p1_refs[(first["block"], first["part"])],
+                    first,
+                    scheme,
+                    a.options,
+                    a.thresholds,
+                    {
+                        "batch": cfg.batch,
+                        "budget_bytes": int(cfg.budget_mb * 2**20),
+                        "score_dtype": cfg.score_dtype,
+                    },
+                )
+            timings["attribution"] = time.perf_counter() - t0
         ladder_rows: list[dict[str, Any]] = []
         if cfg.ladder:
             t0 = time.perf_counter()

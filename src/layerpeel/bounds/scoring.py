@@ -142,7 +142,13 @@ def mark_idle(
         median = peer_median(others)
         r["work_ratio"] = r["work"] / median if median is not None and median > 0 else None
         r["idle"] = thresholds.is_idle(r["work"], r["work_ci_high"], others)
-        r["verdict"] = "red" if r["idle"] else thresholds.verdict(r["gap"], r["ci_low"])
+        r["verdict"] = "red" if r["idle"] else gap_verdict(r, thresholds)
+
+
+def gap_verdict(row: dict[str, Any], thresholds: Thresholds) -> str:
+    """A row's verdict by its gap: yellow, not red, when an earlier block's fix explains it."""
+    verdict = thresholds.verdict(row["gap"], row["ci_low"])
+    return "yellow" if verdict == "red" and row.get("explained_by") is not None else verdict
 
 
 def block_works(rows: list[dict[str, Any]]) -> dict[int, float]:

@@ -93,6 +93,12 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
         help="matrix products when scoring tails (bfloat16: faster on CPUs with bfloat16 units)",
     )
     p.add_argument(
+        "--attribute",
+        action="store_true",
+        help="re-check the reds after the first red block with its reference in place; those "
+        "it explains turn yellow",
+    )
+    p.add_argument(
         "--fail-on",
         choices=["red", "yellow"],
         help="exit 1 if any layer gets this verdict or worse",
@@ -156,6 +162,7 @@ def config_from_args(args: argparse.Namespace) -> PeelConfig:
         etas=_float_list(args.etas, "--etas"),
         search_sequences=args.search_sequences,
         score_dtype=args.score_dtype,
+        attribute=args.attribute,
     )
     cfg.validate()
     return cfg
@@ -241,6 +248,13 @@ def print_report(report: PeelReport, out: TextIO, color: bool) -> None:
             f"first to look at: block {top['block']} {top['part']} ({top['verdict']}; {why}).",
             file=out,
         )
+    for r in report.layers:
+        if r.get("explained_by") is not None:
+            print(
+                f"block {r['block']} {r['part']}: gap {r['gap']:+.4f}, {r['gap_given_first']:+.4f} "
+                f"with block {r['explained_by']}'s reference in place: explained by it (yellow).",
+                file=out,
+            )
 
 
 def _use_color(args: argparse.Namespace) -> bool:

@@ -1,0 +1,92 @@
+"""Red rows downstream of an earlier red block: re-checked with that block's reference in place.
+
+A block early in the model that training left far from its best (re-initialised late, say) makes
+the blocks after it improvable too: each can make up for part of what it gets wrong. Their P1
+gaps are real, but they point past the block to fix. So, when asked (`PeelConfig.attribute`),
+the first block that is red by its gap gets its P1 reference substituted, the residual streams
+are captured afresh in that model, and every later row red by its gap is peeled again there with
+the same solver and settings. A row that is no longer red is marked `explained_by` that block
+and turns yellow: it can be improved as the model is, but fixing the first block removes the
+need. Both gaps are in the row (`gap` as measured, `gap_given_first` after the fix). A block that
+is red because it is idle (its work, not its gap) is neither the one fixed nor re-checked.
+[design]
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from torch import nn
+
+from layerpeel.arch import ModelView, model_view, set_submodule
+from layerpeel.bounds.context import build_context
+from layerpeel.bounds.peel import GapOptions, block_gaps
+from layerpeel.bounds.scoring import Thresholds
+from layerpeel.monitoring import MonitoringSet
+
+
+def red_by_gap(row: dict[str, Any]) -> bool:
+    """Whether a P1 row is red for its gap (not for being idle)."""
+    return row["verdict"] == "red" and not row.get("idle")
+
+
+def first_red(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The row to fix first: in the earliest block red by its gap, that block's largest gap."""
+    red = [r for r in rows if red_by_gap(r)]
+    if not red:
+        return None
+    block = min(int(r["block"]) for r in red)
+    return max((r for r in red if r["block"] == block), key=lambda r: float(r["gap"]))
+
+
+@contextmanager
+def substituted(
+    model: nn.Module, view: ModelView, index: int, block: nn.Module
+) -> Iterator[ModelView]:
+    """`model` with block `index` replaced by `block` (restored on exit), and its view."""
+    trained = view.blocks[index]
+    name = next(n for n, m in model.named_modules() if m is trained)
+    set_submodule(model, name, block)
+    try:
+        yield model_view(model)
+    finally:
+        set_submodule(model, name, trained)
+
+
+def attribute(
+    model: nn.Module,
+    view: ModelView,
+    data: MonitoringSet,
+    rows: list[dict[str, Any]],
+    reference: nn.Module,
+    first: dict[str, Any],
+    scheme: str | None,
+    opts: GapOptions,
+    thresholds: Thresholds,
+    context: dict[str, Any],
+) -> None:
+    """Re-check the red rows after `first` with `reference` in its block; update them in place.
+
+    `context` holds `build_context`'s settings (batch, budget_bytes, score_dtype).
+    """
+    index = int(first["block"])
+    later: dict[int, list[dict[str, Any]]] = {}
+    for r in rows:
+        if red_by_gap(r) and int(r["block"]) > index:
+            later.setdefault(int(r["block"]), []).append(r)
+    first["fixed_first"] = True
+    if not later:
+        return
+    recheck = GapOptions(**{**vars(opts), "work": False})
+    with substituted(model, view, index, reference) as fixed:
+        ctx = build_context(fixed, data, **context)
+        for b, red in sorted(later.items()):
+            again = block_gaps(ctx, b, tuple(r["part"] for r in red), scheme, recheck, thresholds)
+            for r, r2 in zip(red, again, strict=True):
+                r["gap_given_first"] = r2["gap"]
+                r["ci_given_first"] = [r2["ci_low"], r2["ci_high"]]
+                if r2["verdict"] != "red":
+                    r["verdict"] = "yellow"
+                    r["explained_by"] = index
