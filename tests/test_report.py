@@ -159,6 +159,20 @@ def test_an_idle_block_is_named_as_idle_in_the_summary(run_copy):
     assert shown["idle"] is True and shown["work"] == pytest.approx(0.0012)
 
 
+def test_an_explained_row_reaches_the_page_with_the_block_that_explains_it(run_copy):
+    run, reports = run_copy
+    step = sorted(reports)[-1]
+    changed = json.loads(json.dumps(reports[step]))
+    row = next(r for r in changed["layers"] if r["block"] > 0)
+    row.update(verdict="yellow", explained_by=0, gap_given_first=0.0042)
+    write_analysis(run, step, changed)
+    data = build_payload(read_results(run))
+    (shown,) = [r for r in data["table"] if (r["block"], r["part"]) == (row["block"], row["part"])]
+    assert shown["explained_by"] == 0 and shown["gap_given_first"] == pytest.approx(0.0042)
+    others = [r for r in data["table"] if (r["block"], r["part"]) != (row["block"], row["part"])]
+    assert all(r["explained_by"] is None for r in others)
+
+
 # ----------------------------------------------------------------------------- bad input
 
 

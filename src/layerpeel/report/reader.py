@@ -33,6 +33,7 @@ LAYER_NUMBERS = (
     "work_ci_low",
     "work_ci_high",
     "work_ratio",
+    "gap_given_first",
 )
 
 
@@ -189,6 +190,7 @@ def _layer_rows(rows: Any) -> tuple[list[dict[str, Any]], int]:
         clean.update({key: finite(row.get(key)) for key in LAYER_NUMBERS})
         clean["solver"] = str(row["solver"]) if isinstance(row.get("solver"), str) else None
         clean["idle"] = row.get("idle") is True
+        clean["explained_by"] = index_of(row.get("explained_by"))
         out.append(clean)
     return out, bad
 

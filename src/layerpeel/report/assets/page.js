@@ -360,7 +360,13 @@
       return h("tr", { "data-verdict": r.verdict, "data-block": r.block, "data-part": r.part },
         COLUMNS.map(function (col) {
           var cell;
-          if (col.key === "verdict") cell = badge(data.legend.layer, r.verdict);
+          if (col.key === "verdict") {
+            cell = badge(data.legend.layer, r.verdict);
+            if (r.explained_by !== null && r.explained_by !== undefined) {  // attribution
+              cell = [cell, " explained by block " + r.explained_by + " (gap " +
+                num(r.gap_given_first, 4) + " with its reference in place)"];
+            }
+          }
           else if (col.render) cell = col.render(r);
           else if (col.text) cell = r[col.key] === null || r[col.key] === undefined ? "\u2014" : r[col.key];
           else cell = col.digits === null ? r[col.key] : num(r[col.key], col.digits);
