@@ -73,6 +73,20 @@ def test_fail_on_red_sets_the_exit_code(run_dir, capsys):
     assert "red" in capsys.readouterr().out
 
 
+def test_attribute_rechecks_the_reds_after_the_first(run_dir, tmp_path, capsys):
+    # every row red: block 0 is fixed first, block 1's rows are measured again with it in place
+    out = tmp_path / "a.json"
+    code = cli(
+        "analyze", run_dir, *FAST, "--no-cascade", "--red=-1e9", "--attribute", "--json", out
+    )
+    assert code == 0
+    data = json.loads(out.read_text())
+    assert data["config"]["attribute"] is True and "attribution" in data["timings"]
+    assert [r["block"] for r in data["layers"] if r.get("fixed_first")] == [0]
+    later = [r for r in data["layers"] if r["block"] == 1]
+    assert later and all("gap_given_first" in r and r["verdict"] == "red" for r in later)
+
+
 def _one_line_error(capsys, needle):
     err = capsys.readouterr().err
     assert err.startswith("layerpeel: error:") and err.count("\n") == 1, err

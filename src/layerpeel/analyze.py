@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from layerpeel.arch import model_view
-from layerpeel.bounds.attribution import attribute, first_red
+from layerpeel.bounds.attribution import attribute
 from layerpeel.bounds.cascade import cascade
 from layerpeel.bounds.context import build_context
 from layerpeel.bounds.ladder import ladder
@@ -184,40 +184,28 @@ def peel(
             disable=not progress,
             unit="peel",
         ) as bar:
-            # attribution needs the references of rows red by their gap; keep those at least
+            # attribution needs the references of the red rows: kept even when not asked for
             p1_refs = keep["p1"] if keep["p1"] is not None or not cfg.attribute else {}
             for b in a.blocks:
                 block_rows = block_gaps(
                     ctx, b, parts, scheme, a.options, a.thresholds, p1_refs, keep["p1_fp"]
                 )
                 rows.extend(block_rows)
-                if p1_refs is not None and keep["p1"] is None:
+                if keep["p1"] is None and p1_refs is not None:
                     for r in block_rows:
                         if r["verdict"] != "red":
-                            p1_refs.pop((b, r["part"]), None)
+                            del p1_refs[(b, r["part"])]
                 bar.update(len(parts))
         timings["p1"] = time.perf_counter() - t0
-        if cfg.attribute:
+        if cfg.attribute and p1_refs is not None:
             t0 = time.perf_counter()
             mark_idle(rows, a.thresholds)  # an idle block is red for its work: not attributed
-            first = first_red(rows)
-            if first is not None and p1_refs is not None:
-                attribute(
-                    model,
-                    a.view,
-                    data,
-                    rows,
-                    p1_refs[(first["block"], first["part"])],
-                    first,
-                    scheme,
-                    a.options,
-                    a.thresholds,
-                    {
-                        "batch": cfg.batch,
-                        "budget_bytes": int(cfg.budget_mb * 2**20),
-                        "score_dtype": cfg.score_dtype,
-                    },
-                )
+            capture = {
+                "batch": cfg.batch,
+                "budget_bytes": int(cfg.budget_mb * 2**20),
+                "score_dtype": cfg.score_dtype,
+            }
+            attribute(model, a, data, rows, p1_refs, capture)
             timings["attribution"] = time.perf_counter() - t0
         ladder_rows: list[dict[str, Any]] = []
         if cfg.ladder:

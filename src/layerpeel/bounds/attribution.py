@@ -14,17 +14,20 @@ is red because it is idle (its work, not its gap) is neither the one fixed nor r
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from torch import nn
 
 from layerpeel.arch import ModelView, model_view, set_submodule
 from layerpeel.bounds.context import build_context
-from layerpeel.bounds.peel import GapOptions, block_gaps
-from layerpeel.bounds.scoring import Thresholds
+from layerpeel.bounds.peel import block_gaps
 from layerpeel.monitoring import MonitoringSet
+
+if TYPE_CHECKING:
+    from layerpeel.analyze import Analysis
 
 
 def red_by_gap(row: dict[str, Any]) -> bool:
@@ -57,21 +60,24 @@ def substituted(
 
 def attribute(
     model: nn.Module,
-    view: ModelView,
+    analysis: Analysis,
     data: MonitoringSet,
     rows: list[dict[str, Any]],
-    reference: nn.Module,
-    first: dict[str, Any],
-    scheme: str | None,
-    opts: GapOptions,
-    thresholds: Thresholds,
-    context: dict[str, Any],
+    references: dict[tuple[int, str], nn.Module],
+    capture: dict[str, Any],
 ) -> None:
-    """Re-check the red rows after `first` with `reference` in its block; update them in place.
+    """Fix the first row red by its gap and re-check the later ones; update `rows` in place.
 
-    `context` holds `build_context`'s settings (batch, budget_bytes, score_dtype).
+    `references` holds the P1 reference of (at least) every red row by (block, part); `capture`
+    holds `build_context`'s settings (batch, budget_bytes, score_dtype). Idle verdicts must be
+    settled in `rows` already.
     """
+    first = first_red(rows)
+    if first is None:
+        return
     index = int(first["block"])
+    reference = references[(index, first["part"])]
+    scheme, thresholds = analysis.scheme, analysis.thresholds
     later: dict[int, list[dict[str, Any]]] = {}
     for r in rows:
         if red_by_gap(r) and int(r["block"]) > index:
@@ -79,9 +85,9 @@ def attribute(
     first["fixed_first"] = True
     if not later:
         return
-    recheck = GapOptions(**{**vars(opts), "work": False})
-    with substituted(model, view, index, reference) as fixed:
-        ctx = build_context(fixed, data, **context)
+    recheck = dataclasses.replace(analysis.options, work=False)
+    with substituted(model, analysis.view, index, reference) as fixed:
+        ctx = build_context(fixed, data, **capture)
         for b, red in sorted(later.items()):
             again = block_gaps(ctx, b, tuple(r["part"] for r in red), scheme, recheck, thresholds)
             for r, r2 in zip(red, again, strict=True):
