@@ -141,28 +141,28 @@ def main() -> None:
         lp: dict[str, Peeled] = {}
         ce = 0.0
         for solver, pcfg in pcfgs.items():
-            attributed = peel(model, mset, pcfg)
+            report = peel(model, mset, pcfg)
             # without attribution, the rows it explained are red as measured
             plain = dataclasses.replace(
-                attributed,
+                report,
                 layers=[
                     {**r, "verdict": "red"} if r.get("explained_by") is not None else r
-                    for r in attributed.layers
+                    for r in report.layers
                 ],
             )
-            views = [(solver, plain)] + ([(solver + "+attr", attributed)] if args.attribute else [])
-            for label, report in views:
-                by_block = sorted(report.layers, key=lambda r: r["block"])
-                reds = [r["block"] for r in report.layers if r["verdict"] == "red"]
+            views = [(solver, plain)] + ([(solver + "+attr", report)] if args.attribute else [])
+            for label, view in views:
+                by_block = sorted(view.layers, key=lambda r: r["block"])
+                reds = [r["block"] for r in view.layers if r["verdict"] == "red"]
                 lp[label] = Peeled(
-                    pick=int(report.ranked()[0]["block"]),
+                    pick=int(view.ranked()[0]["block"]),
                     false_reds=sum(1 for b in reds if b != block),
                     gaps=[r["gap"] for r in by_block],
                     works=[r["work"] for r in by_block],
                     reds=reds,
                     caught=block in reds,
                 )
-            ce = attributed.layers[0]["ce_trained"]
+            ce = report.layers[0]["ce_trained"]
         alphas = ww_block_alpha(model)
         ww_pick = int(np.argmax(alphas)) if alphas else None
         ww_reds = (

@@ -24,6 +24,7 @@ from torch import nn
 from layerpeel.arch import ModelView, model_view, set_submodule
 from layerpeel.bounds.context import build_context
 from layerpeel.bounds.peel import block_gaps
+from layerpeel.bounds.scoring import gap_verdict
 from layerpeel.monitoring import MonitoringSet
 
 if TYPE_CHECKING:
@@ -85,7 +86,8 @@ def attribute(
     first["fixed_first"] = True
     if not later:
         return
-    recheck = dataclasses.replace(analysis.options, work=False)
+    # only the gaps are compared: neither the work nor the full-precision twins are needed
+    recheck = dataclasses.replace(analysis.options, work=False, twins=False)
     with substituted(model, analysis.view, index, reference) as fixed:
         ctx = build_context(fixed, data, **capture)
         for b, red in sorted(later.items()):
@@ -94,5 +96,5 @@ def attribute(
                 r["gap_given_first"] = r2["gap"]
                 r["ci_given_first"] = [r2["ci_low"], r2["ci_high"]]
                 if r2["verdict"] != "red":
-                    r["verdict"] = "yellow"
                     r["explained_by"] = index
+                    r["verdict"] = gap_verdict(r, thresholds)

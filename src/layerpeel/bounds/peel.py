@@ -36,6 +36,7 @@ class GapOptions:
     n_boot: int = 1000  # bootstrap resamples of held-out sequences
     seed: int = 0  # seed of the bootstrap and the Adam batches
     work: bool = True  # also score each whole block's removal (its work)
+    twins: bool = True  # for a quantized model, also peel each part in full precision
 
 
 def is_trained(ref: nn.Module, block: nn.Module) -> bool:
@@ -183,9 +184,10 @@ def block_gaps(
 
     For a quantized model each part is also peeled in full precision, onto the same target with
     the same maps (the step and move its quantized reference took, so only the weight format
-    differs), which splits the gap into an optimization part and a quantization part. A row's
-    `time_s` is its solves and scoring plus an equal share of the block's set-up. `keep` and `keep_fp`, when given, receive each reference
-    block and each full-precision twin under (index, part).
+    differs), which splits the gap into an optimization part and a quantization part
+    (`opts.twins`). A row's `time_s` is its solves and scoring plus an equal share of the block's
+    set-up. `keep` and `keep_fp`, when given, receive each reference block and each
+    full-precision twin under (index, part).
     """
     t0 = time.perf_counter()
     tp = _TargetPropagation(ctx, index, opts) if opts.solver == "closed" else None
@@ -236,7 +238,7 @@ def block_gaps(
         }
         if part == "block" and opts.work:
             row.update(block_work(ctx, index, trained, opts))
-        if scheme is not None:
+        if scheme is not None and opts.twins:
             ref_fp = twin(part, eta, moved)
             if keep_fp is not None:
                 keep_fp[(index, part)] = _kept(ctx, index, ref_fp)
