@@ -53,6 +53,7 @@ def test_sample_space_ridge_matches_lstsq_with_fewer_samples_than_features(bias)
     torch.testing.assert_close(b, ref[p] if bias else torch.zeros(4, dtype=torch.float64))
     gw, gb = streamed(x, y, bias=bias).solve(ridge)  # the streamed normal equations agree
     torch.testing.assert_close(w, gw, rtol=1e-7, atol=1e-9)
+    torch.testing.assert_close(b, gb, rtol=1e-7, atol=1e-9)
     with pytest.raises(ValueError):
         sample_space_solve(x, y, 0.0)
 
