@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import heapq
 import logging
+import math
 import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import torch
+from threadpoolctl import ThreadpoolController
 
 from layerpeel.solvers.basis import KINDS, Basis, mm, tilde
 
@@ -107,16 +110,26 @@ class AnchorWalk:
         self.yy = float(np.einsum("ij,ij->", y, y))
         self.y_live = y[(y != 0).any(1)]  # (m', N): zero rows of Y are fitted exactly
         self.x_basis = Basis(tilde(x, bias))
-        basis = self.x_basis
-        buf = self.ws.child_buffer(0, 2)  # the YES-0 path needs only the latest two outputs
-        for layer in range(1, n_layers):
-            basis = self._child(basis, basis.coef(y), buf[layer % 2])
-        self.yes0 = basis.sse(y, self.yy) / self.n_samples
+        self._yes0: float | None = None  # computed by the first run (on a thread of its own)
         # Per run: the stacked targets and the cap.
         self.targets = y
         self.sizes: list[int] = []
         self.offsets: list[int] = []
         self.cap = 0
+
+    @property
+    def yes0(self) -> float:
+        """YES-0, the loss of the path that fits every layer onto Y (computed once)."""
+        if self._yes0 is None:
+            self._yes0 = self._yes0_path(self.ws)
+        return self._yes0
+
+    def _yes0_path(self, ws: Workspace) -> float:
+        basis = self.x_basis
+        buf = ws.child_buffer(0, 2)  # the YES-0 path needs only the latest two outputs
+        for layer in range(1, self.n_layers):
+            basis = self._child(basis, basis.coef(self.y), buf[layer % 2])
+        return basis.sse(self.y, self.yy) / self.n_samples
 
     def run(
         self, hidden: list[np.ndarray], cap: int, threads: int = 1
@@ -139,43 +152,57 @@ class AnchorWalk:
         stack[self.offsets[-2] :] = self.y_live
         self.targets = stack
         main = _Sink(self.ws)
-        main.losses[()] = self.yes0
         if self.cap > 0 and threads > 1:
-            tasks: list[_Task] = []
-            self._descend(main, self.x_basis, 1, (), None, defer=tasks)
-            self._walk_parallel(main, tasks, threads)
+            self._walk_parallel(main, threads)
         elif self.cap > 0:
             self._descend(main, self.x_basis, 1, (), None)
+        main.losses[()] = self.yes0
         main.stats["subsets"] = len(main.losses)
         logger.debug("YES work: %s", main.stats)
         return main.losses, main.stats
 
-    def _walk_parallel(self, main: _Sink, tasks: list[_Task], threads: int) -> None:
-        """Walk the deferred subtrees on `threads` threads; merge their results into `main`.
+    def _walk_parallel(self, main: _Sink, threads: int) -> None:
+        """Walk the tree on `threads` threads that share one queue of subtrees; merge into `main`.
 
-        Subtrees go to threads longest first (a subtree whose next anchor is layer t holds
-        about 2^(L-1-t) subsets), each thread with workspace buffers of its own.
+        Threads take the largest subtree first (one whose next anchor is layer t holds about
+        2^(L-1-t) subsets). A subtree still large compared with the whole is split: its root's
+        children go back on the queue instead of being walked. YES-0, when not known yet, is a
+        task of its own. Each thread has workspace buffers of its own and BLAS on one thread.
         """
-        bins: list[list[_Task]] = [[] for _ in range(min(threads, len(tasks)))]
-        load = [0.0] * len(bins)
-        for task in sorted(tasks, key=lambda t: -t.weight):
-            i = load.index(min(load))
-            bins[i].append(task)
-            load[i] += task.weight
-        sinks = [main] + [_Sink(worker_scratch(i, self.ws)) for i in range(1, len(bins))]
+        total = 2.0 ** (self.n_layers - 1)
+        split = max(4.0, total / (4 * threads))
+        queue = _Queue([_Task(self.x_basis, 1, (), None, total)], yes0=self._yes0 is None)
+        sinks = [main] + [_Sink(worker_scratch(i, self.ws)) for i in range(1, threads)]
 
         def walk(i: int) -> None:
-            for t in bins[i]:
-                self._descend(sinks[i], t.basis, t.layer, t.subset, t.forced)
+            torch.set_num_threads(1)  # the OpenMP threads of this thread, not only the main one's
+            sink = sinks[i]
+            while (task := queue.take()) is not None:
+                try:
+                    if task.basis is None:
+                        self._yes0 = self._yes0_path(sink.ws)
+                    elif task.weight >= split:
+                        children: list[_Task] = []
+                        self._descend(
+                            sink, task.basis, task.layer, task.subset, task.forced, children
+                        )
+                        queue.add(children)
+                    else:
+                        self._descend(sink, task.basis, task.layer, task.subset, task.forced)
+                finally:
+                    queue.done()
 
-        if len(bins) == 1:
-            walk(0)
-            return
-        with _one_torch_thread(), ThreadPoolExecutor(max_workers=len(bins) - 1) as pool:
-            futures = [pool.submit(walk, i) for i in range(1, len(bins))]
-            walk(0)
-            for f in futures:
-                f.result()
+        with (
+            _one_torch_thread(),
+            _one_blas_thread(),
+            ThreadPoolExecutor(max_workers=threads - 1) as pool,
+        ):
+            futures = [pool.submit(walk, i) for i in range(1, threads)]
+            try:
+                walk(0)
+            finally:
+                for f in futures:
+                    f.result()
         for sink in sinks[1:]:
             main.losses.update(sink.losses)
             for key, value in sink.stats.items():
@@ -227,7 +254,10 @@ class AnchorWalk:
         lo, hi = self.offsets[choices[0] - 1], self.offsets[choices[-1]]
         coef = basis.coef(self.targets[lo:hi])  # (rows of the chosen targets, q): one product
         sink.stats["projections"] += len(choices)
-        buf = sink.ws.child_buffer(layer, len(choices))
+        if defer is None:
+            buf = sink.ws.child_buffer(layer, len(choices))
+        else:  # deferred children outlive this node's turn of the layer's buffer: their own memory
+            buf = np.empty((len(choices), self.ws.rows, self.n_samples))
         start = 0
         for i, target in enumerate(choices):
             new = subset + (target,) if forced is None and target < n_layers else subset
@@ -249,11 +279,47 @@ class AnchorWalk:
 class _Task:
     """A subtree of the walk: the factored input of `layer`, the anchors so far, the target."""
 
-    basis: Basis
+    basis: Basis | None  # None for the task "compute YES-0"
     layer: int
     subset: Subset
     forced: int | None
     weight: float  # about how many subsets it holds
+
+
+_YES0 = _Task(None, 0, (), None, math.inf)  # the task "compute YES-0"
+
+
+class _Queue:
+    """The subtrees waiting to be walked, largest first, shared by the threads of a walk."""
+
+    def __init__(self, tasks: list[_Task], yes0: bool) -> None:
+        self.heap: list[tuple[float, int, _Task]] = []
+        self.count = 0  # tasks added, which orders equal weights first come, first served
+        self.pending = 0  # tasks added and not yet done
+        self.cond = threading.Condition()
+        self.add(([_YES0] if yes0 else []) + tasks)
+
+    def add(self, tasks: list[_Task]) -> None:
+        with self.cond:
+            for t in tasks:
+                heapq.heappush(self.heap, (-t.weight, self.count, t))
+                self.count += 1
+            self.pending += len(tasks)
+            self.cond.notify_all()
+
+    def take(self) -> _Task | None:
+        """The largest waiting task; None once every task is done."""
+        with self.cond:
+            while not self.heap and self.pending:
+                self.cond.wait()
+            return heapq.heappop(self.heap)[2] if self.heap else None
+
+    def done(self) -> None:
+        """Mark one taken task done (after any tasks it added)."""
+        with self.cond:
+            self.pending -= 1
+            if not self.pending:
+                self.cond.notify_all()
 
 
 class _Sink:
@@ -263,6 +329,23 @@ class _Sink:
         self.ws = ws
         self.losses: dict[Subset, float] = {}
         self.stats = dict.fromkeys(["subsets", "factorizations", "projections", *KINDS], 0)
+
+
+@contextlib.contextmanager
+def _one_blas_thread() -> Iterator[None]:
+    """OpenBLAS (numpy's and scipy's LAPACK) on one thread meanwhile, where threadpoolctl finds it.
+
+    The walk's own threads call LAPACK on small matrices; OpenBLAS threads of its own on top made
+    a parallel walk 2-3x slower than a serial one (measured on 2 cores).
+    """
+    global _CONTROLLER
+    if _CONTROLLER is None:
+        _CONTROLLER = ThreadpoolController()
+    with _CONTROLLER.limit(limits=1, user_api="blas"):
+        yield
+
+
+_CONTROLLER: ThreadpoolController | None = None
 
 
 @contextlib.contextmanager
