@@ -152,11 +152,12 @@ class AnchorWalk:
         stack[self.offsets[-2] :] = self.y_live
         self.targets = stack
         main = _Sink(self.ws)
-        if self.cap > 0 and threads > 1:
-            self._walk_parallel(main, threads)
-        elif self.cap > 0:
-            self._descend(main, self.x_basis, 1, (), None)
-        main.losses[()] = self.yes0
+        with _one_blas_thread():
+            if self.cap > 0 and threads > 1:
+                self._walk_parallel(main, threads)
+            elif self.cap > 0:
+                self._descend(main, self.x_basis, 1, (), None)
+            main.losses[()] = self.yes0
         main.stats["subsets"] = len(main.losses)
         logger.debug("YES work: %s", main.stats)
         return main.losses, main.stats
@@ -171,7 +172,7 @@ class AnchorWalk:
         """
         total = 2.0 ** (self.n_layers - 1)
         split = max(4.0, total / (4 * threads))
-        queue = _Queue([_Task(self.x_basis, 1, (), None, total)], yes0=self._yes0 is None)
+        queue = _Queue([_Task(1, (), None, total, self.x_basis)], yes0=self._yes0 is None)
         sinks = [main] + [_Sink(worker_scratch(i, self.ws)) for i in range(1, threads)]
 
         def walk(i: int) -> None:
@@ -179,24 +180,25 @@ class AnchorWalk:
             sink = sinks[i]
             while (task := queue.take()) is not None:
                 try:
-                    if task.basis is None:
+                    if task.layer == 0:
                         self._yes0 = self._yes0_path(sink.ws)
-                    elif task.weight >= split:
+                        continue
+                    basis = task.basis
+                    if basis is None:  # a child to build first, from its parent's coefficients
+                        assert task.parent is not None and task.coef is not None
+                        into = np.empty((self.ws.rows, self.n_samples))  # its own memory
+                        basis = sink.factored(self._child(task.parent, task.coef, into))
+                    args = (sink, basis, task.layer, task.subset, task.forced)
+                    if task.weight >= split:
                         children: list[_Task] = []
-                        self._descend(
-                            sink, task.basis, task.layer, task.subset, task.forced, children
-                        )
+                        self._descend(*args, defer=children)
                         queue.add(children)
                     else:
-                        self._descend(sink, task.basis, task.layer, task.subset, task.forced)
+                        self._descend(*args)
                 finally:
                     queue.done()
 
-        with (
-            _one_torch_thread(),
-            _one_blas_thread(),
-            ThreadPoolExecutor(max_workers=threads - 1) as pool,
-        ):
+        with _one_torch_thread(), ThreadPoolExecutor(max_workers=threads - 1) as pool:
             futures = [pool.submit(walk, i) for i in range(1, threads)]
             try:
                 walk(0)
@@ -236,7 +238,7 @@ class AnchorWalk:
         `forced` is the target this layer must fit (an anchor not reached yet, or Y = L); None
         means the layer before reached its anchor, so the target is free: a later anchor or Y.
         Results and buffers are `sink`'s. With `defer`, the children are listed there as tasks
-        instead of walked.
+        (to build and walk) instead.
         """
         n_layers = self.n_layers
         if forced is not None:
@@ -254,39 +256,41 @@ class AnchorWalk:
         lo, hi = self.offsets[choices[0] - 1], self.offsets[choices[-1]]
         coef = basis.coef(self.targets[lo:hi])  # (rows of the chosen targets, q): one product
         sink.stats["projections"] += len(choices)
-        if defer is None:
-            buf = sink.ws.child_buffer(layer, len(choices))
-        else:  # deferred children outlive this node's turn of the layer's buffer: their own memory
-            buf = np.empty((len(choices), self.ws.rows, self.n_samples))
+        buf = sink.ws.child_buffer(layer, len(choices)) if defer is None else None
         start = 0
         for i, target in enumerate(choices):
             new = subset + (target,) if forced is None and target < n_layers else subset
             stop = start + self.sizes[target - 1]
-            child = self._child(basis, coef[start:stop], buf[i])
-            start = stop
-            sink.stats["factorizations"] += 1
-            sink.stats[child.kind] += 1
             nxt = None if target == layer else target
-            if defer is not None:
+            if buf is None:
                 # subsets below: every choice of the anchors after this one
                 weight = 2.0 ** (n_layers - 1 - max(target, layer))
-                defer.append(_Task(child, layer + 1, new, nxt, weight))
+                task = _Task(layer + 1, new, nxt, weight, parent=basis, coef=coef[start:stop])
+                defer.append(task)  # type: ignore[union-attr]
             else:
+                child = sink.factored(self._child(basis, coef[start:stop], buf[i]))
                 self._descend(sink, child, layer + 1, new, nxt)
+            start = stop
 
 
 @dataclasses.dataclass
 class _Task:
-    """A subtree of the walk: the factored input of `layer`, the anchors so far, the target."""
+    """A subtree of the walk: the input of `layer`, the anchors so far, the target.
 
-    basis: Basis | None  # None for the task "compute YES-0"
+    The input is `basis`, or is built from `parent` and the fitted layer's `coef` by whoever
+    takes the task. Layer 0 is the task "compute YES-0".
+    """
+
     layer: int
     subset: Subset
     forced: int | None
     weight: float  # about how many subsets it holds
+    basis: Basis | None = None
+    parent: Basis | None = None
+    coef: np.ndarray | None = None
 
 
-_YES0 = _Task(None, 0, (), None, math.inf)  # the task "compute YES-0"
+_YES0 = _Task(0, (), None, math.inf)
 
 
 class _Queue:
@@ -330,13 +334,20 @@ class _Sink:
         self.losses: dict[Subset, float] = {}
         self.stats = dict.fromkeys(["subsets", "factorizations", "projections", *KINDS], 0)
 
+    def factored(self, basis: Basis) -> Basis:
+        """Count one factorization of `basis`'s kind; return it."""
+        self.stats["factorizations"] += 1
+        self.stats[basis.kind] += 1
+        return basis
+
 
 @contextlib.contextmanager
 def _one_blas_thread() -> Iterator[None]:
     """OpenBLAS (numpy's and scipy's LAPACK) on one thread meanwhile, where threadpoolctl finds it.
 
-    The walk's own threads call LAPACK on small matrices; OpenBLAS threads of its own on top made
-    a parallel walk 2-3x slower than a serial one (measured on 2 cores).
+    The walk calls LAPACK on small matrices: OpenBLAS threads of its own on top made a parallel
+    walk 2-3x slower than a serial one, and kept a second core busy under a serial one (measured
+    on 2 cores).
     """
     global _CONTROLLER
     if _CONTROLLER is None:
