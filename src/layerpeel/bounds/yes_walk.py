@@ -59,15 +59,20 @@ class Workspace:
         return self.targets[:rows]
 
 
-_WORKERS: dict[int, Workspace] = {}  # the buffers of the walk's extra threads, by slot
-_WORKERS_LOCK = threading.Lock()
+# The extra threads of parallel walks, kept between calls: starting them took 1-2 ms a call.
+_POOL: ThreadPoolExecutor | None = None
+_POOL_LOCK = threading.Lock()
 
 
-def worker_scratch(slot: int, like: Workspace) -> Workspace:
-    """The workspace of extra thread `slot` of a parallel walk, kept as `scratch` keeps its own."""
-    with _WORKERS_LOCK:
-        ws = _WORKERS[slot] = _kept(_WORKERS.get(slot), like.rows, like.n_samples)
-        return ws
+def _pool(workers: int) -> ThreadPoolExecutor:
+    """The kept pool, grown to at least `workers` threads."""
+    global _POOL
+    with _POOL_LOCK:
+        if _POOL is None or _POOL._max_workers < workers:
+            if _POOL is not None:
+                _POOL.shutdown(wait=False)
+            _POOL = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="layerpeel-yes")
+        return _POOL
 
 
 def scratch(rows: int, n_samples: int) -> Workspace:
@@ -173,11 +178,15 @@ class AnchorWalk:
         total = 2.0 ** (self.n_layers - 1)
         split = max(4.0, total / (4 * threads))
         queue = _Queue([_Task(1, (), None, total, self.x_basis)], yes0=self._yes0 is None)
-        sinks = [main] + [_Sink(worker_scratch(i, self.ws)) for i in range(1, threads)]
+        sinks = [main]
 
         def walk(i: int) -> None:
-            torch.set_num_threads(1)  # the OpenMP threads of this thread, not only the main one's
-            sink = sinks[i]
+            if i:  # a pool thread: its own buffers, kept as the calling thread keeps its own
+                torch.set_num_threads(1)  # this thread's OpenMP threads, not only the caller's
+                sink = _Sink(scratch(self.ws.rows, self.n_samples))
+                sinks.append(sink)
+            else:
+                sink = main
             while (task := queue.take()) is not None:
                 try:
                     if task.layer == 0:
@@ -198,8 +207,8 @@ class AnchorWalk:
                 finally:
                     queue.done()
 
-        with _one_torch_thread(), ThreadPoolExecutor(max_workers=threads - 1) as pool:
-            futures = [pool.submit(walk, i) for i in range(1, threads)]
+        with _one_torch_thread():
+            futures = [_pool(threads - 1).submit(walk, i) for i in range(1, threads)]
             try:
                 walk(0)
             finally:

@@ -267,7 +267,20 @@ def _spd_inverse(a: np.ndarray) -> np.ndarray | None:
     chol, info = lapack.dpotrf(a.T, lower=1, clean=1, overwrite_a=1)
     if info != 0:
         return None
-    return torch.cholesky_inverse(torch.from_numpy(chol)).numpy()
+    low = torch.from_numpy(chol)
+    inv_low = torch.linalg.solve_triangular(low, _eye(low.shape[0]), upper=False)  # L^-1
+    return torch.mm(inv_low.T, inv_low).numpy()  # L^-T L^-1
+
+
+_EYES: dict[int, torch.Tensor] = {}
+
+
+def _eye(n: int) -> torch.Tensor:
+    """The float64 identity of size n, kept (read only)."""
+    eye = _EYES.get(n)
+    if eye is None:
+        eye = _EYES[n] = torch.eye(n, dtype=torch.float64)
+    return eye
 
 
 def _norm(a: np.ndarray) -> float:
