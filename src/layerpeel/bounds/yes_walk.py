@@ -39,10 +39,24 @@ class Workspace:
         self.rows, self.n_samples = rows, n_samples  # m + bias, N
         self.children: dict[int, np.ndarray] = {}
         self.targets = np.empty((0, n_samples))
+        self.spares: list[np.ndarray] = []  # (m + bias, N) inputs of the tasks of parallel walks
+        self.lock = threading.Lock()
 
     @property
     def nbytes(self) -> int:
-        return self.targets.nbytes + sum(b.nbytes for b in self.children.values())
+        kept = [self.targets, *self.children.values(), *self.spares]
+        return sum(b.nbytes for b in kept)
+
+    def spare(self) -> np.ndarray:
+        """A (m + bias, N) buffer to keep until `give_back` (any thread)."""
+        with self.lock:
+            if self.spares:
+                return self.spares.pop()
+        return np.empty((self.rows, self.n_samples))
+
+    def give_back(self, buffers: list[np.ndarray]) -> None:
+        with self.lock:
+            self.spares.extend(buffers)
 
     def child_buffer(self, layer: int, count: int) -> np.ndarray:
         """The buffer for the `count` children a node of `layer` fits, (>= count, m + bias, N)."""
@@ -172,13 +186,15 @@ class AnchorWalk:
 
         Threads take the largest subtree first (one whose next anchor is layer t holds about
         2^(L-1-t) subsets). A subtree still large compared with the whole is split: its root's
-        children go back on the queue instead of being walked. YES-0, when not known yet, is a
-        task of its own. Each thread has workspace buffers of its own and BLAS on one thread.
+        children go back on the queue instead of being walked, each built by the thread that takes
+        it, into a buffer kept for the walk (fresh ones cost page faults). YES-0, when not known
+        yet, is a task of its own. Each thread has workspace buffers of its own and BLAS on one thread.
         """
         total = 2.0 ** (self.n_layers - 1)
         split = max(4.0, total / (4 * threads))
         queue = _Queue([_Task(1, (), None, total, self.x_basis)], yes0=self._yes0 is None)
         sinks = [main]
+        taken: list[np.ndarray] = []  # the inputs of split-off children, given back at the end
 
         def walk(i: int) -> None:
             if i:  # a pool thread: its own buffers, kept as the calling thread keeps its own
@@ -195,7 +211,8 @@ class AnchorWalk:
                     basis = task.basis
                     if basis is None:  # a child to build first, from its parent's coefficients
                         assert task.parent is not None and task.coef is not None
-                        into = np.empty((self.ws.rows, self.n_samples))  # its own memory
+                        into = self.ws.spare()
+                        taken.append(into)
                         basis = sink.factored(self._child(task.parent, task.coef, into))
                     args = (sink, basis, task.layer, task.subset, task.forced)
                     if task.weight >= split:
@@ -214,6 +231,7 @@ class AnchorWalk:
             finally:
                 for f in futures:
                     f.result()
+                self.ws.give_back(taken)
         for sink in sinks[1:]:
             main.losses.update(sink.losses)
             for key, value in sink.stats.items():
