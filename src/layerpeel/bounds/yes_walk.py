@@ -159,8 +159,24 @@ class AnchorWalk:
         each with its own buffers (the products and factorizations release the GIL).
         """
         self.cap = cap
-        # Dead units (all-zero rows) of a target give all-zero rows of every fit onto it, which
-        # change no row space: each target keeps only its live rows, stacked in layer order.
+        main = _Sink(self.ws)
+        with _one_blas_thread():
+            if self.cap > 0 and threads > 1:
+                self._walk_parallel(main, hidden, threads)
+            elif self.cap > 0:
+                self._stack(hidden)
+                self._descend(main, self.x_basis, 1, (), None)
+            main.losses[()] = self.yes0
+        main.stats["subsets"] = len(main.losses)
+        logger.debug("YES work: %s", main.stats)
+        return main.losses, main.stats
+
+    def _stack(self, hidden: list[np.ndarray]) -> None:
+        """Stack the live rows of the targets G_1..G_{L-1}, Y into `targets`, in layer order.
+
+        Dead units (all-zero rows) of a target give all-zero rows of every fit onto it, which
+        change no row space: each target keeps only its live rows.
+        """
         masks = [(t != 0).any(1) for t in hidden]
         sizes = [int(k.sum()) for k in masks] + [self.y_live.shape[0]]
         self.sizes = sizes
@@ -170,29 +186,21 @@ class AnchorWalk:
             np.compress(keep, t, axis=0, out=stack[lo:hi])
         stack[self.offsets[-2] :] = self.y_live
         self.targets = stack
-        main = _Sink(self.ws)
-        with _one_blas_thread():
-            if self.cap > 0 and threads > 1:
-                self._walk_parallel(main, threads)
-            elif self.cap > 0:
-                self._descend(main, self.x_basis, 1, (), None)
-            main.losses[()] = self.yes0
-        main.stats["subsets"] = len(main.losses)
-        logger.debug("YES work: %s", main.stats)
-        return main.losses, main.stats
 
-    def _walk_parallel(self, main: _Sink, threads: int) -> None:
+    def _walk_parallel(self, main: _Sink, hidden: list[np.ndarray], threads: int) -> None:
         """Walk the tree on `threads` threads that share one queue of subtrees; merge into `main`.
 
         Threads take the largest subtree first (one whose next anchor is layer t holds about
         2^(L-1-t) subsets). A subtree still large compared with the whole is split: its root's
         children go back on the queue instead of being walked, each built by the thread that takes
         it, into a buffer kept for the walk (fresh ones cost page faults). YES-0, when not known
-        yet, is a task of its own. Each thread has workspace buffers of its own and BLAS on one thread.
+        yet, is a task of its own, started while the targets are stacked. Each thread has workspace
+        buffers of its own and BLAS on one thread.
         """
         total = 2.0 ** (self.n_layers - 1)
         split = max(4.0, total / (4 * threads))
-        queue = _Queue([_Task(1, (), None, total, self.x_basis)], yes0=self._yes0 is None)
+        queue = _Queue([_YES0] if self._yes0 is None else [])
+        queue.pending += 1  # the walk's root, added once the targets are stacked
         sinks = [main]
         taken: list[np.ndarray] = []  # the inputs of split-off children, given back at the end
 
@@ -227,6 +235,11 @@ class AnchorWalk:
         with _one_torch_thread():
             futures = [_pool(threads - 1).submit(walk, i) for i in range(1, threads)]
             try:
+                try:
+                    self._stack(hidden)
+                    queue.add([_Task(1, (), None, total, self.x_basis)])
+                finally:
+                    queue.done()  # the root's place
                 walk(0)
             finally:
                 for f in futures:
@@ -323,12 +336,12 @@ _YES0 = _Task(0, (), None, math.inf)
 class _Queue:
     """The subtrees waiting to be walked, largest first, shared by the threads of a walk."""
 
-    def __init__(self, tasks: list[_Task], yes0: bool) -> None:
+    def __init__(self, tasks: list[_Task]) -> None:
         self.heap: list[tuple[float, int, _Task]] = []
         self.count = 0  # tasks added, which orders equal weights first come, first served
         self.pending = 0  # tasks added and not yet done
         self.cond = threading.Condition()
-        self.add(([_YES0] if yes0 else []) + tasks)
+        self.add(tasks)
 
     def add(self, tasks: list[_Task]) -> None:
         with self.cond:
