@@ -310,6 +310,31 @@ def test_walk_on_several_threads_gives_the_same_bounds(threads, n_layers, cap):
         assert_parity(many, x, y, hidden)
 
 
+def test_parallel_walks_from_several_caller_threads_do_not_share_buffers():
+    """Callers on their own threads share the walk's kept pool threads, each with its own buffers."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    datasets = [net_data(n_layers=5, seed=s) for s in range(3)] + [rank_deficient_data()]
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        want = [yes_bounds(x, y, h).losses for x, y, h in datasets]
+        torch.set_num_threads(2)
+        with ThreadPoolExecutor(max_workers=len(datasets)) as callers:
+            runs = [
+                callers.submit(lambda d: [yes_bounds(*d).losses for _ in range(3)], d)
+                for d in datasets
+            ]
+            got = [r.result() for r in runs]
+    finally:
+        torch.set_num_threads(before)
+    for expected, repeats in zip(want, got, strict=True):
+        for losses in repeats:
+            assert set(losses) == set(expected)
+            for sub, value in expected.items():
+                assert losses[sub] == pytest.approx(value, rel=1e-10, abs=1e-14)
+
+
 def test_sharing_does_less_work_than_per_subset():
     x, y, hidden = net_data(n_layers=6, seed=0)
     b = yes_bounds(x, y, hidden)
