@@ -32,7 +32,8 @@ class Workspace:
     Fresh m x N arrays cost page faults that measured as much as the products that fill them.
     `children[layer]` (>= choices, m + bias, N) receives the outputs a node of that layer fits (a
     node's children stay alive while its subtree is walked; the next node of the layer reuses
-    them); `targets` (>= L m, N) holds the stacked live rows of G_1..G_{L-1}, Y.
+    them); `targets` (>= L m, N) holds the stacked live rows of G_1..G_{L-1}, Y; `spares` are
+    the (m + bias, N) inputs of the subtrees a parallel walk splits off, kept for the next walk.
     """
 
     def __init__(self, rows: int, n_samples: int) -> None:
@@ -155,8 +156,8 @@ class AnchorWalk:
     ) -> tuple[dict[Subset, float], dict[str, int]]:
         """J(sigma) for every subset of at most `cap` anchors, and the work counts.
 
-        With `threads` > 1 the subtrees below the first layer are walked by that many threads,
-        each with its own buffers (the products and factorizations release the GIL).
+        With `threads` > 1 the tree is walked by that many threads that share a queue of
+        subtrees (the products and factorizations release the GIL); see `_walk_parallel`.
         """
         self.cap = cap
         main = _Sink(self.ws)
