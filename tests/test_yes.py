@@ -135,6 +135,21 @@ def test_parity_rank_deficient():
     assert b.stats["gram"] < b.stats["factorizations"]  # the slow paths were exercised
 
 
+@pytest.mark.parametrize("bias", [True, False])
+def test_yes0_path_that_converges_at_its_first_layer_matches_pinv(bias):
+    """A first fit with no negative entry ends the YES-0 path early; the loss is still pinv's."""
+    x, y, hidden = net_data(n_layers=5, seed=2)
+    y = y + 5.0  # far above 0: its least-squares fit from X is positive everywhere
+    ones = torch.ones(1, x.shape[1], dtype=x.dtype)
+    if not bias:
+        x = torch.cat([x, ones])  # a constant feature, so that the fit can follow the offset
+    xt = torch.cat([x, ones]) if bias else x
+    first_fit = y @ torch.linalg.pinv(xt) @ xt
+    assert float(first_fit.min()) > 0  # the case under test: the first ReLU changes nothing
+    assert float((y - first_fit).square().sum()) > 1e-3  # and the loss is not trivially 0
+    assert_parity(yes_bounds(x, y, hidden, bias=bias), x, y, hidden, bias=bias)
+
+
 def test_parity_fewer_samples_than_width_warns():
     x, y, hidden = net_data(n=4, m=8, n_samples=7, n_layers=3)
     with pytest.warns(UserWarning, match="minimum-norm"):

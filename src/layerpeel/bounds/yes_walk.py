@@ -145,10 +145,26 @@ class AnchorWalk:
         return self._yes0
 
     def _yes0_path(self, ws: Workspace) -> float:
+        """YES-0: fit every layer onto Y in turn, from X.
+
+        When a layer's ReLU changes nothing (its fit Z = Y pinv(B~) B~ has no negative entry),
+        the path has converged: H~ = [Z; 1] spans a subspace of B~'s rows that holds Z's rows, so
+        fitting Y from it gives Z again, exactly, in every later layer and in the linear last one.
+        The loss is then ||Y - Z||^2 / N, with no further factorization.
+        """
         basis = self.x_basis
         buf = ws.child_buffer(0, 2)  # the YES-0 path needs only the latest two outputs
         for layer in range(1, self.n_layers):
-            basis = self._child(basis, basis.coef(self.y), buf[layer % 2])
+            h = buf[layer % 2]
+            z = h[: self.m]
+            mm(basis.coef(self.y), basis.rows, out=z)
+            if float(z.min()) >= 0.0:
+                diff = np.subtract(self.y, z, out=z)
+                return float(np.einsum("ij,ij->", diff, diff)) / self.n_samples
+            np.maximum(z, 0.0, out=z)
+            if self.bias:
+                h[self.m] = 1.0
+            basis = Basis(h[: self.m + int(self.bias)])
         return basis.sse(self.y, self.yy) / self.n_samples
 
     def run(
