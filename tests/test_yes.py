@@ -167,6 +167,7 @@ def test_parity_fewer_samples_than_width_warns():
         ("wide", "eig"),
         ("zero", "svd"),
         ("ill", "qr"),
+        ("gap_ill", "eig"),
     ],
 )
 def test_basis_predictions_match_pinv(case, kind):
@@ -187,10 +188,16 @@ def test_basis_predictions_match_pinv(case, kind):
     elif case == "ill":  # full rank, condition number ~1e6
         u, _, vt = np.linalg.svd(rng.standard_normal((9, 30)), full_matrices=False)
         h = (u * np.logspace(0, -6, 9)) @ vt
+    elif case == "gap_ill":  # rank 5 with singular values 1 .. 1e-5, then nothing
+        u = np.linalg.qr(rng.standard_normal((9, 5)))[0]
+        vt = np.linalg.qr(rng.standard_normal((30, 5)))[0].T
+        h = (u * np.logspace(0, -5, 5)) @ vt
     t = rng.standard_normal((5, h.shape[1]))
     ref = t @ np.linalg.pinv(h, rcond=max(h.shape) * np.finfo(float).eps) @ h
     basis = Basis(h)
     assert basis.kind == kind
+    if case == "gap_ill":  # the kept rows' Gram is too ill-conditioned for normal equations
+        assert basis.pivoted and basis.kinv is None and basis.cond > 1e8
     got = basis.project(t)
     assert np.linalg.norm(got - ref) <= 1e-8 * max(np.linalg.norm(ref), 1.0)
     w = basis.weights(t)

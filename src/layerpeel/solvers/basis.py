@@ -10,6 +10,8 @@ through scipy, whose calls measured 25-60 us cheaper than torch's wrappers at th
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import torch
 from scipy.linalg import lapack
@@ -20,6 +22,8 @@ EPS = float(np.finfo(np.float64).eps)
 GRAM_COND_LIMIT = 1e8
 # Above that, a QR of H~ is used while the Gram still certifies full rank.
 QR_COND_LIMIT = 1e12
+# The pivoted Cholesky stops at pivots (squared relative residuals of rows) at or below this.
+PIVOT_TOL = 1e-13
 KINDS = ("gram", "qr", "eig", "svd")  # how a representation was factored (see `Basis`)
 
 
@@ -35,8 +39,9 @@ class Basis:
     - "qr": full rank but worse conditioned (up to `QR_COND_LIMIT`): CholeskyQR2 of H~^T, an
       orthonormal basis as accurate as Householder's at these condition numbers;
     - "eig" (rank deficient with a clear gap): a pivoted Cholesky of the Gram keeps independent
-      rows when the others are checked on H~ to lie within 1e-10 sigma_max (and 1e-8 sigma_min
-      of the kept rows) of their span; otherwise an eigendecomposition of the Gram, every
+      rows, factored by normal equations or CholeskyQR2 as above, when the others are checked on
+      H~ to lie within 1e-10 sigma_max (and 1e-8 sigma_min of the kept rows) of their span;
+      otherwise an eigendecomposition of the Gram, every
       eigenvalue either above 1e-8 lambda_max or, checked on H~ itself, a singular value below
       1e-10 sigma_max. pinv drops those singular values too unless they lie in the band
       [rtol, 1e-10] sigma_max, where pinv's own answer changes under a perturbation of that size;
@@ -58,6 +63,7 @@ class Basis:
         self.cond = float("inf")
         rk = int(self.keep.sum())
         self.kinv: np.ndarray | None = None  # set when the predictions use normal equations
+        self.pivoted = False  # rank deficient, predictions from the rows a pivoted Cholesky kept
         kind = self._gram_path(gram, rk) if 0 < rk <= n else None
         if kind is not None:
             self.kind = kind
@@ -95,60 +101,90 @@ class Basis:
         min_norm = 1.0 / float(scale.max())
         if min_norm < 1e3 * self.rtol * (self.cond * float(k.diagonal().sum())) ** 0.5:
             return None
-        # CholeskyQR2 of A = (D H~_k)^T (D = diag(scale)): A = Q1 L1^T from the Gram's Cholesky,
-        # then Q1 = Q L2^T from Q1's. Its Q is orthonormal and spans H~_k's rows to ~eps * cond(A)
-        # (as Householder's) while cond(A) <= 1e6 (cond <= QR_COND_LIMIT), with half the work.
         l1 = _cholesky(k * scale[:, None] * scale[None, :])
-        if l1 is None:
+        qr = None if l1 is None else _cholesky_qr2(self.hk, scale, l1)
+        if qr is None:
             return None
-        q1t = _solve_lower(l1, self.hk * scale[:, None])  # (rk, N) = Q1^T
-        l2 = _cholesky(mm(q1t, q1t.T))
-        if l2 is None:
-            return None
-        qt = _solve_lower(l2, q1t)  # (rk, N) = Q^T
+        qt, self.r = qr
         self.v = qt.T  # (N, rk) orthonormal
-        self.r = (l1 @ l2).T / scale  # (rk, rk) upper triangular: H~_k^T = v r
         self.rows = qt
         return "qr"
 
     def _pivot_path(self, gram: np.ndarray) -> bool:
         """Rank deficient with a clear gap, cheaply: independent rows by a pivoted Cholesky.
 
-        The pivoted Cholesky of the row-equilibrated Gram keeps rows until every other row is,
-        relative to its norm, within 1e-4 of their span. It is accepted only if the kept rows are
-        well conditioned (the Gram path's test) and, checked on H~ itself, every other row lies
-        within 1e-10 sigma_max and 1e-8 sigma_min(kept rows) of their span: then H~'s singular
-        values past the rank are below 1e-10 sigma_max (as on the eigendecomposition path) and
-        the span of the kept rows is H~'s leading row space to 1e-8.
+        The pivoted Cholesky of the row-equilibrated Gram picks rows in turn, each the one
+        farthest (relative to its norm) from the span of those before. Two sets of kept rows H_p
+        are tried: the rows picked while that relative distance exceeds 1e-4, then those picked
+        while it exceeds about 3e-7 (pivots down to 1e-13). H_p is factored as a full-rank
+        representation: normal equations when its Gram passes the Gram path's test, CholeskyQR2
+        when it passes the QR path's (its singular values far above pinv's cutoff). A set is
+        accepted only if, checked on H~ itself, every other row lies within 1e-10 sigma_max and
+        1e-8 sigma_min(H_p) of span(H_p): then H~'s singular values past the rank are below 1e-10
+        sigma_max (as on the eigendecomposition path) and span(H_p) is H~'s leading row space to
+        1e-8.
         """
         keep = np.flatnonzero(self.keep)
         k = gram[np.ix_(keep, keep)]  # (rk, rk)
         scale = 1.0 / np.sqrt(k.diagonal())
         ke = k * scale[:, None]
         ke *= scale
-        chol, piv, q, info = lapack.dpstrf(ke, tol=1e-8, lower=1)
-        if q == 0 or q == len(keep):
-            return False
+        chol, piv, q, info = lapack.dpstrf(ke, tol=PIVOT_TOL, lower=1)
+        pivots = np.square(chol.diagonal()[:q])  # squared relative distances, in pick order
+        q_coarse = int(np.argmax(pivots <= 1e-8)) if (pivots <= 1e-8).any() else q
+        for size in dict.fromkeys((q_coarse, q)):  # each distinct size once, the smaller first
+            if 0 < size < len(keep) and self._kept_rows(gram, keep, ke, scale, chol, piv, size):
+                return True
+        return False
+
+    def _kept_rows(
+        self,
+        gram: np.ndarray,
+        keep: np.ndarray,
+        ke: np.ndarray,
+        scale: np.ndarray,
+        chol: np.ndarray,
+        piv: np.ndarray,
+        q: int,
+    ) -> bool:
+        """Try the first `q` rows the pivoted Cholesky picked as H_p (see `_pivot_path`)."""
         p, d = piv[:q] - 1, piv[q:] - 1  # 0-based: kept and dependent (among the live rows)
         kpp = ke[np.ix_(p, p)]
-        lpp = torch.from_numpy(np.tril(chol[:q, :q]))
-        kinv = torch.cholesky_inverse(lpp).numpy()  # (q, q) inverse of the equilibrated kpp
+        lpp = np.tril(chol[:q, :q])  # the Cholesky factor of kpp
+        kinv = torch.cholesky_inverse(torch.from_numpy(lpp)).numpy()  # (q, q), equilibrated
         cond = _norm(kpp) * _norm(kinv)
-        if cond > GRAM_COND_LIMIT:
-            return False
         sp = scale[p]
-        kinv *= sp[:, None]
-        kinv *= sp  # K_pp^-1, unscaled
         hp = self.h[keep[p]]  # (q, N)
         hd = self.h[keep[d]]  # (rk - q, N)
-        # Every row of H~ left out (dead rows are within rtol of 0 already) must lie near span(H_p):
-        # ||H_d - B H_p||_F with B = K_dp K_pp^-1 bounds the distance from above.
-        resid = _norm(hd - mm(mm(gram[np.ix_(keep[d], keep[p])], kinv), hp))
+        if cond <= GRAM_COND_LIMIT:
+            sigma_min = float(1.0 / sp.max()) / np.sqrt(cond)  # <= sigma_min(H_p)
+            kinv *= sp[:, None]
+            kinv *= sp  # K_pp^-1, unscaled
+            # Every row of H~ left out (dead rows are within rtol of 0 already) must lie near
+            # span(H_p): ||H_d - B H_p||_F with B = K_dp K_pp^-1 bounds the distance from above.
+            resid = _norm(hd - mm(mm(gram[np.ix_(keep[d], keep[p])], kinv), hp))
+            rows: dict[str, Any] = {"hk": hp, "kinv": kinv, "rows": hp}
+        else:
+            # As on the QR path: cond <= QR_COND_LIMIT, and sigma_min(H_p) far above pinv's
+            # cutoff of H~ (sigma_max(H~) <= its Frobenius norm).
+            if cond > QR_COND_LIMIT:
+                return False
+            if float(1.0 / sp.max()) / np.sqrt(cond) < 1e3 * self.rtol * _trace_norm(gram):
+                return False
+            qr = _cholesky_qr2(hp, sp, lpp)
+            if qr is None:
+                return False
+            qt, r = qr  # (q, N) orthonormal rows spanning H_p's; H_p^T = Q R
+            r_inv = torch.linalg.solve_triangular(torch.from_numpy(r), _eye(q), upper=True)
+            sigma_min = 1.0 / float(torch.linalg.matrix_norm(r_inv))  # <= sigma_min(H_p)
+            resid = _norm(hd - mm(mm(hd, qt.T), qt))  # the distance of H_d from span(H_p)
+            rows = {"v": qt.T, "rows": qt}
         row_max = float(np.sqrt(gram.diagonal().max()))  # <= sigma_max
-        sigma_min = float(1.0 / sp.max()) / np.sqrt(cond)  # <= sigma_min(H_p)
         if resid > 1e-10 * row_max or resid > 1e-8 * sigma_min:
             return False
-        self.hk, self.kinv, self.rows, self.cond = hp, kinv, hp, cond
+        for name, value in rows.items():
+            setattr(self, name, value)
+        self.cond, self.pivoted = cond, True
         return True
 
     def _eig_path(self, gram: np.ndarray) -> bool:
@@ -220,7 +256,7 @@ class Basis:
             w = np.zeros((t.shape[0], self.h.shape[0]))
             w[:, self.keep] = (t @ self.hk.T) @ self.kinv
             return w
-        if self.kind == "eig" and self.kinv is not None:  # pivoted: the minimum norm needs U, s
+        if self.pivoted:  # the kept rows give the predictions; the minimum norm needs U, s
             full = Basis.__new__(Basis)
             full.h, full.rtol = self.h, self.rtol
             if not full._eig_path(mm(self.h, self.h.T)):
@@ -248,6 +284,23 @@ def _solve_lower(low: np.ndarray, b: np.ndarray) -> np.ndarray:
     """low^-1 b for a lower triangular low (r, r) and b (r, N), by torch's BLAS."""
     lt = torch.from_numpy(np.ascontiguousarray(low))
     return torch.linalg.solve_triangular(lt, torch.from_numpy(b), upper=False).numpy()
+
+
+def _cholesky_qr2(
+    hk: np.ndarray, scale: np.ndarray, l1: np.ndarray
+) -> tuple[np.ndarray, np.ndarray] | None:
+    """CholeskyQR2 of A = (D H_k)^T, D = diag(scale), given the Cholesky factor l1 of A^T A.
+
+    A = Q1 L1^T, then Q1 = Q L2^T from Q1's Gram. Q is orthonormal and spans H_k's rows to
+    ~eps * cond(A) (as Householder's) while cond(A) <= 1e6, with half the work. Returns Q^T (rk, N)
+    and R (rk, rk) upper triangular with H_k^T = Q R, or None if a factorization fails.
+    """
+    q1t = _solve_lower(l1, hk * scale[:, None])  # (rk, N) = Q1^T
+    l2 = _cholesky(mm(q1t, q1t.T))
+    if l2 is None:
+        return None
+    qt = _solve_lower(l2, q1t)  # (rk, N) = Q^T
+    return qt, (l1 @ l2).T / scale
 
 
 def _cholesky(a: np.ndarray) -> np.ndarray | None:
@@ -283,6 +336,11 @@ def _eye(n: int) -> torch.Tensor:
     if eye is None:
         eye = _EYES[n] = torch.eye(n, dtype=torch.float64)
     return eye
+
+
+def _trace_norm(gram: np.ndarray) -> float:
+    """sqrt(trace(gram)): the Frobenius norm of the rows whose Gram it is, >= their sigma_max."""
+    return float(np.sqrt(gram.diagonal().sum()))
 
 
 def _norm(a: np.ndarray) -> float:
