@@ -336,7 +336,10 @@ def test_parallel_walks_from_several_caller_threads_do_not_share_buffers():
     """Callers on their own threads share the walk's kept pool threads, each with its own buffers."""
     from concurrent.futures import ThreadPoolExecutor
 
+    from threadpoolctl import threadpool_info
+
     datasets = [net_data(n_layers=5, seed=s) for s in range(3)] + [rank_deficient_data()]
+    blas_threads = [p["num_threads"] for p in threadpool_info() if p["user_api"] == "blas"]
     before = torch.get_num_threads()
     try:
         torch.set_num_threads(1)
@@ -348,6 +351,10 @@ def test_parallel_walks_from_several_caller_threads_do_not_share_buffers():
                 for d in datasets
             ]
             got = [r.result() for r in runs]
+        assert torch.get_num_threads() == 2  # the last walk out restored what the first found
+        assert [
+            p["num_threads"] for p in threadpool_info() if p["user_api"] == "blas"
+        ] == blas_threads
     finally:
         torch.set_num_threads(before)
     for expected, repeats in zip(want, got, strict=True):

@@ -10,6 +10,7 @@ import math
 import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import numpy as np
 import torch
@@ -76,17 +77,19 @@ class Workspace:
 
 # The extra threads of parallel walks, kept between calls: starting them took 1-2 ms a call.
 _POOL: ThreadPoolExecutor | None = None
+_POOL_SIZE = 0
 _POOL_LOCK = threading.Lock()
 
 
 def _pool(workers: int) -> ThreadPoolExecutor:
-    """The kept pool, grown to at least `workers` threads."""
-    global _POOL
+    """The kept pool, grown to at least `workers` threads (a replaced pool finishes its work)."""
+    global _POOL, _POOL_SIZE
     with _POOL_LOCK:
-        if _POOL is None or _POOL._max_workers < workers:
+        if _POOL is None or _POOL_SIZE < workers:
             if _POOL is not None:
                 _POOL.shutdown(wait=False)
             _POOL = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="layerpeel-yes")
+            _POOL_SIZE = workers
         return _POOL
 
 
@@ -177,7 +180,7 @@ class AnchorWalk:
         """
         self.cap = cap
         main = _Sink(self.ws)
-        with _one_blas_thread():
+        with _ONE_THREAD.held():
             if self.cap > 0 and threads > 1:
                 self._walk_parallel(main, hidden, threads)
             elif self.cap > 0:
@@ -212,7 +215,7 @@ class AnchorWalk:
         children go back on the queue instead of being walked, each built by the thread that takes
         it, into a buffer kept for the walk (fresh ones cost page faults). YES-0, when not known
         yet, is a task of its own, started while the targets are stacked. Each thread has workspace
-        buffers of its own and BLAS on one thread.
+        buffers of its own; torch and BLAS run on one thread each (`_OneThread`).
         """
         total = 2.0 ** (self.n_layers - 1)
         split = max(4.0, total / (4 * threads))
@@ -249,19 +252,18 @@ class AnchorWalk:
                 finally:
                     queue.done()
 
-        with _one_torch_thread():
-            futures = [_pool(threads - 1).submit(walk, i) for i in range(1, threads)]
+        futures = [_pool(threads - 1).submit(walk, i) for i in range(1, threads)]
+        try:
             try:
-                try:
-                    self._stack(hidden)
-                    queue.add([_Task(1, (), None, total, self.x_basis)])
-                finally:
-                    queue.done()  # the root's place
-                walk(0)
+                self._stack(hidden)
+                queue.add([_Task(1, (), None, total, self.x_basis)])
             finally:
-                for f in futures:
-                    f.result()
-                self.ws.give_back(taken)
+                queue.done()  # the root's place
+            walk(0)
+        finally:
+            for f in futures:
+                f.result()
+            self.ws.give_back(taken)
         for sink in sinks[1:]:
             main.losses.update(sink.losses)
             for key, value in sink.stats.items():
@@ -398,30 +400,41 @@ class _Sink:
         return basis
 
 
-@contextlib.contextmanager
-def _one_blas_thread() -> Iterator[None]:
-    """OpenBLAS (numpy's and scipy's LAPACK) on one thread meanwhile, where threadpoolctl finds it.
+class _OneThread:
+    """torch and OpenBLAS (numpy's and scipy's LAPACK) on one thread while any walk runs.
 
     The walk calls LAPACK on small matrices: OpenBLAS threads of its own on top made a parallel
     walk 2-3x slower than a serial one, and kept a second core busy under a serial one (measured
-    on 2 cores).
+    on 2 cores); torch's threads would compete with the walk's own. The settings are process
+    wide, so walks running at once in several threads count in and out: the first sets them, the
+    last restores what it found.
     """
-    global _CONTROLLER
-    if _CONTROLLER is None:
-        _CONTROLLER = ThreadpoolController()
-    with _CONTROLLER.limit(limits=1, user_api="blas"):
-        yield
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.depth = 0
+        self.torch_threads = 1
+        self.controller: ThreadpoolController | None = None
+        self.blas: Any = None  # threadpoolctl's limits, restored by the last walk out
+
+    @contextlib.contextmanager
+    def held(self) -> Iterator[None]:
+        with self.lock:
+            if not self.depth:
+                if self.controller is None:
+                    self.controller = ThreadpoolController()
+                self.torch_threads = torch.get_num_threads()
+                torch.set_num_threads(1)
+                self.blas = self.controller.limit(limits=1, user_api="blas")
+            self.depth += 1
+        try:
+            yield
+        finally:
+            with self.lock:
+                self.depth -= 1
+                if not self.depth:
+                    self.blas.restore_original_limits()
+                    torch.set_num_threads(self.torch_threads)
 
 
-_CONTROLLER: ThreadpoolController | None = None
-
-
-@contextlib.contextmanager
-def _one_torch_thread() -> Iterator[None]:
-    """Set torch to one intra-op thread meanwhile: the walk's own threads share the cores."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
+_ONE_THREAD = _OneThread()
