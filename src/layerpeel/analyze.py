@@ -173,7 +173,12 @@ def peel(
     keep = refs if keep_references else dict.fromkeys(refs)
     with ModelState(model):
         t0 = time.perf_counter()
-        ctx = build_context(a.view, data, cfg.batch, int(cfg.budget_mb * 2**20), cfg.score_dtype)
+        capture: dict[str, Any] = {  # `build_context`'s settings, for attribution's capture too
+            "batch": cfg.batch,
+            "budget_bytes": int(cfg.budget_mb * 2**20),
+            "score_dtype": cfg.score_dtype,
+        }
+        ctx = build_context(a.view, data, **capture)
         timings["capture"] = time.perf_counter() - t0
         rows: list[dict[str, Any]] = []
         t0 = time.perf_counter()
@@ -200,11 +205,6 @@ def peel(
         if cfg.attribute and p1_refs is not None:
             t0 = time.perf_counter()
             mark_idle(rows, a.thresholds)  # an idle block is red for its work: not attributed
-            capture = {
-                "batch": cfg.batch,
-                "budget_bytes": int(cfg.budget_mb * 2**20),
-                "score_dtype": cfg.score_dtype,
-            }
             attribute(model, a, data, rows, p1_refs, capture)
             timings["attribution"] = time.perf_counter() - t0
         ladder_rows: list[dict[str, Any]] = []

@@ -321,12 +321,14 @@ class AnchorWalk:
             new = subset + (target,) if forced is None and target < n_layers else subset
             stop = start + self.sizes[target - 1]
             nxt = None if target == layer else target
-            if buf is None:
+            if defer is not None:
                 # subsets below: every choice of the anchors after this one
                 weight = 2.0 ** (n_layers - 1 - max(target, layer))
-                task = _Task(layer + 1, new, nxt, weight, parent=basis, coef=coef[start:stop])
-                defer.append(task)  # type: ignore[union-attr]
+                defer.append(
+                    _Task(layer + 1, new, nxt, weight, parent=basis, coef=coef[start:stop])
+                )
             else:
+                assert buf is not None
                 child = sink.factored(self._child(basis, coef[start:stop], buf[i]))
                 self._descend(sink, child, layer + 1, new, nxt)
             start = stop

@@ -151,7 +151,7 @@ class Basis:
         p, d = piv[:q] - 1, piv[q:] - 1  # 0-based: kept and dependent (among the live rows)
         kpp = ke[np.ix_(p, p)]
         lpp = np.tril(chol[:q, :q])  # the Cholesky factor of kpp
-        kinv = torch.cholesky_inverse(torch.from_numpy(lpp)).numpy()  # (q, q), equilibrated
+        kinv = _cholesky_inverse(lpp)  # (q, q), equilibrated
         cond = _norm(kpp) * _norm(kinv)
         sp = scale[p]
         hp = self.h[keep[p]]  # (q, N)
@@ -322,9 +322,14 @@ def _spd_inverse(a: np.ndarray) -> np.ndarray | None:
     chol, info = lapack.dpotrf(a.T, lower=1, clean=1, overwrite_a=1)
     if info != 0:
         return None
-    low = torch.from_numpy(chol)
-    inv_low = torch.linalg.solve_triangular(low, _eye(low.shape[0]), upper=False)  # L^-1
-    return torch.mm(inv_low.T, inv_low).numpy()  # L^-T L^-1
+    return _cholesky_inverse(chol)
+
+
+def _cholesky_inverse(low: np.ndarray) -> np.ndarray:
+    """(L L^T)^-1 = L^-T L^-1 for a lower triangular Cholesky factor `low` (r, r)."""
+    low_t = torch.from_numpy(low)
+    inv_low = torch.linalg.solve_triangular(low_t, _eye(low_t.shape[0]), upper=False)  # L^-1
+    return torch.mm(inv_low.T, inv_low).numpy()
 
 
 _EYES: dict[int, torch.Tensor] = {}
