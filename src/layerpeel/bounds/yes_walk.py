@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import heapq
+import itertools
 import logging
 import math
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -16,15 +19,20 @@ import numpy as np
 import torch
 from threadpoolctl import ThreadpoolController
 
+from layerpeel.bounds import yes_helper
 from layerpeel.solvers.basis import KINDS, Basis, mm, tilde
 
 logger = logging.getLogger(__name__)
 
 Subset = tuple[int, ...]  # increasing 1-based indices of the hidden layers used as anchors
+Path = tuple[int, ...]  # the targets (1..L, L = Y) the layers from layer 1 on fitted: a node
 
 # Buffers a thread keeps between `yes_bounds` calls on data of the same shape, up to this size.
 SCRATCH_BYTES = 64 * 2**20
 _SCRATCH = threading.local()
+# A split walk's plan splits subtrees until its longest share is within this of a fair one.
+BALANCE = 0.05
+_KEYS = itertools.count()  # tells helper processes which X, Y a walk is on
 
 
 class Workspace:
@@ -130,6 +138,7 @@ class AnchorWalk:
         self.m, self.n_samples = y.shape
         rows = self.m + int(bias)
         self.ws = Workspace(rows, self.n_samples) if workspace is None else workspace
+        self.key = next(_KEYS)
         self.yy = float(np.einsum("ij,ij->", y, y))
         self.y_live = y[(y != 0).any(1)]  # (m', N): zero rows of Y are fitted exactly
         self.x_basis = Basis(tilde(x, bias))
@@ -182,7 +191,11 @@ class AnchorWalk:
         main = _Sink(self.ws)
         with _ONE_THREAD.held():
             if self.cap > 0 and threads > 1:
-                self._walk_parallel(main, hidden, threads)
+                with yes_helper.lease(threads, self._work()) as (helpers, pool):
+                    if helpers and pool is not None:
+                        self._walk_split(main, hidden, helpers, pool)
+                    else:
+                        self._walk_parallel(main, hidden, threads)
             elif self.cap > 0:
                 self._stack(hidden)
                 self._descend(main, self.x_basis, 1, (), None)
@@ -191,17 +204,26 @@ class AnchorWalk:
         logger.debug("YES work: %s", main.stats)
         return main.losses, main.stats
 
-    def _stack(self, hidden: list[np.ndarray]) -> None:
+    def _work(self) -> float:
+        """About how many multiply-adds the walk takes: three products of m x m x N a subset."""
+        subsets = sum(math.comb(self.n_layers - 1, k) for k in range(self.cap + 1))
+        return 3.0 * subsets * self.ws.rows**2 * self.n_samples
+
+    def _stack(
+        self, hidden: list[np.ndarray], room: Callable[[int], np.ndarray] | None = None
+    ) -> None:
         """Stack the live rows of the targets G_1..G_{L-1}, Y into `targets`, in layer order.
 
         Dead units (all-zero rows) of a target give all-zero rows of every fit onto it, which
-        change no row space: each target keeps only its live rows.
+        change no row space: each target keeps only its live rows. `room(rows)` gives the
+        (rows, N) array to stack into (default: the workspace's).
         """
         masks = [(t != 0).any(1) for t in hidden]
         sizes = [int(k.sum()) for k in masks] + [self.y_live.shape[0]]
         self.sizes = sizes
         self.offsets = [sum(sizes[:i]) for i in range(len(sizes) + 1)]
-        stack = self.ws.target_buffer(self.offsets[-1])  # (sum of live rows, N): G_1..G_{L-1}, Y
+        # (sum of live rows, N): G_1..G_{L-1}, Y
+        stack = (room or self.ws.target_buffer)(self.offsets[-1])
         for t, keep, lo, hi in zip(hidden, masks, self.offsets, self.offsets[1:], strict=False):
             np.compress(keep, t, axis=0, out=stack[lo:hi])
         stack[self.offsets[-2] :] = self.y_live
@@ -265,9 +287,158 @@ class AnchorWalk:
                 f.result()
             self.ws.give_back(taken)
         for sink in sinks[1:]:
-            main.losses.update(sink.losses)
-            for key, value in sink.stats.items():
-                main.stats[key] += value
+            main.merge(sink.losses, sink.stats)
+
+    def _walk_split(
+        self,
+        main: _Sink,
+        hidden: list[np.ndarray],
+        helpers: list[yes_helper._Helper],
+        pool: yes_helper._Pool,
+    ) -> None:
+        """Walk the tree together with helper processes: each claims the next subtree in turn.
+
+        The targets are stacked into the file the helpers map. `split` lists the subtrees,
+        largest first; every walker (this one is walker 0) claims the next unclaimed one from a
+        counter in that file until none is left, so the faster ones take more. A helper's losses
+        and work counts come back when it is done; the subtrees a failed helper claimed are
+        walked here, after the helpers are stopped (`yes_helper`).
+        """
+        shared = pool.shared
+        assert shared is not None
+        layout: dict[str, Any] = {}
+
+        def room(rows: int) -> np.ndarray:
+            assert shared is not None
+            layout.update(shared.layout(self.key, self.x, self.y, rows))
+            return shared.array(layout["targets"], (rows, self.n_samples))
+
+        self._stack(hidden, room)
+        yes0 = (
+            0.0
+            if self._yes0 is not None
+            else 2.0 * self.m * self.x.shape[0] + 2.3 * self.ws.rows**2
+        )
+        tasks, lists = self.plan(1 + len(helpers), yes0)
+        shared.open_claims(lists)
+        job = {**layout, "n_layers": self.n_layers, "bias": self.bias, "cap": self.cap}
+        job.update(sizes=self.sizes, tasks=[list(p) for p in tasks], lists=lists)
+        shared.post(job)
+        sent: list[yes_helper._Helper] = []
+        for helper in helpers:
+            try:
+                helper.wake()
+                sent.append(helper)
+            except OSError as exc:
+                pool.stop(f"a helper could not be woken: {exc}")
+        start = time.monotonic()
+        if self._yes0 is None:
+            self._yes0 = self._yes0_path(self.ws)
+        self.walk_tasks(main, tasks, lambda: shared.claim(0, lists))
+        timeout = max(1.0, 20.0 * (time.monotonic() - start))
+        for helper in sent:
+            if pool.stopped is None:
+                try:
+                    reply = helper.reply(timeout)
+                    main.merge({tuple(k): v for k, v in reply["losses"]}, reply["stats"])
+                    main.stats["helper_jobs"] += 1
+                    continue
+                except Exception as exc:  # noqa: BLE001 - its subtrees are walked here instead
+                    pool.stop(f"a helper failed: {type(exc).__name__}: {exc}")
+            # The helper is stopped, so nobody claims any more: walk what it had claimed.
+            self.walk_tasks(main, tasks, iter(shared.claimed_by(helper.side)).__next__)
+
+    def plan(self, walkers: int, main_extra: float = 0.0) -> tuple[list[Path], list[list[int]]]:
+        """The subtrees of a walk shared by `walkers`, by their paths, and each walker's list.
+
+        Subtree sizes are an estimate of their products, a node's Gram and factorization
+        counted as about 2.3 products (measured at m = 100, N = 800). Starting from the root's
+        children, a subtree above a third of a fair share is replaced by its children. The
+        pieces go, largest first, to the walker that would finish them soonest, counting the
+        nodes on the way that it does not build yet; `main_extra` is walker 0's other work
+        (YES-0, when pending). Each list keeps that order, so a walker that runs out takes the
+        smallest ones left on another's (`yes_helper`).
+        """
+        rows, x_rows, n_layers = self.ws.rows, self.x_basis.rows.shape[0], self.n_layers
+
+        def edge(layer: int, target: int) -> float:  # the fit's products, the child's Gram...
+            return 2.0 * self.sizes[target - 1] * (x_rows if layer == 1 else rows) + 2.3 * rows**2
+
+        @functools.cache
+        def cost(layer: int, subset: Subset, forced: int | None) -> float:
+            if layer == n_layers:
+                return float(self.sizes[-1] * rows + 0.3 * rows**2)
+            return sum(
+                edge(layer, t) + cost(layer + 1, *_step(layer, subset, forced, t, n_layers))
+                for t in self._choices(layer, subset, forced)
+            )
+
+        def children(path: Path, layer: int, subset: Subset, forced: int | None) -> list[_Piece]:
+            out = []
+            for t in self._choices(layer, subset, forced):
+                sub, nxt = _step(layer, subset, forced, t, n_layers)
+                out.append(
+                    _Piece(edge(layer, t) + cost(layer + 1, sub, nxt), path + (t,), sub, nxt)
+                )
+            return out
+
+        def assign(pieces: list[_Piece]) -> tuple[list[list[int]], float]:
+            loads = [main_extra] + [0.0] * (walkers - 1)
+            built: list[set[Path]] = [set() for _ in range(walkers)]
+            lists: list[list[int]] = [[] for _ in range(walkers)]
+            for i, piece in enumerate(pieces):
+                extra = [
+                    piece.cost + sum(c for p, c in piece.way if p not in built[w])
+                    for w in range(walkers)
+                ]
+                best = min(range(walkers), key=lambda w: (loads[w] + extra[w], w))
+                loads[best] += extra[best]
+                built[best].update(p for p, _ in piece.way)
+                lists[best].append(i)
+            return lists, max(loads) / (sum(loads) / walkers)
+
+        pieces = children((), 1, (), None)
+        while True:
+            pieces.sort(key=lambda p: (-p.cost, p.path))
+            lists, longest = assign(pieces)  # the longest share over the mean one
+            big = next((p for p in pieces if len(p.path) + 1 < n_layers), None)
+            if longest <= 1 + BALANCE or big is None:
+                break
+            way = (*big.way, (big.path, big.cost - cost(len(big.path) + 1, big.subset, big.forced)))
+            pieces.remove(big)
+            pieces += [
+                dataclasses.replace(p, way=way)
+                for p in children(big.path, len(big.path) + 1, big.subset, big.forced)
+            ]
+        return [p.path for p in pieces], lists
+
+    def walk_tasks(self, sink: _Sink, tasks: list[Path], claim: Callable[[], int | None]) -> None:
+        """Walk the subtree at `tasks[i]` for each index i that `claim()` gives.
+
+        `claim` ends the walk by returning None or raising StopIteration. The nodes on the way to a subtree are built once per call, into kept buffers.
+        """
+        built: dict[Path, tuple[Basis, Subset, int | None]] = {(): (self.x_basis, (), None)}
+        taken: list[np.ndarray] = []
+
+        def node(path: Path) -> tuple[Basis, Subset, int | None]:
+            if path not in built:
+                basis, subset, forced = node(path[:-1])
+                layer, target = len(path), path[-1]
+                lo, hi = self.offsets[target - 1], self.offsets[target]
+                sink.stats["projections"] += 1
+                into = self.ws.spare()
+                taken.append(into)
+                child = sink.factored(self._child(basis, basis.coef(self.targets[lo:hi]), into))
+                built[path] = (child, *_step(layer, subset, forced, target, self.n_layers))
+            return built[path]
+
+        try:
+            with contextlib.suppress(StopIteration):
+                while (i := claim()) is not None:
+                    basis, subset, forced = node(tasks[i])
+                    self._descend(sink, basis, len(tasks[i]) + 1, subset, forced)
+        finally:
+            self.ws.give_back(taken)
 
     def _child(self, basis: Basis, coef: np.ndarray, into: np.ndarray) -> Basis:
         """The factored H~ = [ReLU(coef @ basis.rows); 1] of a fitted layer's output, coef (c, q).
@@ -282,6 +453,19 @@ class AnchorWalk:
         if self.bias:
             h[rows] = 1.0
         return Basis(h)
+
+    def _choices(self, layer: int, subset: Subset, forced: int | None) -> list[int]:
+        """The targets layer `layer` may fit, in increasing order (see `_descend`)."""
+        n_layers = self.n_layers
+        if forced is not None:
+            choices = [forced]
+        elif len(subset) < self.cap:
+            choices = list(range(layer, n_layers + 1))  # G_layer..G_{L-1}, Y
+        else:
+            choices = [n_layers]
+        if layer == 1:  # the all-onto-Y path is YES-0, already known
+            choices = [c for c in choices if c != n_layers]
+        return choices
 
     def _descend(
         self,
@@ -300,27 +484,19 @@ class AnchorWalk:
         (to build and walk) instead.
         """
         n_layers = self.n_layers
-        if forced is not None:
-            choices = [forced]
-        elif len(subset) < self.cap:
-            choices = list(range(layer, n_layers + 1))  # G_layer..G_{L-1}, Y
-        else:
-            choices = [n_layers]
-        if layer == 1:  # the all-onto-Y path is YES-0, already known
-            choices = [c for c in choices if c != n_layers]
         if layer == n_layers:  # only Y is left: the loss needs no predictions
             sink.stats["projections"] += 1
             sink.losses[subset] = basis.sse(self.y_live, self.yy) / self.n_samples
             return
+        choices = self._choices(layer, subset, forced)
         lo, hi = self.offsets[choices[0] - 1], self.offsets[choices[-1]]
         coef = basis.coef(self.targets[lo:hi])  # (rows of the chosen targets, q): one product
         sink.stats["projections"] += len(choices)
         buf = sink.ws.child_buffer(layer, len(choices)) if defer is None else None
         start = 0
         for i, target in enumerate(choices):
-            new = subset + (target,) if forced is None and target < n_layers else subset
+            new, nxt = _step(layer, subset, forced, target, n_layers)
             stop = start + self.sizes[target - 1]
-            nxt = None if target == layer else target
             if defer is not None:
                 # subsets below: every choice of the anchors after this one
                 weight = 2.0 ** (n_layers - 1 - max(target, layer))
@@ -332,6 +508,28 @@ class AnchorWalk:
                 child = sink.factored(self._child(basis, coef[start:stop], buf[i]))
                 self._descend(sink, child, layer + 1, new, nxt)
             start = stop
+
+
+@dataclasses.dataclass(frozen=True)
+class _Piece:
+    """A subtree in a walk's `plan`, with its node's anchors and forced target.
+
+    `way` holds the nodes on the way to it, with their own costs.
+    """
+
+    cost: float
+    path: Path
+    subset: Subset
+    forced: int | None
+    way: tuple[tuple[Path, float], ...] = ()
+
+
+def _step(
+    layer: int, subset: Subset, forced: int | None, target: int, n_layers: int
+) -> tuple[Subset, int | None]:
+    """The anchors and the forced target of the child that fits `target` at `layer`."""
+    new = subset + (target,) if forced is None and target < n_layers else subset
+    return new, None if target == layer else target
 
 
 @dataclasses.dataclass
@@ -393,7 +591,15 @@ class _Sink:
     def __init__(self, ws: Workspace) -> None:
         self.ws = ws
         self.losses: dict[Subset, float] = {}
-        self.stats = dict.fromkeys(["subsets", "factorizations", "projections", *KINDS], 0)
+        self.stats = dict.fromkeys(
+            ["subsets", "factorizations", "projections", *KINDS, "helper_jobs"], 0
+        )
+
+    def merge(self, losses: dict[Subset, float], stats: dict[str, int]) -> None:
+        """Add another walk's losses and work counts to this sink's."""
+        self.losses.update(losses)
+        for key, value in stats.items():
+            self.stats[key] += value
 
     def factored(self, basis: Basis) -> Basis:
         """Count one factorization of `basis`'s kind; return it."""

@@ -1,0 +1,457 @@
+"""Helper processes for the YES walk: each walks its share of the anchor subtrees on its own core.
+
+Threads of one process walk the tree only 1.3-1.4x faster on two cores than one thread: every
+node runs Python between its products, and the threads queue for the interpreter lock. Two
+processes each walk a whole tree at full speed side by side (measured on 2 cores). So a walk
+on more than one thread gives subtrees to helper processes and walks the rest itself.
+
+A helper is `python -m layerpeel.bounds.yes_helper`, started in the background at the first walk
+that could use it (that walk and the next ones run on threads until it has started) and kept
+for the life of the process. It reads jobs as JSON lines from a pipe, finds X, Y and the stacked
+targets in a file that both processes map into memory (created and unlinked at once, so nothing
+is left behind), and answers each job with its subsets' losses. It runs one thread, ignores
+Ctrl-C (the caller handles it) and exits when its pipe closes, that is with its caller.
+
+Any failure (a helper that cannot start, dies, answers late or with an error) stops the helpers
+for the rest of the process with one logged warning; the share they did not answer is walked by
+the caller, so the results never depend on them. `LAYERPEEL_YES_HELPERS=0` turns them off.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import fcntl
+import functools
+import json
+import logging
+import mmap
+import os
+import select
+import signal
+import struct
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+ENV = "LAYERPEEL_YES_HELPERS"  # "0" turns the helpers off; a number caps how many
+MAX_HELPERS = 3  # each one holds torch in memory (~0.3 GB): more gave little on this tree size
+# Walks estimated below this many multiply-adds stay on threads: a job's round trip (~0.2 ms)
+# would eat what a helper saves. The paper's setting (N = 800, m = 100, L = 5) is ~1e9.
+MIN_WORK = 5e7
+_ITEM = 8  # float64 bytes
+# The shared file starts with the claims of a walk's subtrees: the number of subtrees (int64),
+# for each walker the first and one past the last unclaimed place on its list (two int64), then
+# the walker that claimed each subtree (one byte each); X, Y and the stacked targets follow.
+_HEADER = 1 << 18
+_WALKERS = 8  # room for this many lists
+_OWNERS = 8 + 16 * _WALKERS
+_JOB = 1 << 13  # the current job: its length (int64), then its JSON text, up to _HEADER
+_NOBODY = 255
+
+
+def enabled() -> bool:
+    """Whether helpers may be used here (POSIX, not turned off by `LAYERPEEL_YES_HELPERS=0`)."""
+    return os.name == "posix" and os.environ.get(ENV, "").strip() != "0"
+
+
+def wanted(threads: int) -> int:
+    """How many helpers a walk on `threads` threads uses: one per further core, at most 3."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        cores = os.cpu_count() or 1
+    count = min(threads, cores) - 1
+    cap = os.environ.get(ENV, "").strip()
+    if cap.isdigit():
+        count = min(count, int(cap))
+    return max(0, min(count, MAX_HELPERS))
+
+
+class _Helper:
+    """One helper process: walker `side` of the walks it joins.
+
+    The jobs themselves lie in the shared file. The helper waits for a wake-up: an eventfd on
+    Linux, whose wake-up lets the caller run on (a pipe's asks the scheduler to run the helper
+    on the caller's core: writes then stalled the caller 2-5 ms); a pipe elsewhere. It answers
+    through a pipe, and exits when the pipe it watches for the caller's end closes.
+    """
+
+    def __init__(self, data_fd: int, side: int) -> None:
+        alive_r, self.alive_w = os.pipe()  # never written: its end is the caller's end
+        self.reply_r, reply_w = os.pipe()
+        if hasattr(os, "eventfd"):
+            wake_r = self.wake_w = os.eventfd(0)
+        else:
+            wake_r, self.wake_w = os.pipe()
+        package_root = str(Path(__file__).resolve().parents[2])
+        env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1")
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH")) if p)
+        fds = (alive_r, wake_r, reply_w, data_fd)
+        try:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", __name__, *map(str, fds), str(side)],
+                pass_fds=fds,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                env=env,
+            )
+        finally:
+            for fd in (alive_r, reply_w) if wake_r == self.wake_w else (alive_r, reply_w, wake_r):
+                os.close(fd)
+        self.side = side
+        self.pending = b""
+        self.ready = False
+
+    def poll_ready(self) -> bool:
+        """Whether the helper has started (its first line), without waiting."""
+        if not self.ready:
+            line = self._line(0.0)
+            if line is not None:
+                if line != b"ready":
+                    raise RuntimeError(f"unexpected first line {line[:80]!r}")
+                self.ready = True
+        return self.ready
+
+    def wake(self) -> None:
+        """Tell the helper that a job waits in the shared file."""
+        if hasattr(os, "eventfd"):
+            os.eventfd_write(self.wake_w, 1)
+        else:
+            os.write(self.wake_w, b"j")
+
+    def reply(self, timeout: float) -> dict[str, Any]:
+        """The answer to the job sent, waiting at most `timeout` seconds; raises on failure."""
+        line = self._line(timeout)
+        if line is None:
+            raise TimeoutError(f"no answer within {timeout:.1f} s")
+        reply: dict[str, Any] = json.loads(line)
+        if "error" in reply:
+            raise RuntimeError(reply["error"])
+        return reply
+
+    def _line(self, timeout: float) -> bytes | None:
+        """The next line from the helper, or None if none came within `timeout` seconds."""
+        deadline = time.monotonic() + timeout
+        while b"\n" not in self.pending:
+            left = max(0.0, deadline - time.monotonic())
+            ready, _, _ = select.select([self.reply_r], [], [], left)
+            if not ready:
+                return None
+            chunk = os.read(self.reply_r, 1 << 16)
+            if not chunk:
+                raise EOFError(f"the helper exited (code {self.proc.poll()})")
+            self.pending += chunk
+        line, self.pending = self.pending.split(b"\n", 1)
+        return line
+
+    def close(self) -> None:
+        for fd in {self.alive_w, self.wake_w, self.reply_r}:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        try:
+            self.proc.wait(timeout=1.0)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+class _Shared:
+    """An unlinked file mapped into memory, grown on demand: X, Y and the stacked targets."""
+
+    def __init__(self) -> None:
+        folder = "/dev/shm" if os.path.isdir("/dev/shm") else tempfile.gettempdir()
+        fd, name = tempfile.mkstemp(prefix="layerpeel-yes-", dir=folder)
+        os.unlink(name)
+        self.fd = fd
+        self.size = 0
+        self.map: mmap.mmap | None = None
+        self.holds: tuple[int, int] | None = None  # (walk key, size) whose X and Y are written
+
+    def array(self, offset: int, shape: tuple[int, int]) -> np.ndarray:
+        """The float64 (rows, N) array at element `offset` of the file."""
+        assert self.map is not None
+        return _array(self.map, offset, shape)
+
+    def layout(self, key: int, x: np.ndarray, y: np.ndarray, rows: int) -> dict[str, Any]:
+        """Room for X, Y and `rows` target rows; X and Y written unless already there.
+
+        Returns what a helper needs to find them (the element offset of the targets included).
+        """
+        (n, n_samples), m = x.shape, y.shape[0]
+        need = _HEADER + (n + m + rows) * n_samples * _ITEM
+        if need > self.size:
+            size = max(need, 2 * self.size)
+            os.ftruncate(self.fd, size)
+            self.map = mmap.mmap(self.fd, size)  # the old map goes when its arrays do
+            self.size, self.holds = size, None
+        start = _HEADER // _ITEM
+        if self.holds != (key, self.size):
+            self.array(start, (n, n_samples))[...] = x
+            self.array(start + n * n_samples, (m, n_samples))[...] = y
+            self.holds = (key, self.size)
+        targets = start + (n + m) * n_samples
+        return {
+            "size": self.size,
+            "key": key,
+            "n": n,
+            "m": m,
+            "samples": n_samples,
+            "targets": targets,
+        }
+
+    def open_claims(self, lists: list[list[int]]) -> None:
+        """Make the subtrees claimable, each walker's `lists[w]` (indices) first by it."""
+        assert self.map is not None and len(lists) <= _WALKERS
+        count = sum(len(items) for items in lists)
+        assert _OWNERS + count <= _JOB
+        struct.pack_into("q", self.map, 0, count)
+        for w, items in enumerate(lists):
+            struct.pack_into("qq", self.map, 8 + 16 * w, 0, len(items))
+        self.map[_OWNERS : _OWNERS + count] = bytes([_NOBODY]) * count
+
+    def post(self, job: dict[str, Any]) -> None:
+        """Write the job the helpers read when woken; raises ValueError if it does not fit."""
+        assert self.map is not None
+        data = json.dumps(job).encode()
+        if _JOB + 8 + len(data) > _HEADER:
+            raise ValueError(f"a job of {len(data)} bytes does not fit the shared file")
+        struct.pack_into("q", self.map, _JOB, len(data))
+        self.map[_JOB + 8 : _JOB + 8 + len(data)] = data
+
+    def claim(self, side: int, lists: list[list[int]]) -> int | None:
+        assert self.map is not None
+        return _claim(self.fd, self.map, side, lists)
+
+    def claimed_by(self, side: int) -> list[int]:
+        """The subtrees walker `side` claimed."""
+        assert self.map is not None
+        count = struct.unpack_from("q", self.map, 0)[0]
+        return [i for i in range(count) if self.map[_OWNERS + i] == side]
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            os.close(self.fd)
+
+
+class _Pool:
+    """The helpers of this process (started once), their shared file, and who is using them."""
+
+    def __init__(self) -> None:
+        self.pid = os.getpid()
+        self.lock = threading.Lock()  # one walk at a time uses the helpers
+        self.helpers: list[_Helper] = []
+        self.shared: _Shared | None = None
+        self.stopped: str | None = None  # why the helpers were stopped for good
+
+    def start(self, count: int) -> None:
+        try:
+            self.shared = _Shared()
+            for side in range(1, count + 1):
+                self.helpers.append(_Helper(self.shared.fd, side))
+        except Exception as exc:  # noqa: BLE001 - any failure to start leaves the walk on threads
+            self.stop(f"could not start: {exc}")
+
+    def ready(self) -> list[_Helper]:
+        out = []
+        for helper in self.helpers:
+            try:
+                if helper.poll_ready():
+                    out.append(helper)
+            except Exception as exc:  # noqa: BLE001
+                self.stop(f"a helper did not start: {exc}")
+                return []
+        return out
+
+    def stop(self, reason: str) -> None:
+        """Stop every helper for the rest of the process (one warning)."""
+        if self.stopped is None:
+            logger.warning("YES helper processes stopped (%s); walks run on threads", reason)
+            self.stopped = reason
+        for helper in self.helpers:
+            helper.close()
+        self.helpers = []  # the shared file stays: a walk reads there what a helper claimed
+
+    def close(self) -> None:
+        if os.getpid() == self.pid:
+            for helper in self.helpers:
+                helper.close()
+            self.helpers = []
+
+
+_POOL: _Pool | None = None
+_POOL_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def lease(threads: int, work: float) -> Iterator[tuple[list[_Helper], _Pool | None]]:
+    """The ready helpers a walk on `threads` threads of about `work` multiply-adds may use.
+
+    Empty while they start (the first call starts them), when another walk holds them, when the
+    walk is small, or when helpers are off or stopped.
+    """
+    global _POOL
+    count = wanted(threads)
+    if count == 0 or work < MIN_WORK or not enabled():
+        yield [], None
+        return
+    with _POOL_LOCK:
+        if _POOL is None or _POOL.pid != os.getpid():  # a forked child starts its own
+            _POOL = _Pool()
+        pool = _POOL
+    if not pool.lock.acquire(blocking=False):
+        yield [], None
+        return
+    try:
+        if pool.stopped is None and not pool.helpers:
+            pool.start(count)
+        yield (pool.ready() if pool.stopped is None else []), pool
+    finally:
+        pool.lock.release()
+
+
+def wait_ready(threads: int, timeout: float = 30.0) -> bool:
+    """Start the helpers a walk on `threads` threads would use and wait until they are ready.
+
+    For benchmarks and long runs that want them from the first walk; False if none is usable.
+    """
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with lease(threads, float("inf")) as (helpers, pool):
+            if pool is None or pool.stopped is not None:
+                return False
+            if helpers and len(helpers) == len(pool.helpers):
+                return True
+        time.sleep(0.02)
+    return False
+
+
+def _close_pool() -> None:
+    if _POOL is not None:
+        _POOL.close()
+
+
+atexit.register(_close_pool)
+
+
+def _array(mem: mmap.mmap, offset: int, shape: tuple[int, int]) -> np.ndarray:
+    return np.frombuffer(mem, np.float64, shape[0] * shape[1], offset * _ITEM).reshape(shape)
+
+
+def _claim(fd: int, mem: mmap.mmap, side: int, lists: list[list[int]]) -> int | None:
+    """The next subtree for walker `side`, now claimed by it; None when all are claimed.
+
+    It is the first unclaimed one on the walker's own list, else the last unclaimed one (the
+    smallest) on the list with the most left. A POSIX record lock on the header orders the
+    claims of the processes.
+    """
+    fcntl.lockf(fd, fcntl.LOCK_EX, _OWNERS, 0)
+    try:
+        head, tail = struct.unpack_from("qq", mem, 8 + 16 * side)
+        if head < tail:
+            struct.pack_into("q", mem, 8 + 16 * side, head + 1)
+            i = lists[side][head]
+        else:
+            left = [struct.unpack_from("qq", mem, 8 + 16 * w) for w in range(len(lists))]
+            w = max(range(len(lists)), key=lambda w: left[w][1] - left[w][0])
+            head, tail = left[w]
+            if head >= tail:
+                return None
+            struct.pack_into("q", mem, 16 + 16 * w, tail - 1)
+            i = lists[w][tail - 1]
+        mem[_OWNERS + i] = side
+        return i
+    finally:
+        fcntl.lockf(fd, fcntl.LOCK_UN, _OWNERS, 0)
+
+
+# ----------------------------------------------------------------------------- the helper's side
+
+
+class _Served:
+    """What a helper keeps between jobs: the mapped file and the walk of the current X, Y."""
+
+    def __init__(self, data_fd: int, side: int) -> None:
+        self.fd, self.side = data_fd, side
+        self.map: mmap.mmap | None = None
+        self.size = 0
+        self.key: tuple[int, int] | None = None
+        self.walk: Any = None
+
+    def run(self) -> dict[str, Any]:
+        from layerpeel.bounds.yes_walk import AnchorWalk, _Sink, scratch
+
+        size = os.fstat(self.fd).st_size
+        if size != self.size:
+            self.map = mmap.mmap(self.fd, size)
+            self.size = size
+        mem = self.map
+        assert mem is not None
+        length = struct.unpack_from("q", mem, _JOB)[0]
+        job = json.loads(mem[_JOB + 8 : _JOB + 8 + length])
+        n, m, n_samples = job["n"], job["m"], job["samples"]
+        start = _HEADER // _ITEM
+        if self.key != (job["key"], self.size):
+            x = _array(mem, start, (n, n_samples)).copy()
+            y = _array(mem, start + n * n_samples, (m, n_samples)).copy()
+            ws = scratch(m + int(job["bias"]), n_samples)
+            self.walk = AnchorWalk(x, y, job["n_layers"], job["bias"], ws)
+            self.key = (job["key"], self.size)
+        walk = self.walk
+        walk.cap, walk.sizes = job["cap"], job["sizes"]
+        walk.offsets = [sum(walk.sizes[:i]) for i in range(len(walk.sizes) + 1)]
+        walk.targets = _array(mem, job["targets"], (walk.offsets[-1], n_samples))
+        sink = _Sink(walk.ws)
+        began = time.perf_counter()
+        claim = functools.partial(_claim, self.fd, mem, self.side, job["lists"])
+        walk.walk_tasks(sink, [tuple(p) for p in job["tasks"]], claim)
+        return {
+            "losses": [[list(k), v] for k, v in sink.losses.items()],
+            "stats": sink.stats,
+            "seconds": time.perf_counter() - began,
+        }
+
+
+def serve(alive_fd: int, wake_fd: int, reply_fd: int, data_fd: int, side: int) -> None:
+    """The helper's loop: wake up, run the job in the shared file, answer; until EOF on `alive_fd`.
+
+    Each answer is one JSON line on `reply_fd`: the losses and work counts of the subtrees the
+    helper claimed, or the error that stopped it.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    import torch
+
+    torch.set_num_threads(1)
+    served = _Served(data_fd, side)
+    eventfd = hasattr(os, "eventfd")
+    with os.fdopen(reply_fd, "wb") as replies:
+        replies.write(b"ready\n")
+        replies.flush()
+        while True:
+            ready, _, _ = select.select([alive_fd, wake_fd], [], [])
+            if alive_fd in ready:
+                return
+            if eventfd:
+                os.eventfd_read(wake_fd)
+            else:
+                os.read(wake_fd, 1)
+            try:
+                answer = served.run()
+            except Exception as exc:  # noqa: BLE001 - reported to the caller, who walks the share
+                answer = {"error": f"{type(exc).__name__}: {exc}"}
+            replies.write(json.dumps(answer).encode() + b"\n")
+            replies.flush()
+
+
+if __name__ == "__main__":
+    serve(*(int(a) for a in sys.argv[1:6]))
