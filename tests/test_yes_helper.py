@@ -154,3 +154,38 @@ def test_small_walks_stay_on_threads(monkeypatch):
     with yes_helper.lease(2, yes_helper.MIN_WORK / 2) as (ready, pool):
         assert ready == [] and pool is None
     assert yes_helper._POOL is None  # nothing was started
+
+
+def test_no_room_for_the_shared_data_leaves_the_walk_on_threads(helpers, monkeypatch, caplog):
+    """A file system without room (a small /dev/shm) fails before any page is written."""
+    x, y, hidden = net_data(n_layers=5)
+
+    def full(fd, size):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(yes_helper, "_reserve", full)
+    with caplog.at_level(logging.WARNING, logger="layerpeel.bounds.yes_helper"):
+        b = yes_bounds(x, y, hidden)
+    assert b.stats["helper_jobs"] == 0
+    assert "could not be shared" in helpers.stopped
+    assert_parity(b, x, y, hidden)
+
+
+def test_callers_on_several_threads_share_the_helpers_in_turn(helpers):
+    """One walk at a time holds the helpers; the others walk on threads meanwhile."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    datasets = [net_data(n_layers=5, seed=s) for s in range(3)]
+    torch.set_num_threads(1)
+    want = [yes_bounds(*d).losses for d in datasets]
+    torch.set_num_threads(2)
+    with ThreadPoolExecutor(max_workers=len(datasets)) as callers:
+        runs = [callers.submit(lambda d: [yes_bounds(*d) for _ in range(4)], d) for d in datasets]
+        got = [r.result() for r in runs]
+    assert sum(b.stats["helper_jobs"] for bs in got for b in bs) >= 1
+    assert helpers.stopped is None
+    for expected, repeats in zip(want, got, strict=True):
+        for b in repeats:
+            assert set(b.losses) == set(expected)
+            for sub, value in expected.items():
+                assert b.losses[sub] == pytest.approx(value, rel=1e-9, abs=1e-14)

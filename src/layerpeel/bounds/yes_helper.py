@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import atexit
 import contextlib
-import fcntl
 import functools
 import json
 import logging
@@ -40,6 +39,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+try:
+    import fcntl
+except ImportError:  # not POSIX: no helpers
+    fcntl = None  # type: ignore[assignment]
 
 logger = logging.getLogger(__name__)
 
@@ -61,7 +65,7 @@ _NOBODY = 255
 
 def enabled() -> bool:
     """Whether helpers may be used here (POSIX, not turned off by `LAYERPEEL_YES_HELPERS=0`)."""
-    return os.name == "posix" and os.environ.get(ENV, "").strip() != "0"
+    return fcntl is not None and os.environ.get(ENV, "").strip() != "0"
 
 
 def wanted(threads: int) -> int:
@@ -192,7 +196,7 @@ class _Shared:
         need = _HEADER + (n + m + rows) * n_samples * _ITEM
         if need > self.size:
             size = max(need, 2 * self.size)
-            os.ftruncate(self.fd, size)
+            _reserve(self.fd, size)
             self.map = mmap.mmap(self.fd, size)  # the old map goes when its arrays do
             self.size, self.holds = size, None
         start = _HEADER // _ITEM
@@ -212,9 +216,10 @@ class _Shared:
 
     def open_claims(self, lists: list[list[int]]) -> None:
         """Make the subtrees claimable, each walker's `lists[w]` (indices) first by it."""
-        assert self.map is not None and len(lists) <= _WALKERS
+        assert self.map is not None
         count = sum(len(items) for items in lists)
-        assert _OWNERS + count <= _JOB
+        if len(lists) > _WALKERS or _OWNERS + count > _JOB:
+            raise ValueError(f"{count} subtrees for {len(lists)} walkers do not fit the file")
         struct.pack_into("q", self.map, 0, count)
         for w, items in enumerate(lists):
             struct.pack_into("qq", self.map, 8 + 16 * w, 0, len(items))
@@ -223,7 +228,7 @@ class _Shared:
     def post(self, job: dict[str, Any]) -> None:
         """Write the job the helpers read when woken; raises ValueError if it does not fit."""
         assert self.map is not None
-        data = json.dumps(job).encode()
+        data = json.dumps(job).encode()  # tuples (paths) become lists
         if _JOB + 8 + len(data) > _HEADER:
             raise ValueError(f"a job of {len(data)} bytes does not fit the shared file")
         struct.pack_into("q", self.map, _JOB, len(data))
@@ -253,6 +258,7 @@ class _Pool:
         self.helpers: list[_Helper] = []
         self.shared: _Shared | None = None
         self.stopped: str | None = None  # why the helpers were stopped for good
+        self.cpu = 0.0  # CPU seconds the helpers reported for their jobs
 
     def start(self, count: int) -> None:
         try:
@@ -320,6 +326,11 @@ def lease(threads: int, work: float) -> Iterator[tuple[list[_Helper], _Pool | No
         pool.lock.release()
 
 
+def helper_cpu() -> float:
+    """CPU seconds this process's helpers spent on the jobs they answered (for benchmarks)."""
+    return 0.0 if _POOL is None else _POOL.cpu
+
+
 def wait_ready(threads: int, timeout: float = 30.0) -> bool:
     """Start the helpers a walk on `threads` threads would use and wait until they are ready.
 
@@ -342,6 +353,21 @@ def _close_pool() -> None:
 
 
 atexit.register(_close_pool)
+
+
+def _reserve(fd: int, size: int) -> None:
+    """Grow the file to `size` bytes with its space allocated now; OSError if there is none.
+
+    Writing to a mapped page the file system cannot back kills the process (SIGBUS): a small
+    /dev/shm (64 MB in containers) must fail here instead.
+    """
+    if hasattr(os, "posix_fallocate"):
+        os.posix_fallocate(fd, 0, size)
+    else:
+        free = os.fstatvfs(fd)
+        if free.f_bavail * free.f_frsize < size - os.fstat(fd).st_size:
+            raise OSError(f"no room for {size} bytes of YES data")
+        os.ftruncate(fd, size)
 
 
 def _array(mem: mmap.mmap, offset: int, shape: tuple[int, int]) -> np.ndarray:
@@ -412,13 +438,14 @@ class _Served:
         walk.offsets = [sum(walk.sizes[:i]) for i in range(len(walk.sizes) + 1)]
         walk.targets = _array(mem, job["targets"], (walk.offsets[-1], n_samples))
         sink = _Sink(walk.ws)
-        began = time.perf_counter()
+        began, cpu = time.perf_counter(), time.process_time()
         claim = functools.partial(_claim, self.fd, mem, self.side, job["lists"])
         walk.walk_tasks(sink, [tuple(p) for p in job["tasks"]], claim)
         return {
             "losses": [[list(k), v] for k, v in sink.losses.items()],
             "stats": sink.stats,
             "seconds": time.perf_counter() - began,
+            "cpu": time.process_time() - cpu,
         }
 
 

@@ -192,9 +192,7 @@ class AnchorWalk:
         with _ONE_THREAD.held():
             if self.cap > 0 and threads > 1:
                 with yes_helper.lease(threads, self._work()) as (helpers, pool):
-                    if helpers and pool is not None:
-                        self._walk_split(main, hidden, helpers, pool)
-                    else:
+                    if not (helpers and pool and self._walk_split(main, hidden, helpers, pool)):
                         self._walk_parallel(main, hidden, threads)
             elif self.cap > 0:
                 self._stack(hidden)
@@ -295,14 +293,15 @@ class AnchorWalk:
         hidden: list[np.ndarray],
         helpers: list[yes_helper._Helper],
         pool: yes_helper._Pool,
-    ) -> None:
-        """Walk the tree together with helper processes: each claims the next subtree in turn.
+    ) -> bool:
+        """Walk the tree together with helper processes; False if it could not (nothing done).
 
-        The targets are stacked into the file the helpers map. `split` lists the subtrees,
-        largest first; every walker (this one is walker 0) claims the next unclaimed one from a
-        counter in that file until none is left, so the faster ones take more. A helper's losses
-        and work counts come back when it is done; the subtrees a failed helper claimed are
-        walked here, after the helpers are stopped (`yes_helper`).
+        The targets are stacked into the file the helpers map. `plan` gives each walker (this
+        one is walker 0) a list of subtrees; each claims the next one on its list, and once its
+        list is done the last unclaimed one on the longest other list (`yes_helper`), so the
+        faster ones take more. A helper's losses and work counts come back when it is done; the
+        subtrees a failed helper claimed are walked here, after the helpers are stopped. Any
+        failure here stops the helpers too; an interrupted walk stops them before it re-raises.
         """
         shared = pool.shared
         assert shared is not None
@@ -313,40 +312,52 @@ class AnchorWalk:
             layout.update(shared.layout(self.key, self.x, self.y, rows))
             return shared.array(layout["targets"], (rows, self.n_samples))
 
-        self._stack(hidden, room)
-        yes0 = (
-            0.0
-            if self._yes0 is not None
-            else 2.0 * self.m * self.x.shape[0] + 2.3 * self.ws.rows**2
-        )
-        tasks, lists = self.plan(1 + len(helpers), yes0)
-        shared.open_claims(lists)
-        job = {**layout, "n_layers": self.n_layers, "bias": self.bias, "cap": self.cap}
-        job.update(sizes=self.sizes, tasks=[list(p) for p in tasks], lists=lists)
-        shared.post(job)
-        sent: list[yes_helper._Helper] = []
-        for helper in helpers:
-            try:
-                helper.wake()
-                sent.append(helper)
-            except OSError as exc:
-                pool.stop(f"a helper could not be woken: {exc}")
-        start = time.monotonic()
-        if self._yes0 is None:
-            self._yes0 = self._yes0_path(self.ws)
-        self.walk_tasks(main, tasks, lambda: shared.claim(0, lists))
-        timeout = max(1.0, 20.0 * (time.monotonic() - start))
-        for helper in sent:
-            if pool.stopped is None:
+        x_rows, rows = self.x.shape[0] + int(self.bias), self.ws.rows
+        yes0 = 0.0 if self._yes0 is not None else 2.0 * self.m * x_rows + 2.3 * rows**2
+        try:
+            self._stack(hidden, room)
+            tasks, lists = self.plan(1 + len(helpers), yes0)
+            shared.open_claims(lists)
+            job = {**layout, "n_layers": self.n_layers, "bias": self.bias, "cap": self.cap}
+            shared.post({**job, "sizes": self.sizes, "tasks": tasks, "lists": lists})
+        except (OSError, ValueError) as exc:
+            pool.stop(f"the walk could not be shared: {exc}")
+            return False
+        sink = _Sink(self.ws)
+        try:
+            sent: list[yes_helper._Helper] = []
+            for helper in helpers:
                 try:
-                    reply = helper.reply(timeout)
-                    main.merge({tuple(k): v for k, v in reply["losses"]}, reply["stats"])
-                    main.stats["helper_jobs"] += 1
-                    continue
-                except Exception as exc:  # noqa: BLE001 - its subtrees are walked here instead
-                    pool.stop(f"a helper failed: {type(exc).__name__}: {exc}")
-            # The helper is stopped, so nobody claims any more: walk what it had claimed.
-            self.walk_tasks(main, tasks, iter(shared.claimed_by(helper.side)).__next__)
+                    helper.wake()
+                    sent.append(helper)
+                except OSError as exc:
+                    pool.stop(f"a helper could not be woken: {exc}")
+            start = time.monotonic()
+            if self._yes0 is None:
+                self._yes0 = self._yes0_path(self.ws)
+            self.walk_tasks(sink, tasks, lambda: shared.claim(0, lists))
+            timeout = max(1.0, 20.0 * (time.monotonic() - start))
+            for helper in sent:
+                if pool.stopped is None:
+                    try:
+                        reply = helper.reply(timeout)
+                        sink.merge({tuple(k): v for k, v in reply["losses"]}, reply["stats"])
+                        sink.stats["helper_jobs"] += 1
+                        pool.cpu += reply["cpu"]
+                        continue
+                    except Exception as exc:  # noqa: BLE001 - its subtrees are walked here
+                        pool.stop(f"a helper failed: {type(exc).__name__}: {exc}")
+                # The helper is stopped, so nobody claims any more: walk what it had claimed.
+                self.walk_tasks(sink, tasks, iter(shared.claimed_by(helper.side)).__next__)
+        except BaseException as exc:
+            pool.stop(f"the walk was interrupted: {type(exc).__name__}")
+            raise
+        expected = sum(math.comb(self.n_layers - 1, k) for k in range(1, self.cap + 1))
+        if len(sink.losses) != expected:  # a guard: each subtree is claimed by exactly one walker
+            pool.stop(f"the walk came back with {len(sink.losses)} of {expected} subsets")
+            return False
+        main.merge(sink.losses, sink.stats)
+        return True
 
     def plan(self, walkers: int, main_extra: float = 0.0) -> tuple[list[Path], list[list[int]]]:
         """The subtrees of a walk shared by `walkers`, by their paths, and each walker's list.
