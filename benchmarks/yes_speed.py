@@ -192,14 +192,22 @@ def depth_table() -> None:
         f"load {os.getloadavg()[0]:.1f})"
     )
     print(
-        f"{'L':>3s} {'subsets':>8s} {'full':>8s} {'nodes':>6s} {'capped':>8s} "
-        f"{'subsets':>8s} {'nodes':>6s} {'plain':>8s} {'plain/full':>10s}"
+        f"full [{ARGS.threads}]: the full enumeration on {ARGS.threads} threads, wall seconds "
+        "(one run each too)"
+    )
+    print(
+        f"{'L':>3s} {'subsets':>8s} {'full':>8s} {'nodes':>6s} {f'full [{ARGS.threads}]':>9s} "
+        f"{'capped':>8s} {'subsets':>8s} {'nodes':>6s} {'plain':>8s} {'plain/full':>10s}"
     )
     for n_layers in range(3, 11):
         x, y, hidden = synthetic_setting(n_layers, ARGS.train_epochs)
         t0 = time.process_time()
         full = yes_bounds(x, y, hidden)
         t_full = time.process_time() - t0
+        with Threads(ARGS.threads):
+            t0 = time.perf_counter()
+            yes_bounds(x, y, hidden)
+            t_threads = time.perf_counter() - t0
         t0 = time.process_time()
         cap = YesTracker(x, y, max_anchors=ARGS.cap).bounds(hidden)
         t_cap = time.process_time() - t0
@@ -211,7 +219,7 @@ def depth_table() -> None:
             plain = f"{t_plain:8.2f} {t_plain / t_full:9.1f}x"
         print(
             f"{n_layers:3d} {full.stats['subsets']:8d} {t_full:8.2f} "
-            f"{full.stats['factorizations']:6d} {t_cap:8.2f} "
+            f"{full.stats['factorizations']:6d} {t_threads:9.2f} {t_cap:8.2f} "
             f"{cap.stats['subsets']:8d} {cap.stats['factorizations']:6d} {plain}"
         )
         sys.stdout.flush()

@@ -426,7 +426,8 @@ class AnchorWalk:
     def walk_tasks(self, sink: _Sink, tasks: list[Path], claim: Callable[[], int | None]) -> None:
         """Walk the subtree at `tasks[i]` for each index i that `claim()` gives.
 
-        `claim` ends the walk by returning None or raising StopIteration. The nodes on the way to a subtree are built once per call, into kept buffers.
+        `claim` ends the walk by returning None or raising StopIteration. The nodes on the way
+        to a subtree are built once per call, into kept buffers.
         """
         built: dict[Path, tuple[Basis, Subset, int | None]] = {(): (self.x_basis, (), None)}
         taken: list[np.ndarray] = []

@@ -30,7 +30,12 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     p.add_argument("--seed", default="0", help="seed for data, initialization and batches")
     p.add_argument("--samples", default="0", help="samples before the 80/20 split (0: default)")
     p.add_argument("--max-anchors", default=None, help="cap on anchors per subset (default: all)")
-    p.add_argument("--threads", default="1", help="torch threads (small matrices: 1 is fastest)")
+    p.add_argument(
+        "--threads",
+        default="1",
+        help="torch threads (training these small nets is fastest on 1; above 1, each YES check "
+        "shares its walk with helper processes)",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p
 
