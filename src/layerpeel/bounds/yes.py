@@ -119,7 +119,9 @@ class YesBounds:
     losses: dict[Subset, float]  # J(sigma) of every evaluated subset; () is the YES-0 path
     best_subsets: list[Subset]  # best_subsets[k] reaches YES-k, k = 0..L-1
     max_anchors: int  # the largest subset size evaluated
-    stats: dict[str, int]  # subsets, factorizations, projections, and the count of each path
+    # subsets, factorizations, projections, the count of each path, helper_jobs (helper processes
+    # that walked part of the tree; docs/yes.md)
+    stats: dict[str, int]
     bias: bool = True
     _data: tuple[np.ndarray, np.ndarray, list[np.ndarray]] = dataclasses.field(
         default=(np.empty((0, 0)), np.empty((0, 0)), []), repr=False, compare=False
@@ -178,7 +180,8 @@ def _bounds(walk: AnchorWalk, hidden: list[np.ndarray], max_anchors: int | None)
     """Run the walk with the cap `max_anchors` and read YES-0..YES-(L-1) off its losses."""
     n_layers = walk.n_layers
     cap = n_layers - 1 if max_anchors is None else min(max_anchors, n_layers - 1)
-    # as many threads as torch may use (torch.set_num_threads): the subtrees of the walk share them
+    # as many threads as torch may use (torch.set_num_threads): helper processes or threads share
+    # the subtrees of the walk
     losses, stats = walk.run(hidden, cap, threads=torch.get_num_threads())
     yes: list[float] = [walk.yes0]
     best: list[Subset] = [()]

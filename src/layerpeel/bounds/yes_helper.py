@@ -7,14 +7,16 @@ on more than one thread gives subtrees to helper processes and walks the rest it
 
 A helper is `python -m layerpeel.bounds.yes_helper`, started in the background at the first walk
 that could use it (that walk and the next ones run on threads until it has started) and kept
-for the life of the process. It reads jobs as JSON lines from a pipe, finds X, Y and the stacked
-targets in a file that both processes map into memory (created and unlinked at once, so nothing
-is left behind), and answers each job with its subsets' losses. It runs one thread, ignores
-Ctrl-C (the caller handles it) and exits when its pipe closes, that is with its caller.
+for the life of the process. X, Y, the stacked targets, the job (JSON) and the claims on the
+walk's subtrees lie in a file that all the processes map into memory, created and unlinked at
+once, so nothing is left behind. A helper waits to be woken, claims subtrees until none is
+left, and answers with their losses through a pipe. It runs one thread, ignores Ctrl-C (the
+caller handles it) and exits when the pipe it watches for its caller's end closes.
 
-Any failure (a helper that cannot start, dies, answers late or with an error) stops the helpers
-for the rest of the process with one logged warning; the share they did not answer is walked by
-the caller, so the results never depend on them. `LAYERPEEL_YES_HELPERS=0` turns them off.
+Any failure (a helper that cannot start, dies, answers late or with an error, a file that has
+no room) stops the helpers for the rest of the process with one logged warning; the subtrees
+they claimed and did not answer are walked by the caller, so the results never depend on them.
+`LAYERPEEL_YES_HELPERS=0` turns them off.
 """
 
 from __future__ import annotations
@@ -48,10 +50,14 @@ except ImportError:  # not POSIX: no helpers
 logger = logging.getLogger(__name__)
 
 ENV = "LAYERPEEL_YES_HELPERS"  # "0" turns the helpers off; a number caps how many
-MAX_HELPERS = 3  # each one holds torch in memory (~0.3 GB): more gave little on this tree size
-# Walks estimated below this many multiply-adds stay on threads: a job's round trip (~0.2 ms)
-# would eat what a helper saves. The paper's setting (N = 800, m = 100, L = 5) is ~1e9.
+MAX_HELPERS = 3  # each one holds torch in memory (about 270 MB resident)
+# Walks estimated below this many multiply-adds (`AnchorWalk._work`; the paper's setting,
+# N = 800, m = 100, L = 5, is 4e8) stay on threads: sharing a walk costs about 1 ms (the shared
+# file, the plan, the answer), more than a helper saves on a walk of a few milliseconds.
 MIN_WORK = 5e7
+# A helper that has not answered within 20 times the caller's own share of a walk, and at least
+# this many seconds, is taken for failed.
+MIN_TIMEOUT = 1.0
 _ITEM = 8  # float64 bytes
 # The shared file starts with the claims of a walk's subtrees: the number of subtrees (int64),
 # for each walker the first and one past the last unclaimed place on its list (two int64), then
@@ -101,6 +107,7 @@ class _Helper:
         env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1")
         env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH")) if p)
         fds = (alive_r, wake_r, reply_w, data_fd)
+        ours = {self.alive_w, self.wake_w, self.reply_r}
         try:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", __name__, *map(str, fds), str(side)],
@@ -110,9 +117,11 @@ class _Helper:
                 stderr=subprocess.DEVNULL,
                 env=env,
             )
+        except BaseException:
+            _close_all(ours)
+            raise
         finally:
-            for fd in (alive_r, reply_w) if wake_r == self.wake_w else (alive_r, reply_w, wake_r):
-                os.close(fd)
+            _close_all({alive_r, reply_w, wake_r} - ours)  # the helper's ends
         self.side = side
         self.pending = b""
         self.ready = False
@@ -160,9 +169,7 @@ class _Helper:
         return line
 
     def close(self) -> None:
-        for fd in {self.alive_w, self.wake_w, self.reply_r}:
-            with contextlib.suppress(OSError):
-                os.close(fd)
+        _close_all({self.alive_w, self.wake_w, self.reply_r})
         try:
             self.proc.wait(timeout=1.0)
         except subprocess.TimeoutExpired:
@@ -245,8 +252,13 @@ class _Shared:
         return [i for i in range(count) if self.map[_OWNERS + i] == side]
 
     def close(self) -> None:
+        _close_all({self.fd})
+
+
+def _close_all(fds: set[int]) -> None:
+    for fd in fds:
         with contextlib.suppress(OSError):
-            os.close(self.fd)
+            os.close(fd)
 
 
 class _Pool:
@@ -289,10 +301,13 @@ class _Pool:
         self.helpers = []  # the shared file stays: a walk reads there what a helper claimed
 
     def close(self) -> None:
+        """At exit: end the helpers and close the shared file (in the process that has them)."""
         if os.getpid() == self.pid:
             for helper in self.helpers:
                 helper.close()
             self.helpers = []
+            if self.shared is not None:
+                self.shared.close()
 
 
 _POOL: _Pool | None = None

@@ -336,7 +336,7 @@ class AnchorWalk:
             if self._yes0 is None:
                 self._yes0 = self._yes0_path(self.ws)
             self.walk_tasks(sink, tasks, lambda: shared.claim(0, lists))
-            timeout = max(1.0, 20.0 * (time.monotonic() - start))
+            timeout = max(yes_helper.MIN_TIMEOUT, 20.0 * (time.monotonic() - start))
             for helper in sent:
                 if pool.stopped is None:
                     try:
