@@ -191,3 +191,72 @@ def test_callers_on_several_threads_share_the_helpers_in_turn(helpers):
             assert set(b.losses) == set(expected)
             for sub, value in expected.items():
                 assert b.losses[sub] == pytest.approx(value, rel=1e-9, abs=1e-14)
+
+
+@pytest.mark.parametrize("python", ["/nonexistent/python", "/bin/false"])
+def test_a_helper_that_cannot_start_leaves_the_walks_on_threads(monkeypatch, caplog, python):
+    """No interpreter to start, or one that exits at once: one warning, and threads."""
+    if yes_helper.wanted(2) < 1 or not yes_helper.enabled() or not os.path.exists("/bin/false"):
+        pytest.skip("helper processes need two cores and POSIX")
+    monkeypatch.setattr(yes_helper, "MIN_WORK", 0.0)
+    monkeypatch.setattr(yes_helper, "_POOL", None)
+    monkeypatch.setattr(yes_helper.sys, "executable", python)
+    x, y, hidden = net_data(n_layers=5)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        with caplog.at_level(logging.WARNING, logger="layerpeel.bounds.yes_helper"):
+            assert not yes_helper.wait_ready(2, timeout=30)
+            b = yes_bounds(x, y, hidden)
+    finally:
+        torch.set_num_threads(before)
+    pool = yes_helper._POOL
+    assert pool is not None and pool.stopped is not None and not pool.helpers
+    assert len([r for r in caplog.records if "stopped" in r.getMessage()]) == 1
+    assert b.stats["helper_jobs"] == 0
+    assert_parity(b, x, y, hidden)
+
+
+def test_claims_locked_by_a_stopped_process_do_not_hang_the_caller(monkeypatch):
+    """A process holds the claims and never lets go: the caller's patience runs out.
+
+    The stall handler ends that process, which frees the lock, and the claim goes through.
+    """
+    import subprocess
+    import sys
+
+    if not yes_helper.enabled():
+        pytest.skip("POSIX only")
+    shared = yes_helper._Shared()
+    holder = None
+    try:
+        shared.layout(0, np.zeros((2, 3)), np.zeros((1, 3)), 1)
+        shared.open_claims([[0], [1]])
+        holder = subprocess.Popen(
+            [
+                sys.executable,
+                "-c",
+                f"import fcntl, time; fcntl.lockf({shared.fd}, fcntl.LOCK_EX, "
+                f"{yes_helper._OWNERS}, 0); print('held', flush=True); time.sleep(60)",
+            ],
+            pass_fds=(shared.fd,),
+            stdout=subprocess.PIPE,
+        )
+        assert holder.stdout is not None and holder.stdout.readline().strip() == b"held"
+        stalls = []
+
+        def stall():
+            stalls.append(1)
+            holder.kill()
+            holder.wait()
+
+        monkeypatch.setattr(yes_helper, "MIN_TIMEOUT", 0.2)
+        first = shared.claim(0, [[0], [1]], stall)
+        assert stalls == [1] and first == 0
+        assert shared.claim(0, [[0], [1]], stall) == 1  # taken from the other list
+        assert shared.claim(0, [[0], [1]], stall) is None
+        assert shared.claimed_by(0) == [0, 1]
+    finally:
+        if holder is not None and holder.poll() is None:
+            holder.kill()
+        shared.close()

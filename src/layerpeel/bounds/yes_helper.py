@@ -36,7 +36,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -241,9 +241,18 @@ class _Shared:
         struct.pack_into("q", self.map, _JOB, len(data))
         self.map[_JOB + 8 : _JOB + 8 + len(data)] = data
 
-    def claim(self, side: int, lists: list[list[int]]) -> int | None:
+    def claim(self, side: int, lists: list[list[int]], stall: Callable[[], None]) -> int | None:
+        """`_claim` for the caller, which never waits long for the lock.
+
+        If the claims stay locked for `MIN_TIMEOUT` seconds (a helper stopped while it held
+        them), `stall()` must end the helpers, which frees the lock.
+        """
         assert self.map is not None
-        return _claim(self.fd, self.map, side, lists)
+        try:
+            return _claim(self.fd, self.map, side, lists, patience=MIN_TIMEOUT)
+        except TimeoutError:
+            stall()
+            return _claim(self.fd, self.map, side, lists)
 
     def claimed_by(self, side: int) -> list[int]:
         """The subtrees walker `side` claimed."""
@@ -389,14 +398,28 @@ def _array(mem: mmap.mmap, offset: int, shape: tuple[int, int]) -> np.ndarray:
     return np.frombuffer(mem, np.float64, shape[0] * shape[1], offset * _ITEM).reshape(shape)
 
 
-def _claim(fd: int, mem: mmap.mmap, side: int, lists: list[list[int]]) -> int | None:
+def _claim(
+    fd: int, mem: mmap.mmap, side: int, lists: list[list[int]], patience: float | None = None
+) -> int | None:
     """The next subtree for walker `side`, now claimed by it; None when all are claimed.
 
     It is the first unclaimed one on the walker's own list, else the last unclaimed one (the
     smallest) on the list with the most left. A POSIX record lock on the header orders the
-    claims of the processes.
+    claims of the processes (a process that dies releases it); with `patience`, TimeoutError
+    if it stays taken that many seconds.
     """
-    fcntl.lockf(fd, fcntl.LOCK_EX, _OWNERS, 0)
+    if patience is None:
+        fcntl.lockf(fd, fcntl.LOCK_EX, _OWNERS, 0)
+    else:
+        deadline = time.monotonic() + patience
+        while True:
+            try:
+                fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB, _OWNERS, 0)
+                break
+            except OSError:  # held by another process for now
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"the claims stayed locked for {patience} s") from None
+                time.sleep(1e-4)
     try:
         head, tail = struct.unpack_from("qq", mem, 8 + 16 * side)
         if head < tail:

@@ -30,7 +30,7 @@ Path = tuple[int, ...]  # the targets (1..L, L = Y) the layers from layer 1 on f
 # Buffers a thread keeps between `yes_bounds` calls on data of the same shape, up to this size.
 SCRATCH_BYTES = 64 * 2**20
 _SCRATCH = threading.local()
-# A split walk's plan splits subtrees until its longest share is within this of a fair one.
+# A split walk's plan splits subtrees until its longest share is within this of the mean one.
 BALANCE = 0.05
 _KEYS = itertools.count()  # tells helper processes which X, Y a walk is on
 
@@ -335,7 +335,8 @@ class AnchorWalk:
             start = time.monotonic()
             if self._yes0 is None:
                 self._yes0 = self._yes0_path(self.ws)
-            self.walk_tasks(sink, tasks, lambda: shared.claim(0, lists))
+            stall = functools.partial(pool.stop, "a helper held the claims too long")
+            self.walk_tasks(sink, tasks, lambda: shared.claim(0, lists, stall))
             timeout = max(yes_helper.MIN_TIMEOUT, 20.0 * (time.monotonic() - start))
             for helper in sent:
                 if pool.stopped is None:
@@ -363,12 +364,12 @@ class AnchorWalk:
         """The subtrees of a walk shared by `walkers`, by their paths, and each walker's list.
 
         Subtree sizes are an estimate of their products, a node's Gram and factorization
-        counted as about 2.3 products (measured at m = 100, N = 800). Starting from the root's
-        children, a subtree above a third of a fair share is replaced by its children. The
-        pieces go, largest first, to the walker that would finish them soonest, counting the
-        nodes on the way that it does not build yet; `main_extra` is walker 0's other work
-        (YES-0, when pending). Each list keeps that order, so a walker that runs out takes the
-        smallest ones left on another's (`yes_helper`).
+        counted as about 2.3 products (measured at m = 100, N = 800). The pieces go, largest
+        first, to the walker that would finish them soonest, counting the nodes on the way that
+        it does not build yet; `main_extra` is walker 0's other work (YES-0, when pending).
+        Starting from the root's children, the largest piece is split into its children until
+        the longest share is within `BALANCE` of the mean one. Each list keeps the largest-first
+        order, so a walker that runs out takes the smallest left on another's (`yes_helper`).
         """
         rows, x_rows, n_layers = self.ws.rows, self.x_basis.rows.shape[0], self.n_layers
 
