@@ -5,7 +5,7 @@ node runs Python between its products, and the threads queue for the interpreter
 processes each walk a whole tree at full speed side by side (measured on 2 cores). So a walk
 on more than one thread gives subtrees to helper processes and walks the rest itself.
 
-A helper is `python -m layerpeel.bounds.yes_helper`, started in the background at the first walk
+A helper is a Python process that runs `serve`, started in the background at the first walk
 that could use it (that walk and the next ones run on threads until it has started) and kept
 for the life of the process. X, Y, the stacked targets, the job (JSON) and the claims on the
 walk's subtrees lie in a file that all the processes map into memory, created and unlinked at
@@ -37,7 +37,6 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -67,6 +66,12 @@ _WALKERS = 8  # room for this many lists
 _OWNERS = 8 + 16 * _WALKERS
 _JOB = 1 << 13  # the current job: its length (int64), then its JSON text, up to _HEADER
 _NOBODY = 255
+_PATH_ENV = "LAYERPEEL_YES_HELPER_PATH"
+# What a helper runs: this process's sys.path, then `serve` with the descriptors it was given.
+_START = (
+    f"import json, os, sys; sys.path[:] = json.loads(os.environ.pop({_PATH_ENV!r})); "
+    "from layerpeel.bounds.yes_helper import serve; serve(*map(int, sys.argv[1:6]))"
+)
 
 
 def enabled() -> bool:
@@ -103,14 +108,13 @@ class _Helper:
             wake_r = self.wake_w = os.eventfd(0)
         else:
             wake_r, self.wake_w = os.pipe()
-        package_root = str(Path(__file__).resolve().parents[2])
         env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1")
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH")) if p)
+        env[_PATH_ENV] = json.dumps(sys.path)  # the helper imports what this process imports
         fds = (alive_r, wake_r, reply_w, data_fd)
         ours = {self.alive_w, self.wake_w, self.reply_r}
         try:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", __name__, *map(str, fds), str(side)],
+                [sys.executable, "-c", _START, *map(str, fds), str(side)],
                 pass_fds=fds,
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,
@@ -516,7 +520,3 @@ def serve(alive_fd: int, wake_fd: int, reply_fd: int, data_fd: int, side: int) -
                 answer = {"error": f"{type(exc).__name__}: {exc}"}
             replies.write(json.dumps(answer).encode() + b"\n")
             replies.flush()
-
-
-if __name__ == "__main__":
-    serve(*(int(a) for a in sys.argv[1:6]))
