@@ -11,8 +11,9 @@ import numpy as np
 import pytest
 import torch
 
-from layerpeel.bounds import YesTracker, yes_bounds, yes_helper
-from layerpeel.bounds.yes_walk import AnchorWalk, _Sink
+from layerpeel.bounds import YesTracker, yes_bounds, yes_helper, yes_shared
+from layerpeel.bounds.yes_split import plan
+from layerpeel.bounds.yes_walk import AnchorWalk, Sink
 from test_yes import assert_parity, net_data, rank_deficient_data
 
 
@@ -26,7 +27,7 @@ def target_path(sub: tuple[int, ...], n_layers: int) -> tuple[int, ...]:
 def walk_for(x, y, hidden, cap=None) -> AnchorWalk:
     walk = AnchorWalk(np.asarray(x), np.asarray(y), len(hidden) + 1, True)
     walk.cap = len(hidden) if cap is None else cap
-    walk._stack([np.asarray(h) for h in hidden])
+    walk.stack([np.asarray(h) for h in hidden])
     return walk
 
 
@@ -40,7 +41,7 @@ def test_plan_hands_out_every_subset_once(walkers, n_layers, cap, yes0_pending):
     """
     x, y, hidden = net_data(n_layers=n_layers, m=6, n_samples=30)
     walk = walk_for(x, y, hidden, cap)
-    tasks, lists = walk.plan(walkers, yes0_pending)
+    tasks, lists = plan(walk, walkers, yes0_pending)
     assert sorted(i for items in lists for i in items) == list(range(len(tasks)))
     assert len(lists) == walkers
     cap = n_layers - 1 if cap is None else cap
@@ -59,10 +60,10 @@ def test_walkers_that_claim_in_turn_give_the_whole_walk(data, walkers):
     x, y, hidden = rank_deficient_data() if data == "rank_deficient" else net_data(n_layers=5)
     serial = yes_bounds(x, y, hidden)
     walk = walk_for(x, y, hidden)
-    tasks, lists = walk.plan(walkers)
+    tasks, lists = plan(walk, walkers)
     # walker w takes its own list in order; walker 0 then takes what the others did not
     left = [list(items) for items in lists]
-    sinks = [_Sink(walk.ws) for _ in range(walkers)]
+    sinks = [Sink(walk.ws) for _ in range(walkers)]
     for w in range(1, walkers):
         mine = left[w][: len(left[w]) // 2 + 1]
         walk.walk_tasks(sinks[w], tasks, iter(mine).__next__)
@@ -165,7 +166,7 @@ def test_no_room_for_the_shared_data_leaves_the_walk_on_threads(helpers, monkeyp
     def full(fd, size):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(yes_helper, "_reserve", full)
+    monkeypatch.setattr(yes_shared, "reserve", full)
     with caplog.at_level(logging.WARNING, logger="layerpeel.bounds.yes_helper"):
         b = yes_bounds(x, y, hidden)
     assert b.stats["helper_jobs"] == 0
@@ -217,7 +218,7 @@ def test_a_helper_that_cannot_start_leaves_the_walks_on_threads(monkeypatch, cap
     assert_parity(b, x, y, hidden)
 
 
-def test_claims_locked_by_a_stopped_process_do_not_hang_the_caller(monkeypatch):
+def test_claims_locked_by_a_stopped_process_do_not_hang_the_caller():
     """A process holds the claims and never lets go: the caller's patience runs out.
 
     The stall handler ends that process, which frees the lock, and the claim goes through.
@@ -227,7 +228,7 @@ def test_claims_locked_by_a_stopped_process_do_not_hang_the_caller(monkeypatch):
 
     if not yes_helper.enabled():
         pytest.skip("POSIX only")
-    shared = yes_helper._Shared()
+    shared = yes_shared.SharedFile()
     holder = None
     try:
         shared.layout(0, np.zeros((2, 3)), np.zeros((1, 3)), 1)
@@ -237,7 +238,7 @@ def test_claims_locked_by_a_stopped_process_do_not_hang_the_caller(monkeypatch):
                 sys.executable,
                 "-c",
                 f"import fcntl, time; fcntl.lockf({shared.fd}, fcntl.LOCK_EX, "
-                f"{yes_helper._OWNERS}, 0); print('held', flush=True); time.sleep(60)",
+                f"{yes_shared._OWNERS}, 0); print('held', flush=True); time.sleep(60)",
             ],
             pass_fds=(shared.fd,),
             stdout=subprocess.PIPE,
@@ -250,11 +251,10 @@ def test_claims_locked_by_a_stopped_process_do_not_hang_the_caller(monkeypatch):
             holder.kill()
             holder.wait()
 
-        monkeypatch.setattr(yes_helper, "MIN_TIMEOUT", 0.2)
-        first = shared.claim(0, [[0], [1]], stall)
+        first = shared.claim(0, [[0], [1]], 0.2, stall)
         assert stalls == [1] and first == 0
-        assert shared.claim(0, [[0], [1]], stall) == 1  # taken from the other list
-        assert shared.claim(0, [[0], [1]], stall) is None
+        assert shared.claim(0, [[0], [1]], 0.2, stall) == 1  # taken from the other list
+        assert shared.claim(0, [[0], [1]], 0.2, stall) is None
         assert shared.claimed_by(0) == [0, 1]
     finally:
         if holder is not None and holder.poll() is None:

@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import functools
 import heapq
 import itertools
 import logging
 import math
 import threading
-import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -30,8 +28,6 @@ Path = tuple[int, ...]  # the targets (1..L, L = Y) the layers from layer 1 on f
 # Buffers a thread keeps between `yes_bounds` calls on data of the same shape, up to this size.
 SCRATCH_BYTES = 64 * 2**20
 _SCRATCH = threading.local()
-# A split walk's plan splits subtrees until its longest share is within this of the mean one.
-BALANCE = 0.05
 _KEYS = itertools.count()  # tells helper processes which X, Y a walk is on
 
 
@@ -150,10 +146,18 @@ class AnchorWalk:
         self.cap = 0
 
     @property
+    def yes0_known(self) -> bool:
+        """Whether YES-0 is computed already (it is once per walk object)."""
+        return self._yes0 is not None
+
+    @property
     def yes0(self) -> float:
         """YES-0, the loss of the path that fits every layer onto Y (computed once)."""
-        if self._yes0 is None:
-            self._yes0 = self._yes0_path(self.ws)
+        return self._yes0 if self._yes0 is not None else self.compute_yes0()
+
+    def compute_yes0(self) -> float:
+        """Compute YES-0 and keep it."""
+        self._yes0 = self._yes0_path(self.ws)
         return self._yes0
 
     def _yes0_path(self, ws: Workspace) -> float:
@@ -188,14 +192,17 @@ class AnchorWalk:
         subtrees (the products and factorizations release the GIL); see `_walk_parallel`.
         """
         self.cap = cap
-        main = _Sink(self.ws)
+        main = Sink(self.ws)
         with _ONE_THREAD.held():
             if self.cap > 0 and threads > 1:
+                # imported here: yes_split builds on this module
+                from layerpeel.bounds.yes_split import walk_split
+
                 with yes_helper.lease(threads, self._work()) as (helpers, pool):
-                    if not (helpers and pool and self._walk_split(main, hidden, helpers, pool)):
+                    if not (helpers and pool and walk_split(self, main, hidden, helpers, pool)):
                         self._walk_parallel(main, hidden, threads)
             elif self.cap > 0:
-                self._stack(hidden)
+                self.stack(hidden)
                 self._descend(main, self.x_basis, 1, (), None)
             main.losses[()] = self.yes0
         main.stats["subsets"] = len(main.losses)
@@ -207,7 +214,7 @@ class AnchorWalk:
         subsets = sum(math.comb(self.n_layers - 1, k) for k in range(self.cap + 1))
         return 3.0 * subsets * self.ws.rows**2 * self.n_samples
 
-    def _stack(
+    def stack(
         self, hidden: list[np.ndarray], room: Callable[[int], np.ndarray] | None = None
     ) -> None:
         """Stack the live rows of the targets G_1..G_{L-1}, Y into `targets`, in layer order.
@@ -227,7 +234,7 @@ class AnchorWalk:
         stack[self.offsets[-2] :] = self.y_live
         self.targets = stack
 
-    def _walk_parallel(self, main: _Sink, hidden: list[np.ndarray], threads: int) -> None:
+    def _walk_parallel(self, main: Sink, hidden: list[np.ndarray], threads: int) -> None:
         """Walk the tree on `threads` threads that share one queue of subtrees; merge into `main`.
 
         Threads take the largest subtree first (one whose next anchor is layer t holds about
@@ -247,7 +254,7 @@ class AnchorWalk:
         def walk(i: int) -> None:
             if i:  # a pool thread: its own buffers, kept as the calling thread keeps its own
                 torch.set_num_threads(1)  # this thread's OpenMP threads, not only the caller's
-                sink = _Sink(scratch(self.ws.rows, self.n_samples))
+                sink = Sink(scratch(self.ws.rows, self.n_samples))
                 sinks.append(sink)
             else:
                 sink = main
@@ -275,7 +282,7 @@ class AnchorWalk:
         futures = [_pool(threads - 1).submit(walk, i) for i in range(1, threads)]
         try:
             try:
-                self._stack(hidden)
+                self.stack(hidden)
                 queue.add([_Task(1, (), None, total, self.x_basis)])
             finally:
                 queue.done()  # the root's place
@@ -287,144 +294,7 @@ class AnchorWalk:
         for sink in sinks[1:]:
             main.merge(sink.losses, sink.stats)
 
-    def _walk_split(
-        self,
-        main: _Sink,
-        hidden: list[np.ndarray],
-        helpers: list[yes_helper._Helper],
-        pool: yes_helper._Pool,
-    ) -> bool:
-        """Walk the tree together with helper processes; False if it could not (nothing done).
-
-        The targets are stacked into the file the helpers map. `plan` gives each walker (this
-        one is walker 0) a list of subtrees; each claims the next one on its list, and once its
-        list is done the last unclaimed one on the longest other list (`yes_helper`), so the
-        faster ones take more. A helper's losses and work counts come back when it is done; the
-        subtrees a failed helper claimed are walked here, after the helpers are stopped. Any
-        failure here stops the helpers too; an interrupted walk stops them before it re-raises.
-        """
-        shared = pool.shared
-        assert shared is not None
-        layout: dict[str, Any] = {}
-
-        def room(rows: int) -> np.ndarray:
-            assert shared is not None
-            layout.update(shared.layout(self.key, self.x, self.y, rows))
-            return shared.array(layout["targets"], (rows, self.n_samples))
-
-        x_rows, rows = self.x.shape[0] + int(self.bias), self.ws.rows
-        yes0 = 0.0 if self._yes0 is not None else 2.0 * self.m * x_rows + 2.3 * rows**2
-        try:
-            self._stack(hidden, room)
-            tasks, lists = self.plan(1 + len(helpers), yes0)
-            shared.open_claims(lists)
-            job = {**layout, "n_layers": self.n_layers, "bias": self.bias, "cap": self.cap}
-            shared.post({**job, "sizes": self.sizes, "tasks": tasks, "lists": lists})
-        except (OSError, ValueError) as exc:
-            pool.stop(f"the walk could not be shared: {exc}")
-            return False
-        sink = _Sink(self.ws)
-        try:
-            sent: list[yes_helper._Helper] = []
-            for helper in helpers:
-                try:
-                    helper.wake()
-                    sent.append(helper)
-                except OSError as exc:
-                    pool.stop(f"a helper could not be woken: {exc}")
-            start = time.monotonic()
-            if self._yes0 is None:
-                self._yes0 = self._yes0_path(self.ws)
-            stall = functools.partial(pool.stop, "a helper held the claims too long")
-            self.walk_tasks(sink, tasks, lambda: shared.claim(0, lists, stall))
-            timeout = max(yes_helper.MIN_TIMEOUT, 20.0 * (time.monotonic() - start))
-            for helper in sent:
-                if pool.stopped is None:
-                    try:
-                        reply = helper.reply(timeout)
-                        sink.merge({tuple(k): v for k, v in reply["losses"]}, reply["stats"])
-                        sink.stats["helper_jobs"] += 1
-                        pool.cpu += reply["cpu"]
-                        continue
-                    except Exception as exc:  # noqa: BLE001 - its subtrees are walked here
-                        pool.stop(f"a helper failed: {type(exc).__name__}: {exc}")
-                # The helper is stopped, so nobody claims any more: walk what it had claimed.
-                self.walk_tasks(sink, tasks, iter(shared.claimed_by(helper.side)).__next__)
-        except BaseException as exc:
-            pool.stop(f"the walk was interrupted: {type(exc).__name__}")
-            raise
-        expected = sum(math.comb(self.n_layers - 1, k) for k in range(1, self.cap + 1))
-        if len(sink.losses) != expected:  # a guard: each subtree is claimed by exactly one walker
-            pool.stop(f"the walk came back with {len(sink.losses)} of {expected} subsets")
-            return False
-        main.merge(sink.losses, sink.stats)
-        return True
-
-    def plan(self, walkers: int, main_extra: float = 0.0) -> tuple[list[Path], list[list[int]]]:
-        """The subtrees of a walk shared by `walkers`, by their paths, and each walker's list.
-
-        Subtree sizes are an estimate of their products, a node's Gram and factorization
-        counted as about 2.3 products (measured at m = 100, N = 800). The pieces go, largest
-        first, to the walker that would finish them soonest, counting the nodes on the way that
-        it does not build yet; `main_extra` is walker 0's other work (YES-0, when pending).
-        Starting from the root's children, the largest piece is split into its children until
-        the longest share is within `BALANCE` of the mean one. Each list keeps the largest-first
-        order, so a walker that runs out takes the smallest left on another's (`yes_helper`).
-        """
-        rows, x_rows, n_layers = self.ws.rows, self.x_basis.rows.shape[0], self.n_layers
-
-        def edge(layer: int, target: int) -> float:  # the fit's products, the child's Gram...
-            return 2.0 * self.sizes[target - 1] * (x_rows if layer == 1 else rows) + 2.3 * rows**2
-
-        @functools.cache
-        def cost(layer: int, subset: Subset, forced: int | None) -> float:
-            if layer == n_layers:
-                return float(self.sizes[-1] * rows + 0.3 * rows**2)
-            return sum(
-                edge(layer, t) + cost(layer + 1, *_step(layer, subset, forced, t, n_layers))
-                for t in self._choices(layer, subset, forced)
-            )
-
-        def children(path: Path, layer: int, subset: Subset, forced: int | None) -> list[_Piece]:
-            out = []
-            for t in self._choices(layer, subset, forced):
-                sub, nxt = _step(layer, subset, forced, t, n_layers)
-                out.append(
-                    _Piece(edge(layer, t) + cost(layer + 1, sub, nxt), path + (t,), sub, nxt)
-                )
-            return out
-
-        def assign(pieces: list[_Piece]) -> tuple[list[list[int]], float]:
-            loads = [main_extra] + [0.0] * (walkers - 1)
-            built: list[set[Path]] = [set() for _ in range(walkers)]
-            lists: list[list[int]] = [[] for _ in range(walkers)]
-            for i, piece in enumerate(pieces):
-                extra = [
-                    piece.cost + sum(c for p, c in piece.way if p not in built[w])
-                    for w in range(walkers)
-                ]
-                best = min(range(walkers), key=lambda w: (loads[w] + extra[w], w))
-                loads[best] += extra[best]
-                built[best].update(p for p, _ in piece.way)
-                lists[best].append(i)
-            return lists, max(loads) / (sum(loads) / walkers)
-
-        pieces = children((), 1, (), None)
-        while True:
-            pieces.sort(key=lambda p: (-p.cost, p.path))
-            lists, longest = assign(pieces)  # the longest share over the mean one
-            big = next((p for p in pieces if len(p.path) + 1 < n_layers), None)
-            if longest <= 1 + BALANCE or big is None:
-                break
-            way = (*big.way, (big.path, big.cost - cost(len(big.path) + 1, big.subset, big.forced)))
-            pieces.remove(big)
-            pieces += [
-                dataclasses.replace(p, way=way)
-                for p in children(big.path, len(big.path) + 1, big.subset, big.forced)
-            ]
-        return [p.path for p in pieces], lists
-
-    def walk_tasks(self, sink: _Sink, tasks: list[Path], claim: Callable[[], int | None]) -> None:
+    def walk_tasks(self, sink: Sink, tasks: list[Path], claim: Callable[[], int | None]) -> None:
         """Walk the subtree at `tasks[i]` for each index i that `claim()` gives.
 
         `claim` ends the walk by returning None or raising StopIteration. The nodes on the way
@@ -442,7 +312,7 @@ class AnchorWalk:
                 into = self.ws.spare()
                 taken.append(into)
                 child = sink.factored(self._child(basis, basis.coef(self.targets[lo:hi]), into))
-                built[path] = (child, *_step(layer, subset, forced, target, self.n_layers))
+                built[path] = (child, *step(layer, subset, forced, target, self.n_layers))
             return built[path]
 
         try:
@@ -467,7 +337,7 @@ class AnchorWalk:
             h[rows] = 1.0
         return Basis(h)
 
-    def _choices(self, layer: int, subset: Subset, forced: int | None) -> list[int]:
+    def choices(self, layer: int, subset: Subset, forced: int | None) -> list[int]:
         """The targets layer `layer` may fit, in increasing order (see `_descend`)."""
         n_layers = self.n_layers
         if forced is not None:
@@ -482,7 +352,7 @@ class AnchorWalk:
 
     def _descend(
         self,
-        sink: _Sink,
+        sink: Sink,
         basis: Basis,
         layer: int,
         subset: Subset,
@@ -501,14 +371,14 @@ class AnchorWalk:
             sink.stats["projections"] += 1
             sink.losses[subset] = basis.sse(self.y_live, self.yy) / self.n_samples
             return
-        choices = self._choices(layer, subset, forced)
+        choices = self.choices(layer, subset, forced)
         lo, hi = self.offsets[choices[0] - 1], self.offsets[choices[-1]]
         coef = basis.coef(self.targets[lo:hi])  # (rows of the chosen targets, q): one product
         sink.stats["projections"] += len(choices)
         buf = sink.ws.child_buffer(layer, len(choices)) if defer is None else None
         start = 0
         for i, target in enumerate(choices):
-            new, nxt = _step(layer, subset, forced, target, n_layers)
+            new, nxt = step(layer, subset, forced, target, n_layers)
             stop = start + self.sizes[target - 1]
             if defer is not None:
                 # subsets below: every choice of the anchors after this one
@@ -523,21 +393,7 @@ class AnchorWalk:
             start = stop
 
 
-@dataclasses.dataclass(frozen=True)
-class _Piece:
-    """A subtree in a walk's `plan`, with its node's anchors and forced target.
-
-    `way` holds the nodes on the way to it, with their own costs.
-    """
-
-    cost: float
-    path: Path
-    subset: Subset
-    forced: int | None
-    way: tuple[tuple[Path, float], ...] = ()
-
-
-def _step(
+def step(
     layer: int, subset: Subset, forced: int | None, target: int, n_layers: int
 ) -> tuple[Subset, int | None]:
     """The anchors and the forced target of the child that fits `target` at `layer`."""
@@ -598,7 +454,7 @@ class _Queue:
                 self.cond.notify_all()
 
 
-class _Sink:
+class Sink:
     """What one thread of the walk writes: its buffers, the losses it found, its work counts."""
 
     def __init__(self, ws: Workspace) -> None:
