@@ -260,3 +260,27 @@ def test_claims_locked_by_a_stopped_process_do_not_hang_the_caller():
         if holder is not None and holder.poll() is None:
             holder.kill()
         shared.close()
+
+
+def test_two_helpers_share_the_walk(monkeypatch):
+    """Three walkers (the caller and two helpers; oversubscribed on two cores, still exact)."""
+    if not yes_helper.enabled():
+        pytest.skip("POSIX only")
+    monkeypatch.setattr(yes_helper, "MIN_WORK", 0.0)
+    monkeypatch.setattr(yes_helper, "MIN_TIMEOUT", 30.0)
+    monkeypatch.setattr(yes_helper, "_POOL", None)
+    monkeypatch.setattr(yes_helper, "wanted", lambda threads: 2)
+    x, y, hidden = rank_deficient_data()
+    before = torch.get_num_threads()
+    torch.set_num_threads(3)
+    try:
+        assert yes_helper.wait_ready(3, timeout=60)
+        assert len(yes_helper._POOL.helpers) == 2
+        got = [yes_bounds(x, y, hidden) for _ in range(3)]
+    finally:
+        torch.set_num_threads(before)
+        if yes_helper._POOL is not None:
+            yes_helper._POOL.stop("the test is over")
+    for b in got:
+        assert b.stats["helper_jobs"] == 2
+        assert_parity(b, x, y, hidden)

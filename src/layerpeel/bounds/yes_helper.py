@@ -184,15 +184,13 @@ class Pool:
             self.stop(f"could not start: {exc}")
 
     def ready(self) -> list[Helper]:
-        out = []
-        for helper in self.helpers:
-            try:
-                if helper.poll_ready():
-                    out.append(helper)
-            except Exception as exc:  # noqa: BLE001
-                self.stop(f"a helper did not start: {exc}")
-                return []
-        return out
+        """All the helpers once every one has started, else none (walker w is helper w)."""
+        try:
+            started = [helper.poll_ready() for helper in self.helpers]
+        except Exception as exc:  # noqa: BLE001
+            self.stop(f"a helper did not start: {exc}")
+            return []
+        return list(self.helpers) if all(started) else []
 
     def stop(self, reason: str) -> None:
         """Stop every helper for the rest of the process (one warning)."""

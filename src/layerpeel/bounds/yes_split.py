@@ -28,7 +28,7 @@ def walk_split(
 
     The targets are stacked into the file the helpers map. `plan` gives each walker (this
     one is walker 0) a list of subtrees; each claims the next one on its list, and once its
-    list is done the last unclaimed one on the longest other list (`yes_helper`), so the
+    list is done the last unclaimed one on the longest other list (`yes_shared.claim`), so the
     faster ones take more. A helper's losses and work counts come back when it is done; the
     subtrees a failed helper claimed are walked here, after the helpers are stopped. Any
     failure here stops the helpers too; an interrupted walk stops them before it re-raises.
@@ -102,7 +102,7 @@ def plan(
     it does not build yet; `main_extra` is walker 0's other work (YES-0, when pending).
     Starting from the root's children, the largest piece is split into its children until
     the longest share is within `BALANCE` of the mean one. Each list keeps the largest-first
-    order, so a walker that runs out takes the smallest left on another's (`yes_helper`).
+    order, so a walker that runs out takes the smallest left on another's (`yes_shared.claim`).
     """
     rows, x_rows, n_layers = walk.ws.rows, walk.x_basis.rows.shape[0], walk.n_layers
 
