@@ -155,10 +155,11 @@ class Helper:
         line, self.pending = self.pending.split(b"\n", 1)
         return line
 
-    def close(self) -> None:
+    def close(self, patience: float = 1.0) -> None:
+        """End the helper: close its pipes (it exits when it sees that), kill it after `patience` s."""
         close_all({self.alive_w, self.wake_w, self.reply_r})
         try:
-            self.proc.wait(timeout=1.0)
+            self.proc.wait(timeout=patience)
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait()
@@ -198,7 +199,7 @@ class Pool:
             logger.warning("YES helper processes stopped (%s); walks run on threads", reason)
             self.stopped = reason
         for helper in self.helpers:
-            helper.close()
+            helper.close(patience=0.0)  # a failed or interrupted walk does not wait for them
         self.helpers = []  # the shared file stays: a walk reads there what a helper claimed
 
     def close(self) -> None:
