@@ -98,8 +98,7 @@ class Basis:
         # sigma_max(H~) <= ||H~||_F.
         if self.cond > QR_COND_LIMIT:
             return None
-        min_norm = 1.0 / float(scale.max())
-        if min_norm < 1e3 * self.rtol * (self.cond * float(k.diagonal().sum())) ** 0.5:
+        if not _clear_of_cutoff(1.0 / float(scale.max()) / np.sqrt(self.cond), self.rtol, k):
             return None
         l1 = _cholesky(k * scale[:, None] * scale[None, :])
         qr = None if l1 is None else _cholesky_qr2(self.hk, scale, l1)
@@ -156,8 +155,8 @@ class Basis:
         sp = scale[p]
         hp = self.h[keep[p]]  # (q, N)
         hd = self.h[keep[d]]  # (rk - q, N)
+        sigma_min = float(1.0 / sp.max()) / np.sqrt(cond)  # <= sigma_min(H_p)
         if cond <= GRAM_COND_LIMIT:
-            sigma_min = float(1.0 / sp.max()) / np.sqrt(cond)  # <= sigma_min(H_p)
             kinv *= sp[:, None]
             kinv *= sp  # K_pp^-1, unscaled
             # Every row of H~ left out (dead rows are within rtol of 0 already) must lie near
@@ -169,14 +168,14 @@ class Basis:
             # cutoff of H~ (sigma_max(H~) <= its Frobenius norm).
             if cond > QR_COND_LIMIT:
                 return False
-            if float(1.0 / sp.max()) / np.sqrt(cond) < 1e3 * self.rtol * _trace_norm(gram):
+            if not _clear_of_cutoff(sigma_min, self.rtol, gram):
                 return False
             qr = _cholesky_qr2(hp, sp, lpp)
             if qr is None:
                 return False
             qt, r = qr  # (q, N) orthonormal rows spanning H_p's; H_p^T = Q R
             r_inv = torch.linalg.solve_triangular(torch.from_numpy(r), _eye(q), upper=True)
-            sigma_min = 1.0 / float(torch.linalg.matrix_norm(r_inv))  # <= sigma_min(H_p)
+            sigma_min = 1.0 / float(torch.linalg.matrix_norm(r_inv))  # a tighter bound
             resid = _norm(hd - mm(mm(hd, qt.T), qt))  # the distance of H_d from span(H_p)
             rows = {"v": qt.T, "rows": qt}
         row_max = float(np.sqrt(gram.diagonal().max()))  # <= sigma_max
@@ -341,6 +340,15 @@ def _eye(n: int) -> torch.Tensor:
     if eye is None:
         eye = _EYES[n] = torch.eye(n, dtype=torch.float64)
     return eye
+
+
+def _clear_of_cutoff(sigma_min: float, rtol: float, gram: np.ndarray) -> bool:
+    """Whether `sigma_min` lies 1e3 times above pinv's cutoff rtol * sigma_max.
+
+    `sigma_min` bounds from below the smallest singular value of the rows whose Gram is `gram`;
+    their Frobenius norm bounds sigma_max from above.
+    """
+    return sigma_min >= 1e3 * rtol * _trace_norm(gram)
 
 
 def _trace_norm(gram: np.ndarray) -> float:
