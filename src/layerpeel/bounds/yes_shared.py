@@ -230,9 +230,8 @@ class _Served:
             self.walk = AnchorWalk(x, y, job["n_layers"], job["bias"], ws)
             self.key = (job["key"], self.size)
         walk = self.walk
-        walk.cap, walk.sizes = job["cap"], job["sizes"]
-        walk.offsets = [sum(walk.sizes[:i]) for i in range(len(walk.sizes) + 1)]
-        walk.targets = _array(mem, job["targets"], (walk.offsets[-1], n_samples))
+        walk.cap = job["cap"]
+        walk.set_targets(_array(mem, job["targets"], (sum(job["sizes"]), n_samples)), job["sizes"])
         sink = Sink(walk.ws)
         began, cpu = time.perf_counter(), time.process_time()
         mine = functools.partial(claim, self.fd, mem, self.side, job["lists"])

@@ -188,8 +188,9 @@ class AnchorWalk:
     ) -> tuple[dict[Subset, float], dict[str, int]]:
         """J(sigma) for every subset of at most `cap` anchors, and the work counts.
 
-        With `threads` > 1 the tree is walked by that many threads that share a queue of
-        subtrees (the products and factorizations release the GIL); see `_walk_parallel`.
+        With `threads` > 1 the tree is shared with helper processes when they are ready
+        (`yes_split`), else walked by that many threads that share a queue of subtrees (the
+        products and factorizations release the GIL; see `_walk_parallel`).
         """
         self.cap = cap
         main = Sink(self.ws)
@@ -225,13 +226,15 @@ class AnchorWalk:
         """
         masks = [(t != 0).any(1) for t in hidden]
         sizes = [int(k.sum()) for k in masks] + [self.y_live.shape[0]]
+        self.set_targets((room or self.ws.target_buffer)(sum(sizes)), sizes)
+        for t, keep, lo, hi in zip(hidden, masks, self.offsets, self.offsets[1:], strict=False):
+            np.compress(keep, t, axis=0, out=self.targets[lo:hi])
+        self.targets[self.offsets[-2] :] = self.y_live
+
+    def set_targets(self, stack: np.ndarray, sizes: list[int]) -> None:
+        """Walk onto `stack` (sum(sizes), N): G_1..G_{L-1}, Y in layer order, sizes[i] rows each."""
         self.sizes = sizes
         self.offsets = [sum(sizes[:i]) for i in range(len(sizes) + 1)]
-        # (sum of live rows, N): G_1..G_{L-1}, Y
-        stack = (room or self.ws.target_buffer)(self.offsets[-1])
-        for t, keep, lo, hi in zip(hidden, masks, self.offsets, self.offsets[1:], strict=False):
-            np.compress(keep, t, axis=0, out=stack[lo:hi])
-        stack[self.offsets[-2] :] = self.y_live
         self.targets = stack
 
     def _walk_parallel(self, main: Sink, hidden: list[np.ndarray], threads: int) -> None:
