@@ -45,11 +45,9 @@ def walk_split(
         layout.update(shared.layout(walk.key, walk.x, walk.y, rows))
         return shared.array(layout["targets"], (rows, walk.n_samples))
 
-    x_rows, rows = walk.x.shape[0] + int(walk.bias), walk.ws.rows
-    yes0 = 0.0 if walk.yes0_known else 2.0 * walk.m * x_rows + 2.3 * rows**2
     try:
         walk.stack(hidden, room)
-        tasks, lists = plan(walk, 1 + len(helpers), yes0)
+        tasks, lists = plan(walk, 1 + len(helpers), yes0_pending=not walk.yes0_known)
         shared.open_claims(lists)
         job = {**layout, "n_layers": walk.n_layers, "bias": walk.bias, "cap": walk.cap}
         shared.post({**job, "sizes": walk.sizes, "tasks": tasks, "lists": lists})
@@ -95,14 +93,15 @@ def walk_split(
 
 
 def plan(
-    walk: AnchorWalk, walkers: int, main_extra: float = 0.0
+    walk: AnchorWalk, walkers: int, yes0_pending: bool = False
 ) -> tuple[list[Path], list[list[int]]]:
     """The subtrees of a walk shared by `walkers`, by their paths, and each walker's list.
 
     Subtree sizes are an estimate of their products, a node's Gram and factorization
     counted as about 2.3 products (measured at m = 100, N = 800). The pieces go, largest
     first, to the walker that would finish them soonest, counting the nodes on the way that
-    it does not build yet; `main_extra` is walker 0's other work (YES-0, when pending).
+    it does not build yet. Walker 0 also computes YES-0 when it is pending, counted as the
+    root's edge onto Y (YES-0 often ends at its first layer).
     Starting from the root's children, the largest piece is split into its children until
     the longest share is within `BALANCE` of the mean one. Each list keeps the largest-first
     order, so a walker that runs out takes the smallest left on another's (`yes_shared.claim`).
@@ -111,6 +110,8 @@ def plan(
 
     def edge(layer: int, target: int) -> float:  # the fit's products, the child's Gram...
         return 2.0 * walk.sizes[target - 1] * (x_rows if layer == 1 else rows) + 2.3 * rows**2
+
+    main_extra = edge(1, n_layers) if yes0_pending else 0.0
 
     @functools.cache
     def cost(layer: int, subset: Subset, forced: int | None) -> float:
