@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
 import os
@@ -75,23 +76,30 @@ def test_walkers_that_claim_in_turn_give_the_whole_walk(data, walkers):
         assert value == pytest.approx(serial.losses[sub], rel=1e-9, abs=1e-14)
 
 
-@pytest.fixture
-def helpers(monkeypatch):
-    """Helper processes for walks on two threads, whatever the walk's size."""
-    if yes_helper.wanted(2) < 1 or not yes_helper.enabled():
-        pytest.skip("helper processes need two cores and POSIX")
+@contextlib.contextmanager
+def fresh_helpers(monkeypatch, threads):
+    """Walks on `threads` torch threads with a pool of their own, whatever their size."""
     monkeypatch.setattr(yes_helper, "MIN_WORK", 0.0)
     monkeypatch.setattr(yes_helper, "MIN_TIMEOUT", 30.0)  # a busy test machine is not a failure
     monkeypatch.setattr(yes_helper, "_POOL", None)
     before = torch.get_num_threads()
-    torch.set_num_threads(2)
+    torch.set_num_threads(threads)
     try:
-        assert yes_helper.wait_ready(2, timeout=60)
-        yield yes_helper._POOL
+        yield
     finally:
         torch.set_num_threads(before)
         if yes_helper._POOL is not None:
             yes_helper._POOL.stop("the test is over")
+
+
+@pytest.fixture
+def helpers(monkeypatch):
+    """Helper processes for walks on two threads, started."""
+    if yes_helper.wanted(2) < 1 or not yes_helper.enabled():
+        pytest.skip("helper processes need two cores and POSIX")
+    with fresh_helpers(monkeypatch, 2):
+        assert yes_helper.wait_ready(2, timeout=60)
+        yield yes_helper._POOL
 
 
 @pytest.mark.parametrize("data", ["random", "rank_deficient"])
@@ -199,19 +207,13 @@ def test_a_helper_that_cannot_start_leaves_the_walks_on_threads(monkeypatch, cap
     """No interpreter to start, or one that exits at once: one warning, and threads."""
     if yes_helper.wanted(2) < 1 or not yes_helper.enabled() or not os.path.exists("/bin/false"):
         pytest.skip("helper processes need two cores and POSIX")
-    monkeypatch.setattr(yes_helper, "MIN_WORK", 0.0)
-    monkeypatch.setattr(yes_helper, "_POOL", None)
     monkeypatch.setattr(yes_helper.sys, "executable", python)
     x, y, hidden = net_data(n_layers=5)
-    before = torch.get_num_threads()
-    torch.set_num_threads(2)
-    try:
+    with fresh_helpers(monkeypatch, 2):
         with caplog.at_level(logging.WARNING, logger="layerpeel.bounds.yes_helper"):
             assert not yes_helper.wait_ready(2, timeout=30)
             b = yes_bounds(x, y, hidden)
-    finally:
-        torch.set_num_threads(before)
-    pool = yes_helper._POOL
+        pool = yes_helper._POOL
     assert pool is not None and pool.stopped is not None and not pool.helpers
     assert len([r for r in caplog.records if "stopped" in r.getMessage()]) == 1
     assert b.stats["helper_jobs"] == 0
@@ -266,21 +268,12 @@ def test_two_helpers_share_the_walk(monkeypatch):
     """Three walkers (the caller and two helpers; oversubscribed on two cores, still exact)."""
     if not yes_helper.enabled():
         pytest.skip("POSIX only")
-    monkeypatch.setattr(yes_helper, "MIN_WORK", 0.0)
-    monkeypatch.setattr(yes_helper, "MIN_TIMEOUT", 30.0)
-    monkeypatch.setattr(yes_helper, "_POOL", None)
     monkeypatch.setattr(yes_helper, "wanted", lambda threads: 2)
     x, y, hidden = rank_deficient_data()
-    before = torch.get_num_threads()
-    torch.set_num_threads(3)
-    try:
+    with fresh_helpers(monkeypatch, 3):
         assert yes_helper.wait_ready(3, timeout=60)
         assert len(yes_helper._POOL.helpers) == 2
         got = [yes_bounds(x, y, hidden) for _ in range(3)]
-    finally:
-        torch.set_num_threads(before)
-        if yes_helper._POOL is not None:
-            yes_helper._POOL.stop("the test is over")
     for b in got:
         assert b.stats["helper_jobs"] == 2
         assert_parity(b, x, y, hidden)
