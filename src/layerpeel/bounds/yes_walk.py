@@ -269,9 +269,7 @@ class AnchorWalk:
                     basis = task.basis
                     if basis is None:  # a child to build first, from its parent's coefficients
                         assert task.parent is not None and task.coef is not None
-                        into = self.ws.spare()
-                        taken.append(into)
-                        basis = sink.factored(self._child(task.parent, task.coef, into))
+                        basis = self._spare_child(sink, task.parent, task.coef, taken)
                     args = (sink, basis, task.layer, task.subset, task.forced)
                     if task.weight >= split:
                         children: list[_Task] = []
@@ -312,9 +310,7 @@ class AnchorWalk:
                 layer, target = len(path), path[-1]
                 lo, hi = self.offsets[target - 1], self.offsets[target]
                 sink.stats["projections"] += 1
-                into = self.ws.spare()
-                taken.append(into)
-                child = sink.factored(self._child(basis, basis.coef(self.targets[lo:hi]), into))
+                child = self._spare_child(sink, basis, basis.coef(self.targets[lo:hi]), taken)
                 built[path] = (child, *step(layer, subset, forced, target, self.n_layers))
             return built[path]
 
@@ -325,6 +321,17 @@ class AnchorWalk:
                     self._descend(sink, basis, len(tasks[i]) + 1, subset, forced)
         finally:
             self.ws.give_back(taken)
+
+    def _spare_child(
+        self, sink: Sink, basis: Basis, coef: np.ndarray, taken: list[np.ndarray]
+    ) -> Basis:
+        """`_child` into a spare buffer of the workspace, counted in `sink`.
+
+        The buffer is listed in `taken`, to give back once the walk is done.
+        """
+        into = self.ws.spare()
+        taken.append(into)
+        return sink.factored(self._child(basis, coef, into))
 
     def _child(self, basis: Basis, coef: np.ndarray, into: np.ndarray) -> Basis:
         """The factored H~ = [ReLU(coef @ basis.rows); 1] of a fitted layer's output, coef (c, q).
