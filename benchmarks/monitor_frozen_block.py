@@ -22,7 +22,7 @@ from layerpeel.models import GPTConfig
 from layerpeel.monitor import MonitorConfig, every, read_events
 from layerpeel.monitor.trainer import attach
 from layerpeel.quant import QuantConfig
-from layerpeel.train import TrainConfig, Trainer
+from layerpeel.training.trainer import TrainConfig, Trainer
 
 
 def train(root: Path, args: argparse.Namespace, frozen: int | None) -> tuple[Path, float]:

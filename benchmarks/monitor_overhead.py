@@ -33,7 +33,7 @@ from layerpeel.monitor.checkpoints import run_monitoring_set
 from layerpeel.monitor.state import ShadowModel, preserved_rng
 from layerpeel.monitor.trainer import attach
 from layerpeel.quant import QuantConfig
-from layerpeel.train import Trainer
+from layerpeel.training.trainer import Trainer
 
 
 def make_trainer(root: Path, name: str, steps: int) -> Trainer:

@@ -19,12 +19,12 @@ import numpy as np
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from layerpeel.analyze import PeelConfig, monitoring_from_run, peel
 from layerpeel.commands.demo import DEMO_MODEL
 from layerpeel.data import ByteTokenizer, SequenceDataset, prepare_tokens, split_sequences
+from layerpeel.data.monitoring import MonitoringSet, monitoring_set
 from layerpeel.models import GPT
-from layerpeel.monitoring import MonitoringSet, monitoring_set
-from layerpeel.train import token_cache_dir
+from layerpeel.peel.analysis import PeelConfig, monitoring_from_run, peel
+from layerpeel.training.trainer import token_cache_dir
 
 PHASES = {
     "P1": PeelConfig(ladder=False, cascade=False),
@@ -61,7 +61,7 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.run is not None:
-        from layerpeel.analyze import load_target
+        from layerpeel.peel.analysis import load_target
 
         target = load_target(args.run)
         model, mset = target.model, monitoring_from_run(target.run, None, args.tokens)

@@ -7,7 +7,7 @@ Side by side with WeightWatcher's per-layer power-law alpha on the same checkpoi
 
 For every seed, fault kind (frozen, slow = learning rate 100x too small, reinit = re-initialised
 at 80 % of the run) and faulty block, a 4-layer GPT (d_model 64, context 64, bytes; full
-precision or `--quant`) is trained on the built-in corpus with `layerpeel.planted`; a healthy
+precision or `--quant`) is trained on the built-in corpus with `planted`; a healthy
 model is trained per seed as well. Then:
 - layerpeel: P1 rows of whole blocks (gap and work, the cost of removing the block) on a
   monitoring set from the training split, with each solver of `--solvers` on the same model;
@@ -39,12 +39,12 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from layerpeel.analyze import PeelConfig, peel
 from layerpeel.data import ByteTokenizer, SequenceDataset, prepare_tokens, split_sequences
+from layerpeel.data.monitoring import monitoring_set
 from layerpeel.models import GPT, GPTConfig
-from layerpeel.monitoring import monitoring_set
-from layerpeel.planted import PlantedRun, train_planted
-from layerpeel.train import token_cache_dir
+from layerpeel.peel.analysis import PeelConfig, peel
+from layerpeel.training.trainer import token_cache_dir
+from planted import PlantedRun, train_planted
 
 CFG = GPTConfig(vocab_size=256, n_layer=4, n_head=4, d_model=64, block_size=64)
 WW_UNDERTRAINED = 6.0

@@ -23,12 +23,12 @@ import tempfile
 import time
 from pathlib import Path
 
-from layerpeel.bounds.cascade import anchor_subsets
-from layerpeel.bounds.report import PeelReport
-from layerpeel.bounds.scoring import Thresholds
-from layerpeel.bounds.yes import verdict
+from layerpeel.peel.cascade import anchor_subsets
+from layerpeel.peel.report import PeelReport
+from layerpeel.peel.scoring import Thresholds
 from layerpeel.report.chromium import CHROMIUM_ARGS, find_chromium
 from layerpeel.report.html import write_report
+from layerpeel.yes.bounds import verdict
 
 
 def synthetic_run(

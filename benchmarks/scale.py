@@ -33,8 +33,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from layerpeel.analyze import PeelConfig
 from layerpeel.distributed.plan import Shape, make_plan, units
+from layerpeel.peel.analysis import PeelConfig
 
 
 def children_cpu() -> float:
@@ -57,7 +57,7 @@ def make_run(folder: Path, checkpoints: int, monitor_tokens: int) -> Path:
     from layerpeel.commands.demo import DEMO_MODEL
     from layerpeel.monitor import MonitorConfig
     from layerpeel.quant import QuantConfig
-    from layerpeel.train import TrainConfig, Trainer
+    from layerpeel.training.trainer import TrainConfig, Trainer
 
     cfg = TrainConfig(
         max_steps=2 * checkpoints,
@@ -149,9 +149,9 @@ def cost_check(run: Path, tokens: int) -> list[tuple[str, float, float]]:
     """
     import torch
 
-    from layerpeel.analyze import load_target, monitoring_from_run
-    from layerpeel.bounds.context import build_context
     from layerpeel.distributed.sharded import plan_analysis, run_units
+    from layerpeel.peel.analysis import load_target, monitoring_from_run
+    from layerpeel.peel.context import build_context
 
     torch.set_num_threads(1)
     target = load_target(run)
@@ -170,8 +170,8 @@ def cost_check(run: Path, tokens: int) -> list[tuple[str, float, float]]:
 
 
 def plan_analysis_for(run: Path, tokens: int, world: int) -> Any:
-    from layerpeel.analyze import load_target, monitoring_from_run
     from layerpeel.distributed.sharded import plan_analysis
+    from layerpeel.peel.analysis import load_target, monitoring_from_run
 
     target = load_target(run)
     return plan_analysis(

@@ -29,8 +29,8 @@ from pathlib import Path
 
 import torch
 
-from layerpeel.analyze import PeelConfig, peel
-from layerpeel.hf import hf_monitoring_set, load_hf, vocabulary_size
+from layerpeel.arch.loading import hf_monitoring_set, load_hf, vocabulary_size
+from layerpeel.peel.analysis import PeelConfig, peel
 
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
@@ -108,8 +108,8 @@ def main() -> None:
     handler = logging.StreamHandler()
     handler.addFilter(_CpuTime())
     handler.setFormatter(logging.Formatter("%(asctime)s cpu %(cpu).0fs %(message)s", "%H:%M:%S"))
-    logging.getLogger("layerpeel.bounds").addHandler(handler)
-    logging.getLogger("layerpeel.bounds").setLevel(logging.INFO)
+    logging.getLogger("layerpeel.yes").addHandler(handler)
+    logging.getLogger("layerpeel.yes").setLevel(logging.INFO)
 
     print(f"load average at start {load_avg()}", flush=True)
     t0, c0 = time.perf_counter(), cpu_s()

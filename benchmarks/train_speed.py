@@ -13,7 +13,7 @@ import torch
 
 from layerpeel.commands.demo import DEMO_MODEL
 from layerpeel.quant import QuantConfig, bits_per_weight
-from layerpeel.run import build_gpt
+from layerpeel.training.run_folder import build_gpt
 
 SCHEMES = ["none", "binary-global", "binary-channel", "ternary", "int2", "int4", "int8"]
 

@@ -15,7 +15,7 @@ call (after the other jobs ran) and the best of the next two (steady state) are 
 table shows their medians over the repeats, with the steady call's CPU time (this process's and
 the YES helper processes'). The ratio is against the fastest plain configuration, so each side
 is compared at its best. On more than one thread, layerpeel shares each walk with helper
-processes (`layerpeel.bounds.yes_helper`); they are started, and awaited, before the timing.
+processes (`layerpeel.yes.helper`); they are started, and awaited, before the timing.
 """
 
 from __future__ import annotations
@@ -32,9 +32,10 @@ import numpy as np
 import torch
 from threadpoolctl import threadpool_limits
 
-from layerpeel.bounds import YesTracker, yes_bounds, yes_helper
 from layerpeel.models import MLP, MLPConfig
-from layerpeel.yes_experiments import TASKS
+from layerpeel.yes import YesTracker, yes_bounds
+from layerpeel.yes import helper as yes_helper
+from layerpeel.yes.paper import TASKS
 
 _ARGS = argparse.ArgumentParser(description=__doc__.splitlines()[0])
 _ARGS.add_argument(

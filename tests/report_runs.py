@@ -1,6 +1,6 @@
 """Real run folders for the report tests: a tiny GPT trained a few steps and peeled at each checkpoint.
 
-Nothing is made up: the analyses are `layerpeel.analyze.peel` reports of the run's own checkpoints
+Nothing is made up: the analyses are `layerpeel.peel.analysis.peel` reports of the run's own checkpoints
 on a small monitoring set, written where `layerpeel analyze` and the monitor write them. Low gap
 thresholds make the verdicts differ between checkpoints so that every colour is exercised.
 """
@@ -12,13 +12,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-from layerpeel.analyze import PeelConfig, peel
+from layerpeel.data.monitoring import monitoring_set
 from layerpeel.io import append_jsonl
 from layerpeel.models import GPTConfig
-from layerpeel.monitoring import monitoring_set
+from layerpeel.peel.analysis import PeelConfig, peel
 from layerpeel.quant import QuantConfig
-from layerpeel.run import load_model
-from layerpeel.train import TrainConfig, Trainer
+from layerpeel.training.run_folder import load_model
+from layerpeel.training.trainer import TrainConfig, Trainer
 
 TEXT = (
     "It is a truth universally acknowledged, that a single model in possession of a good "

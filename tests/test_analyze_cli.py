@@ -4,12 +4,12 @@ import json
 
 import pytest
 
-from layerpeel.bounds.report import PeelReport
-from layerpeel.checkpoint import list_checkpoints
 from layerpeel.cli import main
 from layerpeel.models import GPTConfig
+from layerpeel.peel.report import PeelReport
 from layerpeel.quant import QuantConfig
-from layerpeel.train import TrainConfig, Trainer
+from layerpeel.training.checkpoint import list_checkpoints
+from layerpeel.training.trainer import TrainConfig, Trainer
 
 TINY = GPTConfig(vocab_size=256, n_layer=2, n_head=2, d_model=32, block_size=16)
 FAST = ["--tokens", "256", "--no-progress", "--no-ladder"]
@@ -129,8 +129,8 @@ def test_bad_inputs_exit_2_with_one_line_and_no_json(run_dir, tmp_path, capsys):
 
 
 def test_a_memory_budget_too_small_names_the_budget(run_dir, tmp_path, capsys):
-    from layerpeel.analyze import PeelConfig, load_target, monitoring_from_run, peel
-    from layerpeel.capture import MemoryBudgetError
+    from layerpeel.arch.capture import MemoryBudgetError
+    from layerpeel.peel.analysis import PeelConfig, load_target, monitoring_from_run, peel
 
     target = load_target(run_dir)
     mset = monitoring_from_run(target.run, n_tokens=512)

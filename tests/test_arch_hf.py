@@ -6,12 +6,12 @@ import pytest
 import torch
 
 from hf_models import ARCHS, VOCAB, tiny_model
-from layerpeel.arch import ARCHITECTURES, model_view
-from layerpeel.capture import hooks, residual_stream
+from layerpeel.arch.capture import hooks, residual_stream
+from layerpeel.arch.views import ARCHITECTURES, model_view
 from layerpeel.errors import ConfigError
 from layerpeel.solvers.closed import BlockProblem, ClosedFormOptions, peel_block
 
-# module names the tests read directly (independent of layerpeel.arch_hf's table)
+# module names the tests read directly (independent of layerpeel.arch.hf_views's table)
 ATTN = {
     "GPT2LMHeadModel": ("attn", "attn.c_proj"),
     "GPTNeoXForCausalLM": ("attention", "attention.dense"),

@@ -9,12 +9,12 @@ import pytest
 import torch
 
 from layerpeel import GPT, GPTConfig
-from layerpeel.analyze import PeelConfig, peel
-from layerpeel.arch import model_view
-from layerpeel.bounds.attribution import first_red, substituted
-from layerpeel.bounds.scoring import Thresholds, mark_idle
+from layerpeel.arch.views import model_view
+from layerpeel.data.monitoring import monitoring_set
 from layerpeel.errors import ConfigError
-from layerpeel.monitoring import monitoring_set
+from layerpeel.peel.analysis import PeelConfig, peel
+from layerpeel.peel.attribution import first_red, substituted
+from layerpeel.peel.scoring import Thresholds, mark_idle
 
 CFG = GPTConfig(vocab_size=64, n_layer=3, n_head=2, d_model=32, block_size=16)
 LINES = dict(yellow=0.005, idle=0.0)  # idle rule off; red lines by test

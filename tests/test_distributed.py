@@ -24,11 +24,11 @@ import torch
 
 from json_diff import differences
 from layerpeel import GPT, GPTConfig
-from layerpeel.analyze import PeelConfig, peel
 from layerpeel.cli import main
+from layerpeel.data.monitoring import monitoring_set
 from layerpeel.distributed import ShardingError, make_plan, plan_analysis
 from layerpeel.distributed.plan import Unit
-from layerpeel.monitoring import monitoring_set
+from layerpeel.peel.analysis import PeelConfig, peel
 from layerpeel.quant import QuantConfig, quantize_
 
 TIMEOUT_S = 240  # per group of scenarios: a hang fails here
@@ -258,7 +258,7 @@ def test_plan_costs_follow_the_work_each_unit_does():
 
 @pytest.fixture
 def run_dir(tmp_path, tiny_corpus):
-    from layerpeel.train import TrainConfig, Trainer
+    from layerpeel.training.trainer import TrainConfig, Trainer
 
     cfg = TrainConfig(data=str(tiny_corpus), max_steps=4, batch_size=4, eval_every=4, log_every=2)
     tiny = GPTConfig(vocab_size=256, n_layer=2, n_head=2, d_model=16, block_size=16)

@@ -6,12 +6,12 @@ import torch
 import torch.nn.functional as F
 
 from hf_models import VOCAB, tiny_model
-from layerpeel.arch import model_view
-from layerpeel.bounds.context import build_context
-from layerpeel.bounds.peel import GapOptions, block_gaps
-from layerpeel.bounds.scoring import Thresholds, same_block, sequence_ce, token_ce
-from layerpeel.capture import residual_stream
-from layerpeel.monitoring import monitoring_set
+from layerpeel.arch.capture import residual_stream
+from layerpeel.arch.views import model_view
+from layerpeel.data.monitoring import monitoring_set
+from layerpeel.peel.context import build_context
+from layerpeel.peel.gap import GapOptions, block_gaps
+from layerpeel.peel.scoring import Thresholds, same_block, sequence_ce, token_ce
 from layerpeel.solvers.closed import factor_value_maps
 
 
@@ -90,7 +90,7 @@ def test_value_factor_is_the_best_rank_hd_factor_of_each_group():
 
 def test_the_line_search_scores_the_trained_block_once(monkeypatch):
     """Candidates equal to the trained block share one tail run; the others each get their own."""
-    import layerpeel.bounds.peel as peel_mod
+    import layerpeel.peel.gap as peel_mod
 
     model = llama()
     view = model_view(model)

@@ -11,9 +11,9 @@ import pytest
 import torch
 
 from hf_models import VOCAB, tiny_model
+from layerpeel.arch.loading import hf_monitoring_set, load_hf
 from layerpeel.cli import main
 from layerpeel.errors import CheckpointError, ConfigError, DataError
-from layerpeel.hf import hf_monitoring_set, load_hf
 from layerpeel.solvers.quantized import gguf_quantize
 
 gguf = pytest.importorskip("gguf")

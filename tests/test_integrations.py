@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from layerpeel.analyze import PeelConfig
+from layerpeel.data.monitoring import monitoring_set
 from layerpeel.errors import ConfigError, DataError
 from layerpeel.monitor import MonitorConfig, every, read_events
-from layerpeel.monitoring import monitoring_set
+from layerpeel.peel.analysis import PeelConfig
 
 transformers = pytest.importorskip("transformers")
 FAST = MonitorConfig(

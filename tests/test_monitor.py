@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from layerpeel.analyze import PeelConfig
+from layerpeel.data.monitoring import monitoring_set
 from layerpeel.errors import ConfigError, DataError, LayerpeelError
 from layerpeel.models import GPT, MLP, GPTConfig, MLPConfig
 from layerpeel.monitor import (
@@ -24,7 +24,7 @@ from layerpeel.monitor import (
     read_events,
 )
 from layerpeel.monitor.state import snapshot
-from layerpeel.monitoring import monitoring_set
+from layerpeel.peel.analysis import PeelConfig
 
 TINY = GPTConfig(vocab_size=32, n_layer=2, n_head=2, d_model=16, block_size=16, dropout=0.1)
 FAST_PEEL = PeelConfig(n_boot=50, etas=(0.0, 0.1), search_sequences=4, adam_steps=5)
@@ -354,8 +354,8 @@ def test_state_dict_and_resume_keep_the_history(tmp_path: Path):
 
 
 def test_yes_monitor_matches_the_tracker(tmp_path: Path):
-    from layerpeel.bounds.yes import YesTracker, to_db
     from layerpeel.monitor import YesData
+    from layerpeel.yes.bounds import YesTracker, to_db
 
     torch.manual_seed(0)
     x, y = torch.randn(40, 5), torch.randn(40, 6).abs()

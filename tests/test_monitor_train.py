@@ -94,8 +94,8 @@ def test_bad_monitor_flags_fail_before_training(tmp_path, tiny_corpus, capsys):
 
 
 def test_yes_demo_checks_go_through_the_monitor(tmp_path):
-    from layerpeel.bounds.yes import to_db
-    from layerpeel.yes_experiments import YesDemoConfig, run_yes_demo
+    from layerpeel.yes.bounds import to_db
+    from layerpeel.yes.paper import YesDemoConfig, run_yes_demo
 
     result = run_yes_demo(YesDemoConfig(task="synthetic", epochs=3, n_samples=60), tmp_path)
     events = read_events(tmp_path / "monitor.jsonl")

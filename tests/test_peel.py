@@ -10,12 +10,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from layerpeel import GPT, GPTConfig
-from layerpeel.analyze import PeelConfig, peel
-from layerpeel.arch import model_view
-from layerpeel.bounds.report import PeelReport
-from layerpeel.bounds.scoring import same_block
-from layerpeel.capture import NonFiniteError
-from layerpeel.monitoring import monitoring_set
+from layerpeel.arch.capture import NonFiniteError
+from layerpeel.arch.views import model_view
+from layerpeel.data.monitoring import monitoring_set
+from layerpeel.peel.analysis import PeelConfig, peel
+from layerpeel.peel.report import PeelReport
+from layerpeel.peel.scoring import same_block
 from layerpeel.quant import QuantConfig, quantize_
 from layerpeel.solvers.closed import BlockProblem, ClosedFormOptions
 
@@ -170,7 +170,7 @@ def test_full_precision_twin_is_the_same_peel_without_the_quantizer():
 
     Its reported CE is that of the twin substituted into the model and run afresh.
     """
-    from layerpeel.bounds.context import build_context
+    from layerpeel.peel.context import build_context
 
     model = _model("ternary", seed=6)
     windows = torch.randint(0, 64, (16, 17), generator=torch.Generator().manual_seed(7))
@@ -210,7 +210,7 @@ def test_at_step_zero_the_solver_keeps_the_trained_block(scheme):
     Eta 0 targets the block's own output, so P1 takes the trained block there without solving;
     this checks that the solver, asked anyway, agrees.
     """
-    from layerpeel.bounds.context import build_context
+    from layerpeel.peel.context import build_context
 
     model = _model(scheme, seed=3)
     windows = torch.randint(0, 64, (8, 17), generator=torch.Generator().manual_seed(4))
@@ -254,8 +254,8 @@ def test_cascade_shares_each_stage_once_and_frees_it_after_its_last_path(monkeyp
     import gc
     import weakref
 
-    from layerpeel.bounds import cascade as cascade_mod
-    from layerpeel.bounds.context import build_context
+    from layerpeel.peel.context import build_context
+    from layerpeel.peel import cascade as cascade_mod
 
     cfg4 = GPTConfig(vocab_size=64, n_layer=4, n_head=2, d_model=16, block_size=8)
     model = _model(seed=2, cfg=cfg4)

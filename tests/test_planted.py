@@ -10,17 +10,17 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from layerpeel.analyze import PeelConfig, peel
-from layerpeel.bounds.report import PeelReport
-from layerpeel.bounds.scoring import Thresholds, mark_idle
 from layerpeel.data import ByteTokenizer, SequenceDataset, prepare_tokens, split_sequences
+from layerpeel.data.monitoring import MonitoringSet, monitoring_set
 from layerpeel.errors import ConfigError
 from layerpeel.models import GPT, GPTConfig
 from layerpeel.monitor.analyses import PeelAnalysis
-from layerpeel.monitoring import MonitoringSet, monitoring_set
-from layerpeel.planted import PlantedRun, train_planted
+from layerpeel.peel.analysis import PeelConfig, peel
+from layerpeel.peel.report import PeelReport
+from layerpeel.peel.scoring import Thresholds, mark_idle
 from layerpeel.quant import QuantConfig, quantize_
-from layerpeel.train import token_cache_dir
+from layerpeel.training.trainer import token_cache_dir
+from planted import PlantedRun, train_planted
 
 CFG = GPTConfig(vocab_size=256, n_layer=4, n_head=4, d_model=32, block_size=32)
 STEPS = 400  # training steps of the slow tests: about 8 s of one idle core per model

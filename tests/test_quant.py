@@ -15,7 +15,6 @@ from torch import nn
 from torch.func import functional_call
 
 from layerpeel import GPT, GPTConfig
-from layerpeel.checkpoint import load_checkpoint, load_model_state, save_checkpoint
 from layerpeel.errors import ConfigError
 from layerpeel.quant import (
     SCHEMES,
@@ -34,6 +33,7 @@ from layerpeel.quant import (
     quantize_,
     register_scheme,
 )
+from layerpeel.training.checkpoint import load_checkpoint, load_model_state, save_checkpoint
 
 TINY = GPTConfig(vocab_size=64, n_layer=2, n_head=2, d_model=32, block_size=16)
 UNTIED = dataclasses.replace(TINY, tie_weights=False)

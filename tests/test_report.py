@@ -269,7 +269,7 @@ def test_cli_report_with_figures(real_run, tmp_path, capsys):
 
 
 def test_mlp_yes_demo_run(tmp_path):
-    from layerpeel.yes_experiments import YesDemoConfig, run_yes_demo
+    from layerpeel.yes.paper import YesDemoConfig, run_yes_demo
 
     result = run_yes_demo(YesDemoConfig(task="synthetic", epochs=3, n_samples=200), tmp_path / "y")
     data = build_payload(read_results(result.out_dir))

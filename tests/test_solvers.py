@@ -2,8 +2,8 @@ import pytest
 import torch
 
 from layerpeel import GPT, GPTConfig
-from layerpeel.arch import model_view
-from layerpeel.capture import residual_stream
+from layerpeel.arch.capture import residual_stream
+from layerpeel.arch.views import model_view
 from layerpeel.solvers.closed import peel_block
 from layerpeel.solvers.lstsq import Gram, sample_space_solve
 from layerpeel.solvers.quantized import refit_scales

@@ -17,7 +17,7 @@ from layerpeel.cli import main
 from layerpeel.models import GPTConfig
 from layerpeel.monitor import MonitorConfig, analyze_checkpoints, read_events
 from layerpeel.quant import QuantConfig
-from layerpeel.train import TrainConfig, Trainer
+from layerpeel.training.trainer import TrainConfig, Trainer
 
 MONITOR = MonitorConfig(preset="standard", tokens=192, seq_len=16)
 VOLATILE = {"time", "seconds", "time_s", "timings"}  # wall-clock fields

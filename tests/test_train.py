@@ -6,13 +6,13 @@ import sys
 import pytest
 import torch
 
-from layerpeel.checkpoint import list_checkpoints, load_checkpoint
 from layerpeel.cli import main
 from layerpeel.errors import CheckpointError
 from layerpeel.models import GPTConfig
 from layerpeel.quant import QuantConfig
-from layerpeel.run import load_model, open_run
-from layerpeel.train import TrainConfig, Trainer, lr_at
+from layerpeel.training.checkpoint import list_checkpoints, load_checkpoint
+from layerpeel.training.run_folder import load_model, open_run
+from layerpeel.training.trainer import TrainConfig, Trainer, lr_at
 
 TINY = GPTConfig(vocab_size=256, n_layer=2, n_head=2, d_model=32, block_size=16)
 
@@ -197,7 +197,7 @@ def test_ctrl_c_leaves_a_resumable_checkpoint(tmp_path, tiny_corpus):
 import os, signal
 from layerpeel.models import GPTConfig
 from layerpeel.quant import QuantConfig
-from layerpeel.train import TrainConfig, Trainer
+from layerpeel.training.trainer import TrainConfig, Trainer
 cfg = TrainConfig(data={str(tiny_corpus)!r}, max_steps=50, batch_size=4, eval_every=100,
                   checkpoint_every=100, log_every=1)
 def hook(step, loss, model):

@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 import torch
 
-from layerpeel.bounds import YesBounds, YesInputError, YesTracker, yes_bounds
-from layerpeel.bounds.yes import verdict
 from layerpeel.errors import LayerpeelError
 from layerpeel.models import MLP, MLPConfig
-from layerpeel.solvers.basis import Basis
+from layerpeel.yes import YesBounds, YesInputError, YesTracker, yes_bounds
+from layerpeel.yes.basis import Basis
+from layerpeel.yes.bounds import verdict
 
 RTOL = 1e-6
 

@@ -13,7 +13,7 @@ from layerpeel import cli
 from layerpeel.commands import yes_demo
 from layerpeel.errors import ConfigError
 from layerpeel.report import plot_yes_cloud, read_metrics
-from layerpeel.yes_experiments import TASKS, YesDemoConfig, run_yes_demo
+from layerpeel.yes.paper import TASKS, YesDemoConfig, run_yes_demo
 
 # Enough training samples for m + 1 (m = 100, 20, 64, 100), few enough to be quick.
 SMALL = {"synthetic": 140, "denoise": 60, "image": 100, "digits": 140}

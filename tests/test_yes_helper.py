@@ -12,9 +12,11 @@ import numpy as np
 import pytest
 import torch
 
-from layerpeel.bounds import YesTracker, yes_bounds, yes_helper, yes_shared
-from layerpeel.bounds.yes_split import plan
-from layerpeel.bounds.yes_walk import AnchorWalk, Sink
+from layerpeel.yes import YesTracker, yes_bounds
+from layerpeel.yes import helper as yes_helper
+from layerpeel.yes import shared as yes_shared
+from layerpeel.yes.split import plan
+from layerpeel.yes.walk import AnchorWalk, Sink
 from test_yes import assert_parity, net_data, rank_deficient_data
 
 
@@ -139,7 +141,7 @@ def test_a_failed_helper_stops_the_helpers_and_the_walk_is_whole(helpers, caplog
     monkeypatch.setattr(yes_helper, "MIN_TIMEOUT", 0.5)
     proc = helpers.helpers[0].proc
     os.kill(proc.pid, signal.SIGKILL if how == "killed" else signal.SIGSTOP)
-    with caplog.at_level(logging.WARNING, logger="layerpeel.bounds.yes_helper"):
+    with caplog.at_level(logging.WARNING, logger="layerpeel.yes.helper"):
         got = [yes_bounds(x, y, hidden) for _ in range(2)]
     assert helpers.stopped is not None and not helpers.helpers
     assert proc.poll() is not None  # a hanging helper was killed
@@ -175,7 +177,7 @@ def test_no_room_for_the_shared_data_leaves_the_walk_on_threads(helpers, monkeyp
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(yes_shared, "reserve", full)
-    with caplog.at_level(logging.WARNING, logger="layerpeel.bounds.yes_helper"):
+    with caplog.at_level(logging.WARNING, logger="layerpeel.yes.helper"):
         b = yes_bounds(x, y, hidden)
     assert b.stats["helper_jobs"] == 0
     assert "could not be shared" in helpers.stopped
@@ -210,7 +212,7 @@ def test_a_helper_that_cannot_start_leaves_the_walks_on_threads(monkeypatch, cap
     monkeypatch.setattr(yes_helper.sys, "executable", python)
     x, y, hidden = net_data(n_layers=5)
     with fresh_helpers(monkeypatch, 2):
-        with caplog.at_level(logging.WARNING, logger="layerpeel.bounds.yes_helper"):
+        with caplog.at_level(logging.WARNING, logger="layerpeel.yes.helper"):
             assert not yes_helper.wait_ready(2, timeout=30)
             b = yes_bounds(x, y, hidden)
         pool = yes_helper._POOL

@@ -1,8 +1,8 @@
 """layerpeel: find the under-optimized layers of transformer language models, in loss units."""
 
-from layerpeel.bounds import YesBounds, YesTracker, yes_bounds
 from layerpeel.errors import CheckpointError, ConfigError, DataError, LayerpeelError
 from layerpeel.models import GPT, MLP, GPTConfig, MLPConfig
+from layerpeel.yes import YesBounds, YesTracker, yes_bounds
 
 __version__ = "0.1.0"
 

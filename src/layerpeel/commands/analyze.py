@@ -8,9 +8,15 @@ import sys
 from pathlib import Path
 from typing import Any, TextIO
 
-from layerpeel.analyze import DEFAULT_TOKENS, PeelConfig, load_target, monitoring_from_run, peel
-from layerpeel.bounds.report import PeelReport
 from layerpeel.errors import ConfigError
+from layerpeel.peel.analysis import (
+    DEFAULT_TOKENS,
+    PeelConfig,
+    load_target,
+    monitoring_from_run,
+    peel,
+)
+from layerpeel.peel.report import PeelReport
 
 # Colour always comes with a word and a symbol, for readers who cannot tell red from green.
 MARKS = {"green": ("+", "32"), "yellow": ("!", "33"), "red": ("x", "31")}
@@ -263,7 +269,7 @@ def _use_color(args: argparse.Namespace) -> bool:
 
 def run_hf(args: argparse.Namespace, cfg: PeelConfig, sharded: bool = False) -> int:
     """`analyze --hf DIR`: a Hugging Face model from disk, its own tokenizer, the report to --json."""
-    from layerpeel.hf import hf_monitoring_set, load_hf, vocabulary_size
+    from layerpeel.arch.loading import hf_monitoring_set, load_hf, vocabulary_size
 
     if args.target is not None:
         raise ConfigError("give either RUN_OR_CHECKPOINT or --hf DIR, not both")

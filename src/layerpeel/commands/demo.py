@@ -10,7 +10,7 @@ from layerpeel.commands.sample import generate_text
 from layerpeel.commands.train import report
 from layerpeel.models import GPTConfig
 from layerpeel.quant import QuantConfig
-from layerpeel.train import TrainConfig, Trainer
+from layerpeel.training.trainer import TrainConfig, Trainer
 
 # The demo model: 4 layers, d_model 128, 4 heads, context 128, bytes.
 DEMO_MODEL = GPTConfig(n_layer=4, n_head=4, d_model=128, block_size=128, vocab_size=256)

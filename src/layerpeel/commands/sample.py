@@ -10,7 +10,7 @@ import torch
 
 from layerpeel.data import load_tokenizer
 from layerpeel.errors import DataError
-from layerpeel.run import load_model, open_run
+from layerpeel.training.run_folder import load_model, open_run
 
 
 def add_parser(sub: Any) -> argparse.ArgumentParser:

@@ -8,7 +8,7 @@ from typing import Any
 
 from layerpeel.models import GPTConfig
 from layerpeel.quant import QuantConfig
-from layerpeel.train import TrainConfig, Trainer
+from layerpeel.training.trainer import TrainConfig, Trainer
 
 
 def add_parser(sub: Any) -> argparse.ArgumentParser:

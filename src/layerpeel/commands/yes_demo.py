@@ -53,7 +53,7 @@ def _int(value: Any, name: str, low: int) -> int:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from layerpeel.yes_experiments import DEFAULT_EPOCHS, YesDemoConfig, run_yes_demo
+    from layerpeel.yes.paper import DEFAULT_EPOCHS, YesDemoConfig, run_yes_demo
 
     if args.task not in TASK_NAMES:
         raise ConfigError(

@@ -96,7 +96,7 @@ def units(
 
     Cascade groups costlier than 1 / `world_size` of the whole are split by their second anchor.
     """
-    from layerpeel.bounds.cascade import anchor_subsets
+    from layerpeel.peel.cascade import anchor_subsets
 
     steps = cfg.adam_steps if cfg.solver == "adam" else 0
     out = [

@@ -3,7 +3,7 @@
 Every rank captures the residual streams itself (the forward pass over the monitoring set is the
 one phase that is not split), runs the units of the plan that fall to it, and the rows are
 gathered on every rank and put back in the order a single process writes them. The report is the
-one `layerpeel.analyze.peel` returns on one process, except for timings: each phase's time is the
+one `layerpeel.peel.analysis.peel` returns on one process, except for timings: each phase's time is the
 slowest rank's, and `timings["gather"]` is the merge.
 """
 
@@ -15,15 +15,15 @@ from typing import Any
 
 from torch import nn
 
-from layerpeel.analyze import Analysis, ModelState, PeelConfig, make_report, prepare
-from layerpeel.bounds.cascade import cascade_rows, cascade_summary, final_target
-from layerpeel.bounds.context import PeelContext, build_context
-from layerpeel.bounds.ladder import ladder
-from layerpeel.bounds.peel import block_gaps
-from layerpeel.bounds.report import PeelReport
+from layerpeel.data.monitoring import MonitoringSet
 from layerpeel.distributed.gather import ShardingError, env_world_size, gather_work, require_group
 from layerpeel.distributed.plan import Plan, Shape, make_plan, units
-from layerpeel.monitoring import MonitoringSet
+from layerpeel.peel.analysis import Analysis, ModelState, PeelConfig, make_report, prepare
+from layerpeel.peel.cascade import cascade_rows, cascade_summary, final_target
+from layerpeel.peel.context import PeelContext, build_context
+from layerpeel.peel.gap import block_gaps
+from layerpeel.peel.ladder import ladder
+from layerpeel.peel.report import PeelReport
 
 log = logging.getLogger(__name__)
 
@@ -110,7 +110,7 @@ def peel_sharded(
     cfg: PeelConfig | None = None,
     group: Any = None,
 ) -> PeelReport:
-    """`layerpeel.analyze.peel` spread over the ranks of `group`; every rank calls it together.
+    """`layerpeel.peel.analysis.peel` spread over the ranks of `group`; every rank calls it together.
 
     Raises `ShardingError` when no process group is initialised or when a rank disagrees with
     rank 0 on the world size, the settings, the monitoring set or the model's shape, and

@@ -3,7 +3,7 @@
     trainer = Trainer(model=model, args=args, train_dataset=ds,
                       callbacks=[LayerpeelCallback(mset, "runs/hf", model=model)])
 
-The model must be in layerpeel's architecture table (`layerpeel.arch.ARCHITECTURES`); the
+The model must be in layerpeel's architecture table (`layerpeel.arch.views.ARCHITECTURES`); the
 monitoring set must use the model's tokenizer and fit its context. Given `model`, everything is
 checked when the callback is built; otherwise at `on_train_begin`, before the first step.
 """
@@ -22,8 +22,8 @@ except ImportError:  # pragma: no cover - transformers is in the hf extra
         "the Hugging Face integration needs transformers: pip install 'layerpeel[hf]'"
     ) from None
 
+from layerpeel.data.monitoring import MonitoringSet
 from layerpeel.monitor import Monitor, MonitorConfig, Schedule
-from layerpeel.monitoring import MonitoringSet
 
 
 class LayerpeelCallback(TrainerCallback):  # type: ignore[misc]

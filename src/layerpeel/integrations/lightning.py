@@ -16,7 +16,7 @@ from typing import Any
 
 from torch import nn
 
-from layerpeel.arch import ARCHITECTURES
+from layerpeel.arch.views import ARCHITECTURES
 from layerpeel.errors import ConfigError
 
 try:
@@ -26,8 +26,8 @@ except ImportError:  # pragma: no cover - lightning is in the lightning extra
         "the Lightning integration needs lightning: pip install 'layerpeel[lightning]'"
     ) from None
 
+from layerpeel.data.monitoring import MonitoringSet
 from layerpeel.monitor import Monitor, MonitorConfig, Schedule
-from layerpeel.monitoring import MonitoringSet
 
 
 def find_model(module: nn.Module) -> nn.Module:

@@ -14,12 +14,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from layerpeel.analyze import PeelConfig, peel
-from layerpeel.arch import model_view
-from layerpeel.bounds.scoring import block_works, mark_idle
-from layerpeel.bounds.yes import YesTracker, to_db
+from layerpeel.arch.views import model_view
+from layerpeel.data.monitoring import MonitoringSet
 from layerpeel.errors import ConfigError, DataError
-from layerpeel.monitoring import MonitoringSet
+from layerpeel.peel.analysis import PeelConfig, peel
+from layerpeel.peel.scoring import block_works, mark_idle
+from layerpeel.yes.bounds import YesTracker, to_db
 
 # What each preset computes, cheapest first (docs/monitor.md has the measured costs).
 PRESETS: dict[str, dict[str, Any]] = {
@@ -142,7 +142,7 @@ class YesData:
 
 
 class YesAnalysis:
-    """The YES bounds of an MLP on its whole training set (`layerpeel.bounds.yes.YesTracker`)."""
+    """The YES bounds of an MLP on its whole training set (`layerpeel.yes.bounds.YesTracker`)."""
 
     def __init__(self, model: nn.Module, data: YesData) -> None:
         hidden = getattr(model, "hidden", None)

@@ -10,8 +10,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from layerpeel.data.monitoring import MonitoringSet
 from layerpeel.errors import CheckpointError
-from layerpeel.monitoring import MonitoringSet
 
 log = logging.getLogger(__name__)
 
@@ -20,9 +20,9 @@ def run_monitoring_set(run: Any, config: Any) -> MonitoringSet:
     """The monitor's monitoring set of a layerpeel run, shared by training and later analyses.
 
     `config.tokens` tokens of the run's own corpus in sequences of `config.seq_len` (cut to the
-    model's context), chosen by `layerpeel.analyze.monitoring_from_run`.
+    model's context), chosen by `layerpeel.peel.analysis.monitoring_from_run`.
     """
-    from layerpeel.analyze import monitoring_from_run
+    from layerpeel.peel.analysis import monitoring_from_run
 
     model_cfg, _ = run.model_config()
     seq_len = min(config.seq_len, model_cfg.block_size)
@@ -47,7 +47,7 @@ def pending_checkpoints(run_path: str | Path, config: Any = None) -> Pending:
     """
     from layerpeel.monitor.core import MonitorConfig
     from layerpeel.monitor.loggers import read_events
-    from layerpeel.run import open_run
+    from layerpeel.training.run_folder import open_run
 
     run = open_run(run_path)
     if config is None:
@@ -70,9 +70,9 @@ def pending_checkpoints(run_path: str | Path, config: Any = None) -> Pending:
 
 def checkpoint_event(path: str | Path, mset: MonitoringSet, config: Any) -> dict[str, Any]:
     """The `source: checkpoint` event of one checkpoint: the preset's full analysis of it."""
-    from layerpeel.analyze import peel
     from layerpeel.monitor.analyses import PeelAnalysis
-    from layerpeel.run import load_model
+    from layerpeel.peel.analysis import peel
+    from layerpeel.training.run_folder import load_model
 
     model, ckpt = load_model(path)
     analysis = PeelAnalysis(model, mset, config.preset, config.peel)

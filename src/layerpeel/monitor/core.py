@@ -30,8 +30,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from layerpeel.analyze import PeelConfig
 from layerpeel.config import ConfigBase
+from layerpeel.data.monitoring import MonitoringSet
 from layerpeel.errors import ConfigError
 from layerpeel.io import atomic_write_text
 from layerpeel.monitor.analyses import PRESETS, PeelAnalysis, YesAnalysis, YesData
@@ -39,7 +39,7 @@ from layerpeel.monitor.budget import Budget
 from layerpeel.monitor.loggers import LOGGER_NAMES, Logger, main_rank, make_loggers, read_events
 from layerpeel.monitor.schedules import Schedule, always
 from layerpeel.monitor.state import ShadowModel, is_sharded, preserved_rng
-from layerpeel.monitoring import MonitoringSet
+from layerpeel.peel.analysis import PeelConfig
 
 log = logging.getLogger(__name__)
 

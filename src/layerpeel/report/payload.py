@@ -8,9 +8,9 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from layerpeel.bounds.yes import to_db
 from layerpeel.report.reader import Analysis, finite
 from layerpeel.report.results import RunResults
+from layerpeel.yes.bounds import to_db
 
 # Every colour on the page comes with a symbol and a word (the legend the script shows).
 WHOLE_MODEL = {  # the YES verdict of the whole model (docs/yes.md)

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from layerpeel.bounds.report import REPORT_FORMAT, REPORT_VERSION
+from layerpeel.peel.report import REPORT_FORMAT, REPORT_VERSION
 
 log = logging.getLogger(__name__)
 

@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from layerpeel.bounds.yes import to_db
 from layerpeel.report.reader import ANALYSIS_NAME, Analysis, JsonlFollower, finite, read_peel_report
+from layerpeel.yes.bounds import to_db
 
 log = logging.getLogger(__name__)
 

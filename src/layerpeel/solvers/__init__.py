@@ -12,7 +12,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from layerpeel.arch import ModelView
+from layerpeel.arch.views import ModelView
 from layerpeel.errors import ConfigError
 
 Solver = Callable[..., nn.Module]

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils import parametrize
 
-from layerpeel.arch import ModelView
+from layerpeel.arch.views import ModelView
 from layerpeel.quant import get_quantizer
 
 

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from layerpeel.arch import BlockView, ModelView, WeightSlot
+from layerpeel.arch.views import BlockView, ModelView, WeightSlot
 from layerpeel.solvers.lstsq import DTYPE, Gram, sample_space_solve
 from layerpeel.solvers.quantized import constrained_solve, project_weight
 

@@ -12,10 +12,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from layerpeel.bounds.yes_walk import AnchorWalk, Subset, scratch
 from layerpeel.errors import LayerpeelError
 from layerpeel.models.mlp import MLP, MLPConfig
-from layerpeel.solvers.basis import Basis, tilde
+from layerpeel.yes.basis import Basis, tilde
+from layerpeel.yes.walk import AnchorWalk, Subset, scratch
 
 logger = logging.getLogger(__name__)
 

@@ -12,17 +12,17 @@ import numpy as np
 import torch
 from torch import nn
 
-from layerpeel.arch import model_view
-from layerpeel.bounds.attribution import attribute
-from layerpeel.bounds.cascade import cascade
-from layerpeel.bounds.context import build_context
-from layerpeel.bounds.ladder import ladder
-from layerpeel.bounds.peel import GapOptions, block_gaps
-from layerpeel.bounds.report import PeelReport
-from layerpeel.bounds.scoring import SCORE_DTYPES, Thresholds, mark_idle
+from layerpeel.arch.views import model_view
 from layerpeel.config import ConfigBase
+from layerpeel.data.monitoring import MonitoringSet
 from layerpeel.errors import ConfigError
-from layerpeel.monitoring import MonitoringSet
+from layerpeel.peel.attribution import attribute
+from layerpeel.peel.cascade import cascade
+from layerpeel.peel.context import build_context
+from layerpeel.peel.gap import GapOptions, block_gaps
+from layerpeel.peel.ladder import ladder
+from layerpeel.peel.report import PeelReport
+from layerpeel.peel.scoring import SCORE_DTYPES, Thresholds, mark_idle
 from layerpeel.quant import model_scheme
 from layerpeel.solvers import SOLVERS
 
@@ -216,7 +216,7 @@ def peel(
         casc = None
         if cfg.cascade:
             t0 = time.perf_counter()
-            from layerpeel.bounds.cascade import anchor_subsets
+            from layerpeel.peel.cascade import anchor_subsets
 
             with tqdm(
                 total=len(anchor_subsets(n, a.cap)), desc="P3 cascade", disable=not progress
@@ -289,7 +289,7 @@ class Target:
 def load_target(path: str | Path) -> Target:
     """The model of a run folder (its latest checkpoint) or of one checkpoint's JSON file."""
     from layerpeel.errors import CheckpointError
-    from layerpeel.run import load_model, open_run
+    from layerpeel.training.run_folder import load_model, open_run
 
     p = Path(path)
     if not p.exists():
@@ -315,9 +315,9 @@ def monitoring_from_run(
     import math
 
     from layerpeel.data import SequenceDataset, load_tokenizer, prepare_tokens, split_sequences
+    from layerpeel.data.monitoring import monitoring_set
     from layerpeel.errors import DataError
-    from layerpeel.monitoring import monitoring_set
-    from layerpeel.train import token_cache_dir
+    from layerpeel.training.trainer import token_cache_dir
 
     if n_tokens < 2:
         raise DataError(f"the monitoring set needs at least 2 tokens, got {n_tokens}")

@@ -13,12 +13,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from layerpeel.bounds.yes import VERDICT_WORDS, to_db
 from layerpeel.config import ConfigBase
 from layerpeel.errors import ConfigError, DataError, LayerpeelError
 from layerpeel.io import append_jsonl, atomic_write_json
 from layerpeel.models import MLP, MLPConfig
 from layerpeel.monitor import Monitor, MonitorConfig, YesAnalysis, YesData, every
+from layerpeel.yes.bounds import VERDICT_WORDS, to_db
 
 logger = logging.getLogger(__name__)
 

@@ -3,7 +3,7 @@
 One unlinked file, mapped into memory by the caller and every helper: a header with the claims
 on the walk's subtrees and the current job (JSON), then X, Y and the stacked targets. The
 caller writes it (`SharedFile`); a helper (`serve`) reads the job when woken, claims subtrees
-until none is left, walks them, and answers through a pipe. `layerpeel.bounds.yes_helper`
+until none is left, walks them, and answers through a pipe. `layerpeel.yes.helper`
 starts, feeds and stops the helpers.
 """
 
@@ -211,7 +211,7 @@ class _Served:
 
     def run(self) -> dict[str, Any]:
         """Walk the subtrees this helper claims in the job the file holds; the answer."""
-        from layerpeel.bounds.yes_walk import AnchorWalk, Sink, scratch
+        from layerpeel.yes.walk import AnchorWalk, Sink, scratch
 
         size = os.fstat(self.fd).st_size
         if size != self.size:

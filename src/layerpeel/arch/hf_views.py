@@ -18,7 +18,7 @@ from typing import Any, cast
 import torch
 from torch import nn
 
-from layerpeel.arch import BlockView, ModelView, WeightSlot, get_submodule
+from layerpeel.arch.views import BlockView, ModelView, WeightSlot, get_submodule
 from layerpeel.errors import ConfigError
 
 

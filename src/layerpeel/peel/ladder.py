@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from layerpeel.bounds.context import PeelContext
+from layerpeel.peel.context import PeelContext
 from layerpeel.solvers.closed import BlockProblem, ClosedFormOptions
 
 

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from layerpeel.arch import ModelView
+from layerpeel.arch.views import ModelView
 
 VERDICTS = ("green", "yellow", "red")
 

@@ -17,8 +17,8 @@ import numpy as np
 import torch
 from threadpoolctl import ThreadpoolController
 
-from layerpeel.bounds import yes_helper
-from layerpeel.solvers.basis import KINDS, Basis, mm, tilde
+from layerpeel.yes import helper as yes_helper
+from layerpeel.yes.basis import KINDS, Basis, mm, tilde
 
 logger = logging.getLogger(__name__)
 
@@ -197,7 +197,7 @@ class AnchorWalk:
         with _ONE_THREAD.held():
             if self.cap > 0 and threads > 1:
                 # imported here: yes_split builds on this module
-                from layerpeel.bounds.yes_split import walk_split
+                from layerpeel.yes.split import walk_split
 
                 with yes_helper.lease(threads, self._work()) as (helpers, pool):
                     if not (helpers and pool and walk_split(self, main, hidden, helpers, pool)):

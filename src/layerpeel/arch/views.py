@@ -5,7 +5,7 @@ pattern function, the value and output maps (`WeightSlot`s: a Linear, a transpos
 of a fused QKV projection), the MLP norm, the MLP hidden features and the MLP output map.
 `ModelView` gives the embeddings (G_0), the blocks, how to run one block, and the head. The table
 `ARCHITECTURES` lists every supported model class (layerpeel's GPT and the Hugging Face causal
-LMs of `layerpeel.arch_hf`); models not in it get an error naming the supported ones.
+LMs of `layerpeel.arch.hf_views`); models not in it get an error naming the supported ones.
 """
 
 from __future__ import annotations
@@ -265,7 +265,7 @@ def _hf(family: str) -> Callable[[nn.Module], ModelView]:
     """View builder of a Hugging Face family (imported on use: transformers is optional)."""
 
     def build(model: nn.Module) -> ModelView:
-        from layerpeel.arch_hf import hf_view
+        from layerpeel.arch.hf_views import hf_view
 
         return hf_view(model, family)
 
@@ -273,7 +273,7 @@ def _hf(family: str) -> Callable[[nn.Module], ModelView]:
 
 
 # The table of supported architectures: model class name -> view builder. The Hugging Face
-# families are described piece by piece in `layerpeel.arch_hf.FAMILIES`.
+# families are described piece by piece in `layerpeel.arch.hf_views.FAMILIES`.
 ARCHITECTURES: dict[str, Callable[[nn.Module], ModelView]] = {
     "GPT": _gpt_view,
     "GPT2LMHeadModel": _hf("gpt2"),

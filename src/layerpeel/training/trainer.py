@@ -17,8 +17,6 @@ import numpy as np
 import torch
 from torch import nn
 
-from layerpeel.checkpoint import load_checkpoint, load_model_state, optimizer_from_tensors
-from layerpeel.checkpoint import save_checkpoint as _save_checkpoint
 from layerpeel.config import ConfigBase
 from layerpeel.data import (
     SequenceDataset,
@@ -32,7 +30,9 @@ from layerpeel.errors import CheckpointError, ConfigError
 from layerpeel.io import append_jsonl, atomic_write_text
 from layerpeel.models import GPT, GPTConfig
 from layerpeel.quant import QuantConfig
-from layerpeel.run import RunFolder, build_gpt, open_run
+from layerpeel.training.checkpoint import load_checkpoint, load_model_state, optimizer_from_tensors
+from layerpeel.training.checkpoint import save_checkpoint as _save_checkpoint
+from layerpeel.training.run_folder import RunFolder, build_gpt, open_run
 
 log = logging.getLogger(__name__)
 

@@ -10,8 +10,8 @@ from typing import Any
 
 import numpy as np
 
-from layerpeel.bounds import yes_helper
-from layerpeel.bounds.yes_walk import AnchorWalk, Path, Sink, Subset, step
+from layerpeel.yes import helper as yes_helper
+from layerpeel.yes.walk import AnchorWalk, Path, Sink, Subset, step
 
 # A split walk's plan splits subtrees until its longest share is within this of the mean one.
 # The cost estimate is itself off by 20-30 % on single subtrees (the representations that leave

@@ -15,8 +15,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from layerpeel.bounds.context import PeelContext
-from layerpeel.bounds.scoring import Thresholds, bootstrap_interval, same_block, sequence_ce
+from layerpeel.peel.context import PeelContext
+from layerpeel.peel.scoring import Thresholds, bootstrap_interval, same_block, sequence_ce
 from layerpeel.solvers import get_solver
 from layerpeel.solvers.closed import BlockProblem, ClosedFormOptions
 

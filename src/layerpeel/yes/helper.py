@@ -35,8 +35,8 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-from layerpeel.bounds import yes_shared
-from layerpeel.bounds.yes_shared import SharedFile, close_all
+from layerpeel.yes import shared as yes_shared
+from layerpeel.yes.shared import SharedFile, close_all
 
 logger = logging.getLogger(__name__)
 
@@ -53,7 +53,7 @@ _PATH_ENV = "LAYERPEEL_YES_HELPER_PATH"
 # What a helper runs: this process's sys.path, then `serve` with the descriptors it was given.
 _START = (
     f"import json, os, sys; sys.path[:] = json.loads(os.environ.pop({_PATH_ENV!r})); "
-    "from layerpeel.bounds.yes_shared import serve; serve(*map(int, sys.argv[1:6]))"
+    "from layerpeel.yes.shared import serve; serve(*map(int, sys.argv[1:6]))"
 )
 
 

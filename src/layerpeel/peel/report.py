@@ -7,9 +7,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from layerpeel.bounds.scoring import Thresholds, severity
 from layerpeel.errors import LayerpeelError
 from layerpeel.io import atomic_write_json
+from layerpeel.peel.scoring import Thresholds, severity
 
 REPORT_FORMAT = "layerpeel-peel-report"
 REPORT_VERSION = 1

@@ -9,11 +9,16 @@ from typing import Any
 
 import torch
 
-from layerpeel.checkpoint import Checkpoint, list_checkpoints, load_checkpoint, load_model_state
 from layerpeel.errors import CheckpointError, ConfigError
 from layerpeel.io import atomic_write_json
 from layerpeel.models import GPT, GPTConfig
 from layerpeel.quant import QuantConfig, quantize_
+from layerpeel.training.checkpoint import (
+    Checkpoint,
+    list_checkpoints,
+    load_checkpoint,
+    load_model_state,
+)
 
 RUN_KIND = "layerpeel-run"
 RUN_VERSION = 1

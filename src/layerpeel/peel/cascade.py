@@ -24,10 +24,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from layerpeel.bounds.context import PeelContext
-from layerpeel.bounds.scoring import sequence_ce
-from layerpeel.bounds.yes import verdict
+from layerpeel.peel.context import PeelContext
+from layerpeel.peel.scoring import sequence_ce
 from layerpeel.solvers.closed import BlockProblem, ClosedFormOptions
+from layerpeel.yes.bounds import verdict
 
 ALPHAS = (0.0, 0.1, 0.3, 1.0)  # weights of the preimage in the final target
 

@@ -21,14 +21,14 @@ from typing import TYPE_CHECKING, Any
 
 from torch import nn
 
-from layerpeel.arch import ModelView, model_view, set_submodule
-from layerpeel.bounds.context import build_context
-from layerpeel.bounds.peel import block_gaps
-from layerpeel.bounds.scoring import gap_verdict
-from layerpeel.monitoring import MonitoringSet
+from layerpeel.arch.views import ModelView, model_view, set_submodule
+from layerpeel.data.monitoring import MonitoringSet
+from layerpeel.peel.context import build_context
+from layerpeel.peel.gap import block_gaps
+from layerpeel.peel.scoring import gap_verdict
 
 if TYPE_CHECKING:
-    from layerpeel.analyze import Analysis
+    from layerpeel.peel.analysis import Analysis
 
 
 def red_by_gap(row: dict[str, Any]) -> bool:

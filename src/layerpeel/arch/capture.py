@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from layerpeel.arch import ModelView
+from layerpeel.arch.views import ModelView
 from layerpeel.errors import LayerpeelError
 
 DEFAULT_BUDGET_BYTES = 2 * 1024**3

@@ -7,10 +7,10 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from layerpeel.arch import ModelView
-from layerpeel.bounds.scoring import sequence_ce
-from layerpeel.capture import DEFAULT_BUDGET_BYTES, residual_stream
-from layerpeel.monitoring import MonitoringSet
+from layerpeel.arch.capture import DEFAULT_BUDGET_BYTES, residual_stream
+from layerpeel.arch.views import ModelView
+from layerpeel.data.monitoring import MonitoringSet
+from layerpeel.peel.scoring import sequence_ce
 
 GRAD_TOKENS = 1024  # tokens per backward pass: bounds the activations and logits kept for it
 
