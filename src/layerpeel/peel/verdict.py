@@ -1,0 +1,267 @@
+"""The whole-model verdict: one answer to "can training still lower the loss, and where?".
+
+A per-layer table answers "which row has the largest gap"; a user acts on a different question,
+and the answers to it are kept apart [design, docs/peeling.md]:
+
+- *still training*: the loss is still falling (the run's own history), or every block can still
+  lower held-out CE by about as much as the others: keep training, no one block is to blame;
+- *block behind*: a block does no work next to the others, or its weights still look like their
+  random initialization (never trained), or its gap clears every other block's interval;
+- *no block improvable*: no gap above the yellow line and no falling loss.
+
+Every rule is a comparison that can come out either way. The P3 cascade enters only through
+YES-0 (a network fitted block by block onto the targets, no anchors): its CE below the trained
+CE is the paper's "ineffective training". YES-(L-1) is not used: with every block as an anchor
+the trained blocks are among the candidates, so it cannot be worse than the trained model.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from layerpeel.peel.scoring import Thresholds
+
+QUESTION = "Can more training still lower this model's held-out loss, and is one block to blame?"
+
+# A random Gaussian matrix's largest singular value sits at the Marchenko-Pastur edge
+# std * (sqrt(m) + sqrt(n)); training grows outliers above it. Below this ratio in every matrix
+# of a block, the block's weights still look like their initialization.
+UNTRAINED_SPIKE = 1.15
+MIN_SPIKE_DIM = 16  # smaller matrices fluctuate too much around the edge to tell
+
+
+class Answer(StrEnum):
+    """The three answers a whole-model verdict keeps apart."""
+
+    STILL_TRAINING = "still training"
+    BLOCK_BEHIND = "block behind"
+    NONE_IMPROVABLE = "no block improvable"
+
+
+class Colour(StrEnum):
+    """Whole-model colour: red (act on a block), yellow (keep training / look), green."""
+
+    RED = "red"
+    YELLOW = "yellow"
+    GREEN = "green"
+
+
+@dataclass(frozen=True)
+class Trend:
+    """How much the training loss fell over the last doubling of steps, from the run's history."""
+
+    step: int  # the step the trend ends at
+    drop_per_doubling: float  # nats/token: loss at step/2 minus loss at step, smoothed
+    points: int  # loss values it was measured on
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "step": self.step,
+            "drop_per_doubling": self.drop_per_doubling,
+            "points": self.points,
+        }
+
+
+def loss_trend(history: Iterable[tuple[int, float]], step: int | None = None) -> Trend | None:
+    """The loss drop over the last doubling of steps up to `step` (default: the last one).
+
+    Each end is the mean of the losses logged within a tenth of the way around it (steps in
+    [0.9 s, s] against [0.45 s, 0.55 s]), so one noisy batch does not decide. None when either
+    window holds fewer than three finite values (too short a history to tell).
+    """
+    pts = [(int(s), float(v)) for s, v in history if math.isfinite(float(v))]
+    if step is None:
+        if not pts:
+            return None
+        step = max(s for s, _ in pts)
+    end = [v for s, v in pts if 0.9 * step <= s <= step]
+    mid = [v for s, v in pts if 0.45 * step <= s <= 0.55 * step]
+    if len(end) < 3 or len(mid) < 3:
+        return None
+    return Trend(step, float(np.mean(mid) - np.mean(end)), len(end) + len(mid))
+
+
+def weight_spike(block: nn.Module) -> float | None:
+    """The largest ratio, over a block's weight matrices, of sigma_max to the random-matrix edge.
+
+    About 1 for weights still at a random Gaussian initialization; trained weights grow outliers
+    (1.3-2.7 in a small GPT after 150 steps). None when the block has no matrix large enough.
+    """
+    ratios = []
+    for p in block.parameters():
+        if p.ndim != 2 or min(p.shape) < MIN_SPIKE_DIM:
+            continue
+        w = p.detach().to(torch.float64)
+        std = float(w.std())
+        if std == 0.0:
+            continue
+        edge = std * (math.sqrt(w.shape[0]) + math.sqrt(w.shape[1]))
+        ratios.append(float(torch.linalg.matrix_norm(w, ord=2)) / edge)
+    return max(ratios) if ratios else None
+
+
+@dataclass(frozen=True)
+class BlockEvidence:
+    """What the analysis measured of one whole block."""
+
+    block: int
+    gap: float  # P1 gap, nats/token
+    ci_low: float
+    ci_high: float
+    idle: bool = False  # does no work next to its peers (scoring.Thresholds.is_idle)
+    work_ratio: float | None = None  # its work over the other blocks' median
+    spike: float | None = None  # weight_spike; below UNTRAINED_SPIKE: never trained
+
+    @property
+    def untrained(self) -> bool:
+        return self.spike is not None and self.spike < UNTRAINED_SPIKE
+
+
+@dataclass(frozen=True)
+class WholeVerdict:
+    """The whole-model verdict: its colour, the answers that hold, the sentence, the blocks."""
+
+    colour: Colour
+    answers: tuple[Answer, ...]
+    sentence: str
+    behind: tuple[int, ...] = ()  # blocks behind the others (act on these first)
+    improvable: tuple[int, ...] = ()  # blocks whose gap interval clears the yellow line
+    trend: Trend | None = None
+    reasons: tuple[str, ...] = field(default=())
+
+    @property
+    def question(self) -> str:
+        return QUESTION
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "colour": self.colour.value,
+            "answers": [a.value for a in self.answers],
+            "sentence": self.sentence,
+            "question": QUESTION,
+            "behind": list(self.behind),
+            "improvable": list(self.improvable),
+            "trend": None if self.trend is None else self.trend.to_dict(),
+            "reasons": list(self.reasons),
+        }
+
+
+def _standout(blocks: Sequence[BlockEvidence], thresholds: Thresholds) -> int | None:
+    """The block whose gap interval lies wholly above every other block's, and past yellow."""
+    if len(blocks) < 2:
+        return None
+    top = max(blocks, key=lambda b: b.gap)
+    rest = max(b.ci_high for b in blocks if b is not top)
+    return top.block if top.ci_low > rest and top.ci_low > thresholds.yellow else None
+
+
+def whole_model_verdict(
+    blocks: Sequence[BlockEvidence],
+    thresholds: Thresholds | None = None,
+    trend: Trend | None = None,
+    ce_trained: float | None = None,
+    yes0: float | None = None,
+) -> WholeVerdict:
+    """Combine the per-block evidence, the loss trend and YES-0 into one verdict.
+
+    Red: a block is behind (idle, never trained, or clearly the most improvable), or the trained
+    CE is above YES-0. Yellow: the model is still training (the loss fell by more than the red
+    line over the last doubling of steps, or at least half the blocks have gap intervals above
+    the yellow line with none standing out), or some gap is above the yellow line. Green
+    otherwise: no block improvable and no falling loss.
+    """
+    t = thresholds or Thresholds()
+    reasons: list[str] = []
+    improvable = tuple(b.block for b in blocks if b.ci_low > t.yellow)
+    idle = [b.block for b in blocks if b.idle]
+    untrained = [b.block for b in blocks if b.untrained]
+    standout = _standout(blocks, t)
+    behind = tuple(
+        dict.fromkeys([*untrained, *idle, *([standout] if standout is not None else [])])
+    )
+    for b in untrained:
+        reasons.append(f"block {b}'s weights still look like their random initialization")
+    for b in idle:
+        if b not in untrained:
+            reasons.append(f"block {b} does almost no work next to the other blocks")
+    if standout is not None and standout not in idle and standout not in untrained:
+        top = next(b for b in blocks if b.block == standout)
+        reasons.append(
+            f"block {standout} is the most improvable by a clear margin "
+            f"(gap {top.gap:+.3f} nats/token, interval above every other block's)"
+        )
+    falling = trend is not None and trend.drop_per_doubling > t.red
+    everywhere = len(blocks) >= 2 and len(improvable) * 2 >= len(blocks) and standout is None
+    still = falling or everywhere
+    if falling:
+        assert trend is not None
+        reasons.append(
+            f"the training loss fell {trend.drop_per_doubling:.3f} nats/token over the last "
+            f"doubling of steps (to step {trend.step})"
+        )
+    if everywhere:
+        reasons.append(
+            f"{len(improvable)} of {len(blocks)} blocks can each still lower held-out CE, "
+            "none clearly more than the others"
+        )
+    worse_than_yes0 = (
+        ce_trained is not None and yes0 is not None and math.isfinite(yes0) and ce_trained > yes0
+    )
+    if worse_than_yes0:
+        reasons.append(
+            f"a network fitted block by block without anchors reaches lower held-out CE "
+            f"(YES-0 {yes0:.3f}) than the trained model ({ce_trained:.3f})"
+        )
+    answers: list[Answer] = []
+    if still:
+        answers.append(Answer.STILL_TRAINING)
+    if behind:
+        answers.append(Answer.BLOCK_BEHIND)
+    if not answers and not improvable and not any(b.gap > t.yellow for b in blocks):
+        answers.append(Answer.NONE_IMPROVABLE)
+    if behind or worse_than_yes0:
+        colour = Colour.RED
+    elif answers == [Answer.NONE_IMPROVABLE]:
+        colour = Colour.GREEN
+    else:
+        colour = Colour.YELLOW
+    return WholeVerdict(
+        colour=colour,
+        answers=tuple(answers),
+        sentence=_sentence(colour, answers, behind, reasons),
+        behind=behind,
+        improvable=improvable,
+        trend=trend,
+        reasons=tuple(reasons),
+    )
+
+
+def _sentence(
+    colour: Colour, answers: list[Answer], behind: tuple[int, ...], reasons: list[str]
+) -> str:
+    """One plain sentence: what to do, then why."""
+    parts = []
+    if Answer.BLOCK_BEHIND in answers:
+        names = ", ".join(str(b) for b in behind)
+        parts.append(f"block{'s' if len(behind) > 1 else ''} {names} behind the others")
+    if Answer.STILL_TRAINING in answers:
+        parts.append("the whole model is still training: keep training")
+    if Answer.NONE_IMPROVABLE in answers:
+        parts.append("no block is improvable by re-optimizing it alone")
+    if not parts:
+        parts.append(
+            "small gaps and no block behind"
+            if colour is Colour.YELLOW
+            else "the trained model is above YES-0"
+        )
+    head = "; ".join(parts)
+    why = "; ".join(reasons)
+    return f"{head[0].upper()}{head[1:]}" + (f" ({why})." if why else ".")

@@ -1,0 +1,122 @@
+"""The whole-model verdict: each rule pinned with small inputs and a tiny random model."""
+
+import math
+
+import pytest
+import torch
+
+from layerpeel import GPT, GPTConfig
+from layerpeel.peel.scoring import Thresholds
+from layerpeel.peel.verdict import (
+    UNTRAINED_SPIKE,
+    Answer,
+    BlockEvidence,
+    Colour,
+    Trend,
+    loss_trend,
+    weight_spike,
+    whole_model_verdict,
+)
+
+
+def ev(block, gap, half=0.002, **kw):
+    return BlockEvidence(block, gap, gap - half, gap + half, **kw)
+
+
+FLAT = Trend(step=1000, drop_per_doubling=0.001, points=40)
+
+
+def test_power_law_history_is_falling_and_a_plateau_is_not():
+    falling = [(s, 2.0 + 3.0 * s**-0.5) for s in range(1, 201)]
+    trend = loss_trend(falling)
+    assert trend is not None and trend.step == 200
+    expected = 3.0 * (100**-0.5 - 200**-0.5)  # about the drop from step 100 to step 200
+    assert trend.drop_per_doubling == pytest.approx(expected, rel=0.15)
+    flat = [(s, 1.5 + 0.01 * math.sin(s)) for s in range(1, 201)]
+    assert abs(loss_trend(flat).drop_per_doubling) < 0.005
+
+
+def test_trend_needs_points_in_both_windows_and_ends_at_the_given_step():
+    assert loss_trend([(10, 3.0), (20, 2.0)]) is None
+    assert loss_trend([]) is None
+    hist = [(s, 10.0 / s) for s in range(1, 401)]
+    assert loss_trend(hist, step=100).step == 100
+    assert loss_trend(hist, step=100).drop_per_doubling > loss_trend(hist).drop_per_doubling
+
+
+def test_weight_spike_tells_a_fresh_block_from_one_with_learned_structure():
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(n_layer=2, d_model=64, n_head=4, block_size=32))
+    fresh = weight_spike(model.blocks[0])
+    assert fresh is not None and fresh < UNTRAINED_SPIKE
+    with torch.no_grad():  # one learned direction: a rank-1 outlier in one matrix
+        w = model.blocks[1].mlp.fc.weight
+        u, v = torch.randn(w.shape[0], 1), torch.randn(1, w.shape[1])
+        edge = float(w.std()) * (math.sqrt(w.shape[0]) + math.sqrt(w.shape[1]))
+        w += 1.5 * edge * (u / u.norm()) @ (v / v.norm())  # an outlier 1.5x the edge
+    assert weight_spike(model.blocks[1]) > UNTRAINED_SPIKE
+
+
+def test_no_gap_and_a_flat_loss_is_green():
+    v = whole_model_verdict([ev(0, 0.001), ev(1, 0.0), ev(2, 0.002)], trend=FLAT)
+    assert v.colour is Colour.GREEN and v.answers == (Answer.NONE_IMPROVABLE,)
+    assert v.sentence.startswith("No block is improvable")
+
+
+def test_falling_loss_is_never_green_even_with_no_gap():
+    trend = Trend(step=20, drop_per_doubling=0.9, points=10)
+    v = whole_model_verdict([ev(0, 0.001), ev(1, 0.0)], trend=trend)
+    assert v.colour is Colour.YELLOW and v.answers == (Answer.STILL_TRAINING,)
+    assert "keep training" in v.sentence and "0.900" in v.sentence
+
+
+def test_every_block_about_equally_improvable_is_still_training_not_one_block():
+    blocks = [ev(0, 0.030, 0.004), ev(1, 0.034, 0.004), ev(2, 0.038, 0.004), ev(3, 0.031, 0.004)]
+    v = whole_model_verdict(blocks)
+    assert v.answers == (Answer.STILL_TRAINING,) and v.behind == ()
+    assert v.colour is Colour.YELLOW and v.improvable == (0, 1, 2, 3)
+
+
+def test_a_block_whose_gap_clears_every_other_interval_is_behind():
+    blocks = [ev(0, 0.004), ev(1, 0.080, 0.01), ev(2, 0.006), ev(3, 0.003)]
+    v = whole_model_verdict(blocks, trend=FLAT)
+    assert v.colour is Colour.RED and v.behind == (1,)
+    assert Answer.BLOCK_BEHIND in v.answers and Answer.STILL_TRAINING not in v.answers
+    # the same top gap inside another block's interval does not stand out
+    close = [ev(0, 0.070, 0.01), ev(1, 0.080, 0.01), ev(2, 0.006), ev(3, 0.003)]
+    assert whole_model_verdict(close, trend=FLAT).behind == ()
+
+
+def test_idle_and_never_trained_blocks_are_behind_while_the_model_still_trains():
+    blocks = [
+        ev(0, 0.03, 0.004),
+        ev(1, 0.03, 0.004, spike=1.01),  # never trained
+        ev(2, 0.03, 0.004, idle=True, work_ratio=0.02),
+        ev(3, 0.03, 0.004, spike=1.9),
+    ]
+    v = whole_model_verdict(blocks)
+    assert v.colour is Colour.RED and v.behind == (1, 2)
+    assert v.answers == (Answer.STILL_TRAINING, Answer.BLOCK_BEHIND)
+    assert "random initialization" in v.sentence and "no work" in v.sentence
+
+
+def test_trained_model_above_yes0_is_red_and_yes_last_is_not_consulted():
+    blocks = [ev(0, 0.0), ev(1, 0.0)]
+    v = whole_model_verdict(blocks, trend=FLAT, ce_trained=2.0, yes0=1.9)
+    assert v.colour is Colour.RED and "YES-0" in v.sentence
+    assert whole_model_verdict(blocks, trend=FLAT, ce_trained=2.0, yes0=2.5).colour is Colour.GREEN
+
+
+def test_thresholds_set_the_lines():
+    blocks = [ev(0, 0.012), ev(1, 0.011)]
+    assert whole_model_verdict(blocks, Thresholds(yellow=0.005)).colour is Colour.YELLOW
+    assert whole_model_verdict(blocks, Thresholds(yellow=0.02), trend=FLAT).colour is Colour.GREEN
+
+
+def test_to_dict_states_the_question_and_round_trips_to_json():
+    import json
+
+    v = whole_model_verdict([ev(0, 0.0), ev(1, 0.0)], trend=FLAT)
+    d = json.loads(json.dumps(v.to_dict()))
+    assert d["colour"] == "green" and d["question"].startswith("Can more training")
+    assert d["trend"]["step"] == 1000 and d["answers"] == ["no block improvable"]
