@@ -23,7 +23,7 @@ def ev(block, gap, half=0.002, **kw):
     return BlockEvidence(block, gap, gap - half, gap + half, **kw)
 
 
-FLAT = Trend(step=1000, drop_per_doubling=0.001, points=40)
+FLAT = Trend(step=1000, drop_per_doubling=0.001, stderr=0.001, points=40)
 
 
 def test_power_law_history_is_falling_and_a_plateau_is_not():
@@ -32,12 +32,24 @@ def test_power_law_history_is_falling_and_a_plateau_is_not():
     assert trend is not None and trend.step == 200
     expected = 3.0 * (100**-0.5 - 200**-0.5)  # about the drop from step 100 to step 200
     assert trend.drop_per_doubling == pytest.approx(expected, rel=0.15)
+    assert trend.falling_by > 0.02
     flat = [(s, 1.5 + 0.01 * math.sin(s)) for s in range(1, 201)]
     assert abs(loss_trend(flat).drop_per_doubling) < 0.005
 
 
+def test_a_noisy_plateau_is_not_falling_with_confidence():
+    gen = torch.Generator().manual_seed(0)
+    noise = (0.05 * torch.randn(200, generator=gen)).tolist()
+    trend = loss_trend([(s, 1.5 + noise[s - 1]) for s in range(1, 201)])
+    assert trend.falling_by < 0.02
+    falling = loss_trend(
+        [(s, 1.5 + 0.2 * math.log2(400 / s) + noise[s - 1]) for s in range(1, 201)]
+    )
+    assert falling.drop_per_doubling == pytest.approx(0.2, abs=0.05) and falling.falling_by > 0.02
+
+
 def test_trend_needs_points_in_both_windows_and_ends_at_the_given_step():
-    assert loss_trend([(10, 3.0), (20, 2.0)]) is None
+    assert loss_trend([(10, 3.0), (20, 2.0)]) is None  # two points: no error estimate
     assert loss_trend([]) is None
     hist = [(s, 10.0 / s) for s in range(1, 401)]
     assert loss_trend(hist, step=100).step == 100
@@ -64,7 +76,7 @@ def test_no_gap_and_a_flat_loss_is_green():
 
 
 def test_falling_loss_is_never_green_even_with_no_gap():
-    trend = Trend(step=20, drop_per_doubling=0.9, points=10)
+    trend = Trend(step=20, drop_per_doubling=0.9, stderr=0.05, points=10)
     v = whole_model_verdict([ev(0, 0.001), ev(1, 0.0)], trend=trend)
     assert v.colour is Colour.YELLOW and v.answers == (Answer.STILL_TRAINING,)
     assert "keep training" in v.sentence and "0.900" in v.sentence

@@ -56,37 +56,52 @@ class Colour(StrEnum):
 
 @dataclass(frozen=True)
 class Trend:
-    """How much the training loss fell over the last doubling of steps, from the run's history."""
+    """How fast the training loss still falls: its drop per doubling of steps, from the history."""
 
     step: int  # the step the trend ends at
-    drop_per_doubling: float  # nats/token: loss at step/2 minus loss at step, smoothed
-    points: int  # loss values it was measured on
+    drop_per_doubling: float  # nats/token: minus the slope of loss against log2(step)
+    stderr: float  # the slope's standard error
+    points: int  # loss values it was fitted on
+
+    @property
+    def falling_by(self) -> float:
+        """A lower bound on the drop per doubling (two standard errors below the estimate)."""
+        return self.drop_per_doubling - 2.0 * self.stderr
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "step": self.step,
             "drop_per_doubling": self.drop_per_doubling,
+            "stderr": self.stderr,
             "points": self.points,
         }
 
 
 def loss_trend(history: Iterable[tuple[int, float]], step: int | None = None) -> Trend | None:
-    """The loss drop over the last doubling of steps up to `step` (default: the last one).
+    """The loss drop per doubling of steps over the second half of training up to `step`.
 
-    Each end is the mean of the losses logged within a tenth of the way around it (steps in
-    [0.9 s, s] against [0.45 s, 0.55 s]), so one noisy batch does not decide. None when either
-    window holds fewer than three finite values (too short a history to tell).
+    A least-squares line of loss against log2(step) through the losses logged in [step/2, step]
+    (default step: the last one): one noisy batch does not decide, and its standard error says
+    how sure the drop is. None with fewer than three finite values in that range.
     """
-    pts = [(int(s), float(v)) for s, v in history if math.isfinite(float(v))]
+    pts = [(int(s), float(v)) for s, v in history if s > 0 and math.isfinite(float(v))]
     if step is None:
         if not pts:
             return None
         step = max(s for s, _ in pts)
-    end = [v for s, v in pts if 0.9 * step <= s <= step]
-    mid = [v for s, v in pts if 0.45 * step <= s <= 0.55 * step]
-    if len(end) < 3 or len(mid) < 3:
+    sel = [(math.log2(s), v) for s, v in pts if step / 2 <= s <= step]
+    if len(sel) < 3:
         return None
-    return Trend(step, float(np.mean(mid) - np.mean(end)), len(end) + len(mid))
+    x = np.array([a for a, _ in sel])
+    y = np.array([b for _, b in sel])
+    xc = x - x.mean()
+    sxx = float(xc @ xc)
+    if sxx == 0.0:
+        return None
+    slope = float(xc @ (y - y.mean())) / sxx
+    resid = y - y.mean() - slope * xc
+    stderr = math.sqrt(float(resid @ resid) / (len(sel) - 2) / sxx) if len(sel) > 2 else math.inf
+    return Trend(step, -slope, stderr, len(sel))
 
 
 def weight_spike(block: nn.Module) -> float | None:
@@ -198,14 +213,14 @@ def whole_model_verdict(
             f"block {standout} is the most improvable by a clear margin "
             f"(gap {top.gap:+.3f} nats/token, interval above every other block's)"
         )
-    falling = trend is not None and trend.drop_per_doubling > t.red
+    falling = trend is not None and trend.falling_by > t.red
     everywhere = len(blocks) >= 2 and len(improvable) * 2 >= len(blocks) and standout is None
     still = falling or everywhere
     if falling:
         assert trend is not None
         reasons.append(
-            f"the training loss fell {trend.drop_per_doubling:.3f} nats/token over the last "
-            f"doubling of steps (to step {trend.step})"
+            f"the training loss falls {trend.drop_per_doubling:.3f} nats/token per doubling of "
+            f"steps (fitted up to step {trend.step})"
         )
     if everywhere:
         reasons.append(
