@@ -17,7 +17,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from torch import nn
 
@@ -25,10 +25,8 @@ from layerpeel.arch.views import ModelView, model_view, set_submodule
 from layerpeel.data.monitoring import MonitoringSet
 from layerpeel.peel.context import build_context
 from layerpeel.peel.gap import block_gaps
+from layerpeel.peel.plan import Analysis
 from layerpeel.peel.scoring import gap_verdict
-
-if TYPE_CHECKING:
-    from layerpeel.peel.analysis import Analysis
 
 
 def red_by_gap(row: dict[str, Any]) -> bool:
