@@ -16,6 +16,7 @@ from layerpeel.peel.analysis import (
     monitoring_from_run,
     peel,
 )
+from layerpeel.peel.config import add_arguments, from_args
 from layerpeel.peel.report import PeelReport
 
 # Colour always comes with a word and a symbol, for readers who cannot tell red from green.
@@ -51,59 +52,7 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
         help="monitoring tokens (half fit, half held out)",
     )
     p.add_argument("--json", type=Path, metavar="FILE", help="also write the report JSON here")
-    d = PeelConfig()
-    p.add_argument("--solver", default=d.solver, help="P1 solver: closed (default) or adam")
-    p.add_argument(
-        "--parts", default=",".join(d.parts), help="P1 parts, comma separated: block,attn,mlp"
-    )
-    p.add_argument("--blocks", help="P1 blocks (0-based, comma separated; default all)")
-    p.add_argument("--no-ladder", action="store_true", help="skip P2, the projection ladder")
-    p.add_argument("--no-cascade", action="store_true", help="skip P3, the YES cascade")
-    p.add_argument("--max-anchors", type=int, help="P3 anchor subsets up to this size")
-    p.add_argument(
-        "--red",
-        type=float,
-        default=d.red,
-        help="red when a gap's interval clears this (nats/token)",
-    )
-    p.add_argument("--yellow", type=float, default=d.yellow, help="yellow when a gap exceeds this")
-    p.add_argument(
-        "--idle",
-        type=float,
-        default=d.idle,
-        help="a block is idle (red) when removing it costs less than --red and less than this "
-        "fraction of the other blocks' median (0: off)",
-    )
-    p.add_argument(
-        "--no-work", action="store_true", help="skip scoring each block's removal (its work)"
-    )
-    p.add_argument(
-        "--budget-mb", type=float, default=d.budget_mb, help="memory budget of cached activations"
-    )
-    p.add_argument("--seed", type=int, default=d.seed)
-    p.add_argument(
-        "--etas",
-        default=",".join(str(e) for e in d.etas),
-        help="target-propagation steps the P1 line search tries (comma separated)",
-    )
-    p.add_argument(
-        "--search-sequences",
-        type=int,
-        default=d.search_sequences,
-        help="fit sequences of the eta line search (half fitted, half scored)",
-    )
-    p.add_argument(
-        "--score-dtype",
-        choices=["float32", "bfloat16"],
-        default=d.score_dtype,
-        help="matrix products when scoring tails (bfloat16: faster on CPUs with bfloat16 units)",
-    )
-    p.add_argument(
-        "--attribute",
-        action="store_true",
-        help="re-check the reds after the first red block with its reference in place; those "
-        "it explains turn yellow",
-    )
+    add_arguments(p)  # one flag per PeelConfig setting
     p.add_argument(
         "--fail-on",
         choices=["red", "yellow"],
@@ -130,48 +79,6 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
         "--no-color", action="store_true", help="no colour in the table (also: NO_COLOR)"
     )
     return p
-
-
-def _int_list(text: str | None, what: str) -> tuple[int, ...] | None:
-    if text is None:
-        return None
-    try:
-        return tuple(int(v) for v in text.split(",") if v.strip())
-    except ValueError:
-        raise ConfigError(f"{what} must be comma-separated integers, got {text!r}") from None
-
-
-def _float_list(text: str, what: str) -> tuple[float, ...]:
-    try:
-        values = tuple(float(v) for v in text.split(",") if v.strip())
-    except ValueError:
-        raise ConfigError(f"{what} must be comma-separated numbers, got {text!r}") from None
-    if not values:
-        raise ConfigError(f"{what} needs at least one value")
-    return values
-
-
-def config_from_args(args: argparse.Namespace) -> PeelConfig:
-    cfg = PeelConfig(
-        solver=args.solver,
-        parts=tuple(v.strip() for v in args.parts.split(",") if v.strip()),
-        blocks=_int_list(args.blocks, "--blocks"),
-        ladder=not args.no_ladder,
-        cascade=not args.no_cascade,
-        max_anchors=args.max_anchors,
-        red=args.red,
-        yellow=args.yellow,
-        work=not args.no_work,
-        idle=args.idle,
-        budget_mb=args.budget_mb,
-        seed=args.seed,
-        etas=_float_list(args.etas, "--etas"),
-        search_sequences=args.search_sequences,
-        score_dtype=args.score_dtype,
-        attribute=args.attribute,
-    )
-    cfg.validate()
-    return cfg
 
 
 def verdict_text(verdict: str, color: bool) -> str:
@@ -319,7 +226,7 @@ def _writer(sharded: bool) -> bool:
 def _run(args: argparse.Namespace, sharded: bool) -> int:
     if args.all_checkpoints:
         return _all_checkpoints(args)
-    cfg = config_from_args(args)
+    cfg = from_args(args)
     if args.hf is not None:
         return run_hf(args, cfg, sharded)
     if args.target is None:

@@ -85,11 +85,12 @@ def attribute(
     if not later:
         return
     # only the gaps are compared: neither the work nor the full-precision twins are needed
-    recheck = dataclasses.replace(analysis.options, work=False, twins=False)
+    recheck = dataclasses.replace(analysis.cfg, work=False)
     with substituted(model, analysis.view, index, reference) as fixed:
         ctx = build_context(fixed, data, **capture)
         for b, red in sorted(later.items()):
-            again = block_gaps(ctx, b, tuple(r["part"] for r in red), scheme, recheck, thresholds)
+            parts = tuple(r["part"] for r in red)
+            again = block_gaps(ctx, b, parts, scheme, recheck, thresholds, twins=False)
             for r, r2 in zip(red, again, strict=True):
                 r["gap_given_first"] = r2["gap"]
                 r["ci_given_first"] = [r2["ci_low"], r2["ci_high"]]

@@ -35,7 +35,6 @@ from layerpeel.data.monitoring import MonitoringSet
 from layerpeel.errors import ConfigError
 from layerpeel.peel.cascade import anchor_subsets
 from layerpeel.peel.config import PeelConfig
-from layerpeel.peel.gap import GapOptions
 from layerpeel.peel.scoring import Thresholds
 from layerpeel.quant import model_scheme
 
@@ -180,7 +179,7 @@ class Analysis:
     scheme: str | None  # the model's quantizer ("ternary", "Q4_1", ...) or None
     blocks: tuple[int, ...]  # P1 blocks
     cap: int | None  # P3 anchor subset size cap
-    options: GapOptions  # P1 settings
+    cfg: PeelConfig  # the settings
     thresholds: Thresholds  # verdict thresholds
 
     @property
@@ -199,19 +198,8 @@ def prepare(model: nn.Module, cfg: PeelConfig) -> Analysis:
     blocks = tuple(range(n)) if cfg.blocks is None else tuple(cfg.blocks)
     if any(not 0 <= b < n for b in blocks):
         raise ConfigError(f"blocks must be in 0..{n - 1}, got {list(blocks)}")
-    opts = GapOptions(
-        solver=cfg.solver,
-        etas=tuple(cfg.etas),
-        search_sequences=cfg.search_sequences,
-        ridge=cfg.ridge,
-        adam_steps=cfg.adam_steps,
-        adam_lr=cfg.adam_lr,
-        n_boot=cfg.n_boot,
-        seed=cfg.seed,
-        work=cfg.work,
-    )
     cap = cfg.max_anchors if cfg.max_anchors is not None else (None if n <= 8 else 2)
-    return Analysis(view, scheme, blocks, cap, opts, cfg.thresholds())
+    return Analysis(view, scheme, blocks, cap, cfg, Thresholds.of(cfg))
 
 
 def shape_of(a: Analysis, data: MonitoringSet) -> Shape:

@@ -81,11 +81,6 @@ class PeelReport:
         An idle block is red with a gap near zero, so it comes before every yellow or green row;
         a block far below its peers' work comes before green rows with small gaps.
         """
-        base = Thresholds()
-        thresholds = Thresholds(
-            red=float(self.config.get("red", base.red)),
-            yellow=float(self.config.get("yellow", base.yellow)),
-            idle=float(self.config.get("idle", base.idle)),
-        )
+        thresholds = Thresholds.of(self.config)
         rows = [r for r in self.layers if part is None or r["part"] == part]
         return sorted(rows, key=lambda r: severity(r, thresholds), reverse=True)

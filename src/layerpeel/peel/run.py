@@ -100,7 +100,7 @@ def run_units(
             if unit.phase == "p1":
                 b = unit.key[0]
                 p1 = keep.get("p1")
-                rows = block_gaps(ctx, b, tuple(cfg.parts), a.scheme, a.options, a.thresholds,
+                rows = block_gaps(ctx, b, tuple(cfg.parts), a.scheme, cfg, a.thresholds,
                                   p1, keep.get("p1_fp"))  # fmt: skip
                 if p1 is not None and red_refs_only:
                     for r in rows:

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from layerpeel.arch.views import ModelView
+from layerpeel.peel.config import PeelConfig
 
 VERDICTS = ("green", "yellow", "red")
 
@@ -37,9 +38,6 @@ def token_ce(
         logits = head(flat_x[s : s + rows]).flatten(0, 1).float()  # (rows, V)
         out.append(F.cross_entropy(logits, flat_t[s : s + rows], reduction="none"))
     return torch.cat(out).view(targets.shape)
-
-
-SCORE_DTYPES = ("float32", "bfloat16")
 
 
 @torch.no_grad()
@@ -96,9 +94,16 @@ def bootstrap_interval(
 class Thresholds:
     """Verdict thresholds on a gap and on a block's work, in nats per token."""
 
-    red: float = 0.02  # red when the interval's lower end exceeds this
-    yellow: float = 0.005  # yellow when the gap itself exceeds this
-    idle: float = 0.1  # idle (red) below this fraction of the other blocks' median work; 0: off
+    red: float = PeelConfig.red  # red when the interval's lower end exceeds this
+    yellow: float = PeelConfig.yellow  # yellow when the gap itself exceeds this
+    idle: float = PeelConfig.idle  # idle below this fraction of the peers' median work; 0: off
+
+    @classmethod
+    def of(cls, config: PeelConfig | dict[str, Any]) -> Thresholds:
+        """The thresholds of settings, or of a report's recorded settings (defaults if missing)."""
+        if isinstance(config, PeelConfig):
+            return cls(config.red, config.yellow, config.idle)
+        return cls(**{k: float(config[k]) for k in ("red", "yellow", "idle") if k in config})
 
     def verdict(self, gap: float, ci_low: float) -> str:
         if ci_low > self.red:
