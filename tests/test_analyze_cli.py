@@ -54,7 +54,7 @@ def test_analyze_writes_the_report_and_prints_the_table(run_dir, tmp_path, capsy
             assert row["idle"] is False
     assert "work" in text
     top = PeelReport.from_dict(data).ranked()[0]
-    assert f"first to look at: block {top['block']} {top['part']} ({top['verdict']};" in text
+    assert f"first to look at: block {top.block} {top.part} ({top.verdict};" in text
     assert "\033[" not in text  # no colour codes when stdout is not a terminal
     assert data["cascade"]["verdict"] in ("green", "yellow", "red")
 

@@ -63,7 +63,7 @@ def test_a_reference_equal_to_the_block_scores_exactly_as_the_trained_model():
         assert torch.equal(base, rerun) if dtype == "bfloat16" else torch.allclose(base, rerun)
         assert same_block(view.reference_copy(1), view.blocks[1])
         rows = block_gaps(ctx, 1, ("attn",), None, PeelConfig(etas=(0.0,)), Thresholds())
-        assert rows[0]["ce_trained"] == float(base.mean())
+        assert rows[0].ce_trained == float(base.mean())
     changed = view.reference_copy(1)
     with torch.no_grad():
         next(changed.parameters()).add_(1.0)

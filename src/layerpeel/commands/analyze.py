@@ -103,16 +103,16 @@ def print_report(report: PeelReport, out: TextIO, color: bool) -> None:
     print(head, file=out)
     for r in report.layers:
         line = (
-            f"{r['block']:>5}  {r['part']:<5}  {r['gap']:>+8.4f}  [{r['ci_low']:>+8.4f}, {r['ci_high']:>+8.4f}]"
-            f"  {verdict_text(r['verdict'], color)}  {r['ce_reference']:>7.4f}  {r['ce_trained']:>10.4f}"
+            f"{r.block:>5}  {r.part:<5}  {r.gap:>+8.4f}  [{r.ci_low:>+8.4f}, {r.ci_high:>+8.4f}]"
+            f"  {verdict_text(r.verdict, color)}  {r.ce_reference:>7.4f}  {r.ce_trained:>10.4f}"
         )
         if q:
-            line += f"  {r.get('opt_part', 0.0):>+7.4f}  {r.get('quant_part', 0.0):>+7.4f}"
-        work = r.get("work")
+            line += f"  {r.opt_part or 0.0:>+7.4f}  {r.quant_part or 0.0:>+7.4f}"
+        work = r.work
         line += f"  {work:>+8.4f}" if work is not None else f"  {'':>8}"
-        ratio = r.get("work_ratio")
+        ratio = r.work_ratio
         line += f"  {ratio:>7.2f}" if ratio is not None else f"  {'':>7}"
-        line += f"  {r['time_s']:>5.1f}s" + ("  idle" if r.get("idle") else "")
+        line += f"  {r.time_s:>5.1f}s" + ("  idle" if r.idle else "")
         print(line, file=out)
     if report.ladder:
         n = int(report.model.get("blocks", 0))
@@ -120,7 +120,7 @@ def print_report(report: PeelReport, out: TextIO, color: bool) -> None:
             "\nP2 ladder: CE when block l alone is peeled onto G_j (rows l, columns j):", file=out
         )
         print("      " + "".join(f"{'j=' + str(j):>9}" for j in range(n)), file=out)
-        cells = {(r["from_block"], r["to_block"]): r["ce"] for r in report.ladder}
+        cells = {(r.from_block, r.to_block): r.ce for r in report.ladder}
         for i in range(n):
             row = "".join(
                 f"{cells[(i, j)]:>9.4f}" if (i, j) in cells else " " * 9 for j in range(n)
@@ -128,25 +128,25 @@ def print_report(report: PeelReport, out: TextIO, color: bool) -> None:
             print(f"  l={i:<2}{row}", file=out)
     c = report.cascade
     if c:
-        ks = ", ".join(f"YES-{k + 1} {v:.4f}" for k, v in enumerate(c["yes"]))
+        ks = ", ".join(f"YES-{k + 1} {v:.4f}" for k, v in enumerate(c.yes))
         print(
-            f"\nP3 cascade: CE trained {c['ce_trained']:.4f}; YES-0 {c['yes0']:.4f}; {ks}"
-            f" -> {verdict_text(c['verdict'], color).strip()} (final target alpha {c.get('final_alpha', 0)})",
+            f"\nP3 cascade: CE trained {c.ce_trained:.4f}; YES-0 {c.yes0:.4f}; {ks}"
+            f" -> {verdict_text(c.verdict, color).strip()} (final target alpha {c.final_alpha})",
             file=out,
         )
-    reds = [r for r in report.layers if r["verdict"] == "red"]
-    idle = [r for r in reds if r.get("idle")]
+    reds = [r for r in report.layers if r.verdict == "red"]
+    idle = [r for r in reds if r.idle]
     if reds:
-        worst = max(reds, key=lambda r: r["gap"])
+        worst = max(reds, key=lambda r: r.gap)
         print(
-            f"\n{len(reds)} red row(s); largest gap: block {worst['block']} {worst['part']} "
-            f"({worst['gap']:+.4f} nats/token).",
+            f"\n{len(reds)} red row(s); largest gap: block {worst.block} {worst.part} "
+            f"({worst.gap:+.4f} nats/token).",
             file=out,
         )
         for r in idle:
             print(
-                f"block {r['block']} is idle: removing it costs {r['work']:+.4f} nats/token "
-                f"[{r['work_ci_low']:+.4f}, {r['work_ci_high']:+.4f}], far less than the other "
+                f"block {r.block} is idle: removing it costs {r.work:+.4f} nats/token "
+                f"[{r.work_ci_low:+.4f}, {r.work_ci_high:+.4f}], far less than the other "
                 "blocks' work.",
                 file=out,
             )
@@ -154,18 +154,18 @@ def print_report(report: PeelReport, out: TextIO, color: bool) -> None:
         print("\nno red layer.", file=out)
     if report.layers:
         top = report.ranked()[0]
-        why = f"gap {top['gap']:+.4f}"
-        if top.get("work_ratio") is not None:
-            why += f", work {top['work_ratio']:.2f} of the other blocks' median"
+        why = f"gap {top.gap:+.4f}"
+        if top.work_ratio is not None:
+            why += f", work {top.work_ratio:.2f} of the other blocks' median"
         print(
-            f"first to look at: block {top['block']} {top['part']} ({top['verdict']}; {why}).",
+            f"first to look at: block {top.block} {top.part} ({top.verdict}; {why}).",
             file=out,
         )
     for r in report.layers:
-        if r.get("explained_by") is not None:
+        if r.explained_by is not None:
             print(
-                f"block {r['block']} {r['part']}: gap {r['gap']:+.4f}, {r['gap_given_first']:+.4f} "
-                f"with block {r['explained_by']}'s reference in place: explained by it (yellow).",
+                f"block {r.block} {r.part}: gap {r.gap:+.4f}, {r.gap_given_first:+.4f} "
+                f"with block {r.explained_by}'s reference in place: explained by it (yellow).",
                 file=out,
             )
 
@@ -199,7 +199,7 @@ def run_hf(args: argparse.Namespace, cfg: PeelConfig, sharded: bool = False) -> 
 def _exit_code(args: argparse.Namespace, report: PeelReport) -> int:
     if args.fail_on:
         bad = {"red"} if args.fail_on == "red" else {"red", "yellow"}
-        if any(r["verdict"] in bad for r in report.layers):
+        if any(r.verdict in bad for r in report.layers):
             return 1
     return 0
 

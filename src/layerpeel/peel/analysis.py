@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from torch import nn
 
 from layerpeel.data.monitoring import MonitoringSet
@@ -19,6 +19,7 @@ from layerpeel.peel.config import PeelConfig
 from layerpeel.peel.context import build_context
 from layerpeel.peel.plan import Analysis, plan_analysis
 from layerpeel.peel.report import PeelReport
+from layerpeel.peel.rows import Cascade, GapRow, LadderRow
 from layerpeel.peel.run import Shard, merge, run_units
 from layerpeel.peel.scoring import mark_idle
 from layerpeel.peel.world import World, env_world_size
@@ -102,7 +103,7 @@ def peel(
             "plan": plan.digest(),
         }
 
-    shards = world.gather(work, Shard.from_dict, signature)
+    shards = world.gather(work, Shard.reader(plan), signature)
     t0 = time.perf_counter()
     rows, ladder_rows, casc = merge(plan, shards, cfg)
     phases = ["capture", "p1"] + ["p2"] * cfg.ladder + ["p3"] * cfg.cascade
@@ -135,9 +136,9 @@ def make_report(
     data: MonitoringSet,
     cfg: PeelConfig,
     a: Analysis,
-    rows: list[dict[str, Any]],
-    ladder_rows: list[dict[str, Any]],
-    casc: dict[str, Any] | None,
+    rows: list[GapRow],
+    ladder_rows: list[LadderRow],
+    casc: Cascade | None,
     timings: dict[str, float],
 ) -> PeelReport:
     """The `PeelReport` of the rows, with what was analysed, on what and with which settings.
@@ -172,7 +173,7 @@ def make_report(
 
 
 def report_is_finite(report: PeelReport) -> bool:
-    return all(torch.isfinite(torch.tensor(r["gap"])) for r in report.layers)
+    return all(math.isfinite(r.gap) for r in report.layers)
 
 
 DEFAULT_TOKENS = 65536  # monitoring tokens of `layerpeel analyze`: half fit, half held out
@@ -214,8 +215,6 @@ def monitoring_from_run(
     distribution; it holds ceil(n_tokens / seq_len) sequences (all there are, if fewer), half
     fitted and half held out. The same run and settings always give the same set.
     """
-    import math
-
     from layerpeel.data import SequenceDataset, load_tokenizer, prepare_tokens, split_sequences
     from layerpeel.data.monitoring import monitoring_set
     from layerpeel.errors import DataError

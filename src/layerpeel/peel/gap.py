@@ -16,6 +16,7 @@ from torch import nn
 
 from layerpeel.peel.config import PeelConfig
 from layerpeel.peel.context import PeelContext
+from layerpeel.peel.rows import GapRow
 from layerpeel.peel.scoring import Thresholds, bootstrap_interval, same_block, sequence_ce
 from layerpeel.solvers.adam import AdamOptions, adam_reference
 from layerpeel.solvers.closed import BlockProblem, ClosedFormOptions
@@ -39,8 +40,8 @@ def _rms(t: torch.Tensor) -> float:
 
 def block_work(
     ctx: PeelContext, index: int, trained: torch.Tensor, opts: PeelConfig
-) -> dict[str, float]:
-    """What block `index` does: held-out CE without it minus CE with it, with its interval.
+) -> tuple[float, float, float]:
+    """What block `index` does: held-out CE without it minus CE with it, and its interval.
 
     Without the block is the model whose block `index` has zero output maps (the identity on
     the residual stream): a network of the same class, under every quantizer too. It is scored
@@ -49,7 +50,7 @@ def block_work(
     without = ctx.held_ce(index + 1, ctx.held[index], {})
     diff = without - trained
     lo, hi = bootstrap_interval(diff, opts.n_boot, seed=opts.seed)
-    return {"work": float(diff.mean()), "work_ci_low": lo, "work_ci_high": hi}
+    return float(diff.mean()), lo, hi
 
 
 class _TargetPropagation:
@@ -172,7 +173,7 @@ def block_gaps(
     keep: dict[Any, nn.Module] | None = None,
     keep_fp: dict[Any, nn.Module] | None = None,
     twins: bool = True,
-) -> list[dict[str, Any]]:
+) -> list[GapRow]:
     """P1 rows of block `index` for each of `parts`, with bootstrap intervals and verdicts.
 
     For a quantized model each part is also peeled in full precision, onto the same target with
@@ -193,7 +194,7 @@ def block_gaps(
             return trained
         return ctx.held_ce(index, ctx.held[index], {index: ref})
 
-    rows = []
+    rows: list[GapRow] = []
     for part in parts:
         t0 = time.perf_counter()
         ref, eta, moved = solver.reference(part, scheme)
@@ -203,39 +204,36 @@ def block_gaps(
         diff = trained - ce_ref
         gap = float(diff.mean())
         lo, hi = bootstrap_interval(diff, opts.n_boot, seed=opts.seed)
-        row: dict[str, Any] = {
-            "bound": "P1",
-            "block": index,
-            "part": part,
-            "gap": gap,
-            "ci_low": lo,
-            "ci_high": hi,
-            "verdict": thresholds.verdict(gap, lo),
-            "ce_trained": float(trained.mean()),
-            "ce_reference": float(ce_ref.mean()),
-            "solver": opts.solver,
-            "eta": eta,
-            "moved": moved,
-            "quant": scheme,
-        }
+        row = GapRow(
+            block=index,
+            part=part,
+            gap=gap,
+            ci_low=lo,
+            ci_high=hi,
+            verdict=thresholds.verdict(gap, lo),
+            ce_trained=float(trained.mean()),
+            ce_reference=float(ce_ref.mean()),
+            solver=opts.solver,
+            eta=eta,
+            moved=moved,
+            quant=scheme,
+        )
         if part == "block" and opts.work:
-            row.update(block_work(ctx, index, trained, opts))
+            row.work, row.work_ci_low, row.work_ci_high = block_work(ctx, index, trained, opts)
         if scheme is not None and twins:
             ref_fp = solver.twin(part, eta, moved)
             if keep_fp is not None:
                 keep_fp[(index, part)] = _kept(ctx, index, ref_fp)
             ce_fp = float(held_ce(ref_fp).mean())
-            row["ce_reference_fp"] = ce_fp
-            row["opt_part"] = gap  # quantized reference vs trained: what optimization left
-            row["quant_part"] = row["ce_reference"] - ce_fp  # full precision vs quantized reference
-        row["time_s"] = time.perf_counter() - t0 + setup
+            row.ce_reference_fp = ce_fp
+            row.opt_part = gap  # quantized reference vs trained: what optimization left
+            row.quant_part = row.ce_reference - ce_fp  # full precision vs quantized reference
+        row.time_s = time.perf_counter() - t0 + setup
         rows.append(row)
     log.info(
         "P1 block %d: %s",
         index,
-        ", ".join(
-            f"{r['part']} {r['gap']:+.4f} [{r['ci_low']:+.4f}, {r['ci_high']:+.4f}]" for r in rows
-        ),
+        ", ".join(f"{r.part} {r.gap:+.4f} [{r.ci_low:+.4f}, {r.ci_high:+.4f}]" for r in rows),
     )
     return rows
 
@@ -247,6 +245,6 @@ def layer_gap(
     scheme: str | None,
     opts: PeelConfig,
     thresholds: Thresholds,
-) -> dict[str, Any]:
+) -> GapRow:
     """One P1 row: gap of block `index` / `part` with its bootstrap interval and verdict."""
     return block_gaps(ctx, index, (part,), scheme, opts, thresholds)[0]

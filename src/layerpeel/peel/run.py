@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,34 +18,56 @@ from layerpeel.peel.context import PeelContext
 from layerpeel.peel.gap import block_gaps
 from layerpeel.peel.ladder import ladder
 from layerpeel.peel.plan import Analysis, Plan, Unit
+from layerpeel.peel.rows import Cascade, CascadeRow, GapRow, LadderRow
 from layerpeel.peel.world import ShardingError
+from layerpeel.verdict import Verdict
 
 log = logging.getLogger(__name__)
 
 BARS = {"p1": "P1 layer gaps", "p2": "P2 ladder", "p3": "P3 cascade"}
 
 
+ROWS: dict[str, type[GapRow] | type[LadderRow] | type[CascadeRow]] = {
+    "p1": GapRow,
+    "p2": LadderRow,
+    "p3": CascadeRow,
+}  # the rows of each phase's units
+
+
 @dataclass
 class Shard:
     """What one rank computed: the rows of each of its units, its time per phase."""
 
-    units: dict[int, list[dict[str, Any]]] = field(default_factory=dict)  # plan index -> rows
+    units: dict[int, list[Any]] = field(default_factory=dict)  # plan index -> rows (`ROWS`)
     timings: dict[str, float] = field(default_factory=dict)  # seconds per phase on this rank
     alpha: float | None = None  # the cascade's final-target weight, when it ran P3 units
     ce_trained: float = 0.0  # the trained model's held-out CE
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "units": {str(i): rows for i, rows in self.units.items()},
+            "units": {str(i): [r.to_dict() for r in rows] for i, rows in self.units.items()},
             "timings": self.timings,
             "alpha": self.alpha,
             "ce_trained": self.ce_trained,
         }
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> Shard:
+    def reader(cls, plan: Plan) -> Callable[[dict[str, Any]], Shard]:
+        """How a rank reads another's `to_dict`: each unit's rows by its phase in `plan`."""
+
+        def read(data: dict[str, Any]) -> Shard:
+            return cls.from_dict(data, plan)
+
+        return read
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], plan: Plan) -> Shard:
+        units = {int(i): rows for i, rows in data["units"].items()}
         return cls(
-            units={int(i): rows for i, rows in data["units"].items()},
+            units={
+                i: [ROWS[plan.units[i].phase].from_dict(r) for r in rows]
+                for i, rows in units.items()
+            },
             timings=dict(data["timings"]),
             alpha=data["alpha"],
             ce_trained=float(data["ce_trained"]),
@@ -97,6 +120,7 @@ def run_units(
             unit = plan.units[i]
             t0 = time.perf_counter()
             bar = bars[unit.phase]
+            rows: list[Any]
             if unit.phase == "p1":
                 b = unit.key[0]
                 p1 = keep.get("p1")
@@ -104,8 +128,8 @@ def run_units(
                                   p1, keep.get("p1_fp"))  # fmt: skip
                 if p1 is not None and red_refs_only:
                     for r in rows:
-                        if r["verdict"] != "red":
-                            del p1[(b, r["part"])]
+                        if r.verdict != Verdict.RED:
+                            del p1[(b, r.part)]
                 bar.update(len(rows))
             elif unit.phase == "p2":
                 rows = ladder(ctx, a.scheme, cfg.ridge, bar, keep.get("p2"), [unit.key[0]])
@@ -127,24 +151,24 @@ def run_units(
 
 def merge(
     plan: Plan, shards: list[Shard], cfg: PeelConfig
-) -> tuple[list[dict[str, Any]], list[dict[str, Any]], dict[str, Any] | None]:
+) -> tuple[list[GapRow], list[LadderRow], Cascade | None]:
     """P1 rows, ladder rows and cascade in the single-process order, from every rank's units."""
-    by_unit: dict[int, list[dict[str, Any]]] = {}
+    by_unit: dict[int, list[Any]] = {}
     for s in shards:
         by_unit.update(s.units)
     missing = [i for i in range(len(plan.units)) if i not in by_unit]
     if missing:  # the plan gives every unit to one rank: this means the ranks disagreed
         raise ShardingError(f"units {missing} came back from no rank")
-    layers: list[dict[str, Any]] = []
-    ladder_rows: list[dict[str, Any]] = []
-    subsets: dict[tuple[int, ...], dict[str, Any]] = {}
+    layers: list[GapRow] = []
+    ladder_rows: list[LadderRow] = []
+    subsets: dict[tuple[int, ...], CascadeRow] = {}
     for i, unit in enumerate(plan.units):
         if unit.phase == "p1":
             layers += by_unit[i]
         elif unit.phase == "p2":
             ladder_rows += by_unit[i]
         else:
-            subsets.update({tuple(row["anchors"]): row for row in by_unit[i]})
+            subsets.update({tuple(row.anchors): row for row in by_unit[i]})
     casc = None
     if cfg.cascade:
         alphas = [s.alpha for s in shards if s.alpha is not None]
