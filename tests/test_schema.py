@@ -28,7 +28,8 @@ def test_an_earlier_report_loads_typed_and_writes_back_the_same_json(path):
     assert differences(old, again) == []
     # the same keys in the same order, row by row: scripts see no difference
     assert [list(r) for r in again["layers"]] == [list(r) for r in old["layers"]]
-    assert json.loads(json.dumps(again)) == again  # the enum is written as its string
+    verdicts = [r["verdict"] for r in again["layers"]]
+    assert all(type(v) is str for v in verdicts)  # plain JSON types: the enum as its string
 
 
 def test_a_report_without_a_version_or_with_unknown_keys_still_loads():

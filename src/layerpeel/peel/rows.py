@@ -54,8 +54,11 @@ class Row:
 
 
 def _plain(value: Any) -> Any:
+    """Plain JSON values: a verdict as its string, so a dict holds no layerpeel type."""
     if isinstance(value, Row):
         return value.to_dict()
+    if isinstance(value, Verdict):
+        return value.value
     if isinstance(value, list | tuple):
         return [_plain(v) for v in value]
     return value
