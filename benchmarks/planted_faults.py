@@ -44,6 +44,7 @@ from layerpeel.data.monitoring import monitoring_set
 from layerpeel.models import GPT, GPTConfig
 from layerpeel.peel.analysis import PeelConfig, peel
 from layerpeel.training.trainer import token_cache_dir
+from layerpeel.verdict import Verdict
 from planted import PlantedRun, train_planted
 
 CFG = GPTConfig(vocab_size=256, n_layer=4, n_head=4, d_model=64, block_size=64)
@@ -146,23 +147,23 @@ def main() -> None:
             plain = dataclasses.replace(
                 report,
                 layers=[
-                    {**r, "verdict": "red"} if r.get("explained_by") is not None else r
+                    dataclasses.replace(r, verdict=Verdict.RED) if r.explained_by is not None else r
                     for r in report.layers
                 ],
             )
             views = [(solver, plain)] + ([(solver + "+attr", report)] if args.attribute else [])
             for label, view in views:
-                by_block = sorted(view.layers, key=lambda r: r["block"])
-                reds = [r["block"] for r in view.layers if r["verdict"] == "red"]
+                by_block = sorted(view.layers, key=lambda r: r.block)
+                reds = [r.block for r in view.layers if r.verdict == "red"]
                 lp[label] = Peeled(
-                    pick=int(view.ranked()[0]["block"]),
+                    pick=view.ranked()[0].block,
                     false_reds=sum(1 for b in reds if b != block),
-                    gaps=[r["gap"] for r in by_block],
-                    works=[r["work"] for r in by_block],
+                    gaps=[r.gap for r in by_block],
+                    works=[r.work for r in by_block],
                     reds=reds,
                     caught=block in reds,
                 )
-            ce = report.layers[0]["ce_trained"]
+            ce = report.layers[0].ce_trained
         alphas = ww_block_alpha(model)
         ww_pick = int(np.argmax(alphas)) if alphas else None
         ww_reds = (

@@ -25,6 +25,7 @@ from pathlib import Path
 
 from layerpeel.peel.cascade import anchor_subsets
 from layerpeel.peel.report import PeelReport
+from layerpeel.peel.rows import Cascade, GapRow, LadderRow
 from layerpeel.peel.scoring import Thresholds
 from layerpeel.report.chromium import CHROMIUM_ARGS, find_chromium
 from layerpeel.report.html import write_report
@@ -58,7 +59,7 @@ def synthetic_run(
                     {
                         "bound": "P1", "block": b, "part": part, "gap": gap, "ci_low": lo,
                         "ci_high": hi, "verdict": thresholds.verdict(gap, lo), "ce_trained": ce,
-                        "ce_reference": ce - gap, "solver": "closed", "eta": rng.random(),
+                        "ce_reference": ce - gap, "solver": "closed", "eta": rng.random(), "moved": part,
                         "quant": None, "time_s": rng.random(),
                     }
                 )  # fmt: skip
@@ -83,12 +84,13 @@ def synthetic_run(
         yes = [min(yes[: k + 1]) for k in range(len(yes))]
         cascade = {
             "yes0": yes[0], "yes": yes[1:], "best_anchors": [[] for _ in yes], "ce_trained": ce,
-            "verdict": verdict(ce, yes[0], yes[-1]), "final_target": "preimage", "subsets": rows,
+            "verdict": verdict(ce, yes[0], yes[-1]), "final_target": "preimage", "final_alpha": 0.0,
+            "subsets": rows,
         }  # fmt: skip
         report = PeelReport(
-            layers=layers,
-            ladder=ladder,
-            cascade=cascade,
+            layers=[GapRow.from_dict(r) for r in layers],
+            ladder=[LadderRow.from_dict(r) for r in ladder],
+            cascade=Cascade.from_dict(cascade),
             config={"solver": "closed"},
             monitoring={
                 "sha256": "0" * 64,

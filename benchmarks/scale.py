@@ -11,7 +11,7 @@ the weights are), then, side by side in this one run:
    user would start it; the JSON rows of all three must agree to 1e-6;
 2. `layerpeel analyze RUN --all-checkpoints` (one process, checkpoints in turn) against
    `layerpeel sweep RUN` on a local Ray with one CPU per task, on copies of the same run;
-3. the cost model of `layerpeel.distributed.plan` against the row times measured in (1);
+3. the cost model of `layerpeel.peel.plan` against the row times measured in (1);
 4. what the cost model predicts for 7B and 70B models on 8 and 64 GPUs (docs/scaling.md).
 
 Timings on a shared machine are noisy: compare the ratios within one run, and read the load
@@ -33,8 +33,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from layerpeel.distributed.plan import Shape, make_plan, units
 from layerpeel.peel.analysis import PeelConfig
+from layerpeel.peel.plan import Shape, make_plan, units
 
 
 def children_cpu() -> float:
@@ -149,9 +149,10 @@ def cost_check(run: Path, tokens: int) -> list[tuple[str, float, float]]:
     """
     import torch
 
-    from layerpeel.distributed.sharded import plan_analysis, run_units
     from layerpeel.peel.analysis import load_target, monitoring_from_run
     from layerpeel.peel.context import build_context
+    from layerpeel.peel.plan import plan_analysis
+    from layerpeel.peel.run import run_units
 
     torch.set_num_threads(1)
     target = load_target(run)
@@ -170,8 +171,8 @@ def cost_check(run: Path, tokens: int) -> list[tuple[str, float, float]]:
 
 
 def plan_analysis_for(run: Path, tokens: int, world: int) -> Any:
-    from layerpeel.distributed.sharded import plan_analysis
     from layerpeel.peel.analysis import load_target, monitoring_from_run
+    from layerpeel.peel.plan import plan_analysis
 
     target = load_target(run)
     return plan_analysis(

@@ -147,14 +147,14 @@ def main() -> None:
         f" {'work':>8} {'work interval':>20}"
     )
     for r in report.layers:
-        work = (f" {r['work']:>+8.4f} [{r['work_ci_low']:>+8.4f},{r['work_ci_high']:>+8.4f}]"
-                + (" idle" if r.get("idle") else "")) if r.get("work") is not None else ""  # fmt: skip
-        print(f"{r['block']:>5} {r['part']:<5} {r['gap']:>+8.4f} [{r['ci_low']:>+8.4f},{r['ci_high']:>+8.4f}] "
-              f"{r['verdict']:<7} {r.get('opt_part', 0):>+8.4f} {r.get('quant_part', 0):>+8.4f}{work}")  # fmt: skip
+        work = (f" {r.work:>+8.4f} [{r.work_ci_low:>+8.4f},{r.work_ci_high:>+8.4f}]"
+                + (" idle" if r.idle else "")) if r.work is not None else ""  # fmt: skip
+        print(f"{r.block:>5} {r.part:<5} {r.gap:>+8.4f} [{r.ci_low:>+8.4f},{r.ci_high:>+8.4f}] "
+              f"{r.verdict:<7} {r.opt_part or 0:>+8.4f} {r.quant_part or 0:>+8.4f}{work}")  # fmt: skip
     if report.cascade:
         c = report.cascade
         print(
-            f"P3: CE trained {c['ce_trained']:.4f}, YES-0 {c['yes0']:.4f}, YES-1 {c['yes'][0]:.4f}, {c['verdict']}"
+            f"P3: CE trained {c.ce_trained:.4f}, YES-0 {c.yes0:.4f}, YES-1 {c.yes[0]:.4f}, {c.verdict}"
         )
     if args.check_blocks:
         blocks = tuple(int(b) for b in args.check_blocks.split(","))
@@ -163,15 +163,15 @@ def main() -> None:
         again = peel(model, mset, check)
         print(f"\nfloat32 scoring of blocks {check.blocks}: {time.perf_counter() - t0:.1f} s, "
               f"{cpu_s() - c0:.1f} CPU s")  # fmt: skip
-        mine = {(r["block"], r["part"]): r for r in report.layers}
+        mine = {(r.block, r.part): r for r in report.layers}
         print(
             f"{'block':>5} {'part':<5} {'gap bf16':>9} {'gap fp32':>9} {'diff':>9} {'eta same':>8}"
         )
         for r in again.layers:
-            m = mine.get((r["block"], r["part"]))
+            m = mine.get((r.block, r.part))
             if m is not None:
-                print(f"{r['block']:>5} {r['part']:<5} {m['gap']:>+9.5f} {r['gap']:>+9.5f} "
-                      f"{m['gap'] - r['gap']:>+9.5f} {str(m['eta'] == r['eta']):>8}")  # fmt: skip
+                print(f"{r.block:>5} {r.part:<5} {m.gap:>+9.5f} {r.gap:>+9.5f} "
+                      f"{m.gap - r.gap:>+9.5f} {str(m.eta == r.eta):>8}")  # fmt: skip
     if args.shards:
         print("sharded safetensors:", check_shards(model, tokenizer, mset.inputs("held")[:2]))
     print(json.dumps({"load_s": t_load, "load_cpu_s": c_load, "analysis_s": t_peel,

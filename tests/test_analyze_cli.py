@@ -54,7 +54,7 @@ def test_analyze_writes_the_report_and_prints_the_table(run_dir, tmp_path, capsy
             assert row["idle"] is False
     assert "work" in text
     top = PeelReport.from_dict(data).ranked()[0]
-    assert f"first to look at: block {top['block']} {top['part']} ({top['verdict']};" in text
+    assert f"first to look at: block {top.block} {top.part} ({top.verdict};" in text
     assert "\033[" not in text  # no colour codes when stdout is not a terminal
     assert data["cascade"]["verdict"] in ("green", "yellow", "red")
 
@@ -136,3 +136,32 @@ def test_a_memory_budget_too_small_names_the_budget(run_dir, tmp_path, capsys):
     mset = monitoring_from_run(target.run, n_tokens=512)
     with pytest.raises(MemoryBudgetError, match="budget"):
         peel(target.model, mset, PeelConfig(budget_mb=1e-3))
+
+
+def test_every_setting_is_a_flag_and_reads_back():
+    """The flags are derived from PeelConfig: each setting, set on the command line, arrives."""
+    import argparse
+    import dataclasses
+
+    from layerpeel.peel.config import PeelConfig, add_arguments, from_args
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    assert from_args(parser.parse_args([])) == PeelConfig()
+    args = ["--solver", "adam", "--parts", "block,mlp", "--blocks", "0,2", "--no-ladder"]
+    args += ["--no-cascade", "--max-anchors", "1", "--cascade-target", "trained", "--red", "0.1"]
+    args += ["--yellow", "0.01", "--no-work", "--idle", "0", "--etas", "0,0.5"]
+    args += ["--search-sequences", "8", "--ridge", "0.01", "--adam-steps", "5", "--adam-lr", "0.1"]
+    args += ["--n-boot", "10", "--batch", "2", "--score-dtype", "bfloat16", "--budget-mb", "64"]
+    args += ["--seed", "3", "--attribute"]
+    cfg = from_args(parser.parse_args(args))
+    changed = {f.name for f in dataclasses.fields(cfg) if getattr(cfg, f.name) != f.default}
+    assert changed == {f.name for f in dataclasses.fields(PeelConfig)}
+    assert cfg.blocks == (0, 2) and cfg.etas == (0.0, 0.5) and cfg.parts == ("block", "mlp")
+
+
+def test_every_p1_solver_setting_dispatches_to_a_solver():
+    from layerpeel.peel.config import SOLVERS
+    from layerpeel.peel.gap import P1_SOLVERS
+
+    assert set(P1_SOLVERS) == set(SOLVERS)

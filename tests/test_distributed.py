@@ -26,8 +26,7 @@ from json_diff import differences
 from layerpeel import GPT, GPTConfig
 from layerpeel.cli import main
 from layerpeel.data.monitoring import monitoring_set
-from layerpeel.distributed import ShardingError, make_plan, plan_analysis
-from layerpeel.distributed.plan import Unit
+from layerpeel.distributed import ShardingError, Unit, make_plan, plan_analysis
 from layerpeel.peel.analysis import PeelConfig, peel
 from layerpeel.quant import QuantConfig, quantize_
 
@@ -101,7 +100,7 @@ def run_ranks(fn_name: str, tmp: Path, arg: str = "", world: int = 2) -> list[di
 
 def _peel_scenarios(rank: int, world: int, arg: str) -> dict[str, Any]:
     from layerpeel.distributed import RankFailure
-    from layerpeel.distributed import sharded as sharded_module
+    from layerpeel.peel import run as run_module
 
     out: dict[str, Any] = {}
     for quant in ("", "ternary"):
@@ -117,13 +116,13 @@ def _peel_scenarios(rank: int, world: int, arg: str) -> dict[str, Any]:
         out["mismatch"] = str(exc)
     os.environ.pop("WORLD_SIZE", None)
     # rank 1's analysis fails: both ranks hear of it, nobody waits
-    original = sharded_module.block_gaps
+    original = run_module.block_gaps
     if rank == 1:
 
         def broken(*args: Any, **kwargs: Any) -> Any:
             raise RuntimeError("injected failure")
 
-        sharded_module.block_gaps = broken
+        run_module.block_gaps = broken
     try:
         peel(tiny_model(), tiny_data(), CFG, sharded=True)
         out["failure"] = None
@@ -133,7 +132,7 @@ def _peel_scenarios(rank: int, world: int, arg: str) -> dict[str, Any]:
             "kept": sorted(exc.results),
             "failed": sorted(exc.failures),
         }
-    sharded_module.block_gaps = original
+    run_module.block_gaps = original
     # still in step afterwards: one more analysis works
     out["after"] = peel(tiny_model(), tiny_data(), CFG, sharded=True).to_dict()
     return out
@@ -298,8 +297,8 @@ def _ddp_train(
     from torch.distributed.fsdp import fully_shard
     from torch.nn.parallel import DistributedDataParallel
 
-    from layerpeel.distributed import sharded as sharded_module
     from layerpeel.monitor import Monitor, MonitorConfig, every
+    from layerpeel.peel import run as run_module
 
     torch.manual_seed(0)
     model = GPT(
@@ -318,13 +317,13 @@ def _ddp_train(
         cfg = MonitorConfig(preset="standard", warmup=2, max_overhead=None, max_failures=5)
         cfg.peel = CFG
         monitor = Monitor(model, tiny_data(), run_dir, cfg, schedule=every(2))
-    original = sharded_module.block_gaps
+    original = run_module.block_gaps
     if fail and rank == 1:
 
         def broken(*args: Any, **kwargs: Any) -> Any:
             raise RuntimeError("injected failure")
 
-        sharded_module.block_gaps = broken
+        run_module.block_gaps = broken
     torch.manual_seed(100 + rank)  # each rank its own dropout and batches
     try:
         for step in range(1, 7):
@@ -336,7 +335,7 @@ def _ddp_train(
             if monitor is not None:
                 monitor.step(step, train_loss=loss)
     finally:
-        sharded_module.block_gaps = original
+        run_module.block_gaps = original
     local = {
         n: getattr(p, "to_local", p.detach)().detach().clone() for n, p in model.named_parameters()
     }

@@ -9,8 +9,9 @@ from hf_models import VOCAB, tiny_model
 from layerpeel.arch.capture import residual_stream
 from layerpeel.arch.views import model_view
 from layerpeel.data.monitoring import monitoring_set
+from layerpeel.peel.config import PeelConfig
 from layerpeel.peel.context import build_context
-from layerpeel.peel.gap import GapOptions, block_gaps
+from layerpeel.peel.gap import block_gaps
 from layerpeel.peel.scoring import Thresholds, same_block, sequence_ce, token_ce
 from layerpeel.solvers.closed import factor_value_maps
 
@@ -61,8 +62,8 @@ def test_a_reference_equal_to_the_block_scores_exactly_as_the_trained_model():
         rerun = ctx.held_ce(1, ctx.held[1], {1: view.reference_copy(1)})
         assert torch.equal(base, rerun) if dtype == "bfloat16" else torch.allclose(base, rerun)
         assert same_block(view.reference_copy(1), view.blocks[1])
-        rows = block_gaps(ctx, 1, ("attn",), None, GapOptions(etas=(0.0,)), Thresholds())
-        assert rows[0]["ce_trained"] == float(base.mean())
+        rows = block_gaps(ctx, 1, ("attn",), None, PeelConfig(etas=(0.0,)), Thresholds())
+        assert rows[0].ce_trained == float(base.mean())
     changed = view.reference_copy(1)
     with torch.no_grad():
         next(changed.parameters()).add_(1.0)
@@ -98,12 +99,12 @@ def test_the_line_search_scores_the_trained_block_once(monkeypatch):
     calls = []
     real = peel_mod.sequence_ce
     monkeypatch.setattr(peel_mod, "sequence_ce", lambda *a, **k: calls.append(1) or real(*a, **k))
-    tp = peel_mod._TargetPropagation(ctx, 0, GapOptions(etas=(0.0, 0.0, 0.0), search_sequences=4))
+    tp = peel_mod._TargetPropagation(ctx, 0, PeelConfig(etas=(0.0, 0.0, 0.0), search_sequences=4))
     ref, eta, moved = tp.reference("attn", None)
     assert eta == 0.0 and moved == "attn" and same_block(ref, view.blocks[0])  # eta 0: own output
     assert len(calls) == 1
     calls.clear()
-    tp = peel_mod._TargetPropagation(ctx, 0, GapOptions(etas=(0.0, 5.0), search_sequences=4))
+    tp = peel_mod._TargetPropagation(ctx, 0, PeelConfig(etas=(0.0, 5.0), search_sequences=4))
     tp.reference("block", None)
     # a whole block tries three moves (block, attn, mlp) at each eta: at eta 0 all three equal
     # the trained block and share one run; at eta 5 each is a different block with its own run

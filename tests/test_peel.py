@@ -128,24 +128,24 @@ def test_every_reported_reference_ce_equals_the_substituted_model_run_afresh(sch
     blocks = list(model.blocks)
     assert len(report.layers) == TINY.n_layer * 3
     for row in report.layers:
-        i = row["block"]
-        sub = _with_blocks(model, blocks[:i] + [refs["p1"][(i, row["part"])]] + blocks[i + 1 :])
-        assert row["ce_reference"] == pytest.approx(_fresh_ce(sub, held), rel=1e-5)
-        assert row["ce_trained"] == pytest.approx(_fresh_ce(model, held), rel=1e-5)
-        assert row["gap"] == pytest.approx(row["ce_trained"] - row["ce_reference"], abs=1e-6)
-        assert row["ci_low"] <= row["gap"] <= row["ci_high"]
+        i = row.block
+        sub = _with_blocks(model, blocks[:i] + [refs["p1"][(i, row.part)]] + blocks[i + 1 :])
+        assert row.ce_reference == pytest.approx(_fresh_ce(sub, held), rel=1e-5)
+        assert row.ce_trained == pytest.approx(_fresh_ce(model, held), rel=1e-5)
+        assert row.gap == pytest.approx(row.ce_trained - row.ce_reference, abs=1e-6)
+        assert row.ci_low <= row.gap <= row.ci_high
     for row in report.ladder:
-        i, j = row["from_block"], row["to_block"]
+        i, j = row.from_block, row.to_block
         sub = _with_blocks(model, blocks[:i] + [refs["p2"][(i, j)]] + blocks[j + 1 :])
-        assert row["ce"] == pytest.approx(_fresh_ce(sub, held), rel=1e-5)
+        assert row.ce == pytest.approx(_fresh_ce(sub, held), rel=1e-5)
     assert report.cascade is not None
-    for row in report.cascade["subsets"]:
-        sub = _with_blocks(model, refs["p3"][tuple(row["anchors"])])
-        assert row["ce"] == pytest.approx(_fresh_ce(sub, held), rel=1e-5)
+    for row in report.cascade.subsets:
+        sub = _with_blocks(model, refs["p3"][tuple(row.anchors)])
+        assert row.ce == pytest.approx(_fresh_ce(sub, held), rel=1e-5)
     # YES-k is the running minimum over subset sizes, each an achieved cascade CE
-    ces = [r["ce"] for r in report.cascade["subsets"]]
-    assert report.cascade["yes0"] == ces[0]
-    assert min(report.cascade["yes"] + [report.cascade["yes0"]]) == min(ces)
+    ces = [r.ce for r in report.cascade.subsets]
+    assert report.cascade.yes0 == ces[0]
+    assert min(report.cascade.yes + [report.cascade.yes0]) == min(ces)
 
 
 def test_quantized_references_stay_in_the_value_set():
@@ -161,8 +161,8 @@ def test_quantized_references_stay_in_the_value_set():
             levels = torch.unique(w / w.abs().max())
             assert len(levels) <= 3, name  # {-s, 0, s}
     row = report.layers[0]
-    assert {"opt_part", "quant_part", "ce_reference_fp"} <= set(row)
-    assert row["quant_part"] == pytest.approx(row["ce_reference"] - row["ce_reference_fp"])
+    assert {"opt_part", "quant_part", "ce_reference_fp"} <= set(row.to_dict())
+    assert row.quant_part == pytest.approx(row.ce_reference - row.ce_reference_fp)
 
 
 def test_full_precision_twin_is_the_same_peel_without_the_quantizer():
@@ -181,19 +181,19 @@ def test_full_precision_twin_is_the_same_peel_without_the_quantizer():
     ctx = build_context(model_view(model), mset)
     blocks = list(model.blocks)
     for row in report.layers:
-        i, part = row["block"], row["part"]
+        i, part = row.block, row.part
         twin = report.references["p1_fp"][(i, part)]
         grads = ctx.grads()[i]
         problem = BlockProblem(
             ctx.view, i, ctx.fit[i], [ctx.fit[i + 1], grads], ClosedFormOptions(ridge=cfg.ridge)
         )
-        again = problem.solve(row["moved"], (1.0, -row["eta"]), None)
+        again = problem.solve(row.moved, (1.0, -row.eta), None)
         for (name, a), (_, b) in zip(
             twin.state_dict().items(), again.state_dict().items(), strict=True
         ):
             assert torch.allclose(a, b, rtol=1e-5, atol=1e-7), name
         sub = _with_blocks(model, blocks[:i] + [twin] + blocks[i + 1 :])
-        assert row["ce_reference_fp"] == pytest.approx(_fresh_ce(sub, held), rel=1e-5)
+        assert row.ce_reference_fp == pytest.approx(_fresh_ce(sub, held), rel=1e-5)
     # the twins of re-solved maps are not held to three levels
     levels = [
         len(torch.unique(ref.get_submodule("mlp.proj").weight.detach()))
@@ -288,4 +288,4 @@ def test_cascade_shares_each_stage_once_and_frees_it_after_its_last_path(monkeyp
         later = {cascade_mod.stage_key(i, s) for s in subsets[k + 1 :] for i in range(4)}
         done = {cascade_mod.stage_key(i, s) for s in subsets[: k + 1] for i in range(4)}
         assert live == len(later & done)
-    assert [r["anchors"] for r in rows] == [list(s) for s in subsets]
+    assert [r.anchors for r in rows] == [list(s) for s in subsets]

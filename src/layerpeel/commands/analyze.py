@@ -16,6 +16,7 @@ from layerpeel.peel.analysis import (
     monitoring_from_run,
     peel,
 )
+from layerpeel.peel.config import add_arguments, from_args
 from layerpeel.peel.report import PeelReport
 
 # Colour always comes with a word and a symbol, for readers who cannot tell red from green.
@@ -51,59 +52,7 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
         help="monitoring tokens (half fit, half held out)",
     )
     p.add_argument("--json", type=Path, metavar="FILE", help="also write the report JSON here")
-    d = PeelConfig()
-    p.add_argument("--solver", default=d.solver, help="P1 solver: closed (default) or adam")
-    p.add_argument(
-        "--parts", default=",".join(d.parts), help="P1 parts, comma separated: block,attn,mlp"
-    )
-    p.add_argument("--blocks", help="P1 blocks (0-based, comma separated; default all)")
-    p.add_argument("--no-ladder", action="store_true", help="skip P2, the projection ladder")
-    p.add_argument("--no-cascade", action="store_true", help="skip P3, the YES cascade")
-    p.add_argument("--max-anchors", type=int, help="P3 anchor subsets up to this size")
-    p.add_argument(
-        "--red",
-        type=float,
-        default=d.red,
-        help="red when a gap's interval clears this (nats/token)",
-    )
-    p.add_argument("--yellow", type=float, default=d.yellow, help="yellow when a gap exceeds this")
-    p.add_argument(
-        "--idle",
-        type=float,
-        default=d.idle,
-        help="a block is idle (red) when removing it costs less than --red and less than this "
-        "fraction of the other blocks' median (0: off)",
-    )
-    p.add_argument(
-        "--no-work", action="store_true", help="skip scoring each block's removal (its work)"
-    )
-    p.add_argument(
-        "--budget-mb", type=float, default=d.budget_mb, help="memory budget of cached activations"
-    )
-    p.add_argument("--seed", type=int, default=d.seed)
-    p.add_argument(
-        "--etas",
-        default=",".join(str(e) for e in d.etas),
-        help="target-propagation steps the P1 line search tries (comma separated)",
-    )
-    p.add_argument(
-        "--search-sequences",
-        type=int,
-        default=d.search_sequences,
-        help="fit sequences of the eta line search (half fitted, half scored)",
-    )
-    p.add_argument(
-        "--score-dtype",
-        choices=["float32", "bfloat16"],
-        default=d.score_dtype,
-        help="matrix products when scoring tails (bfloat16: faster on CPUs with bfloat16 units)",
-    )
-    p.add_argument(
-        "--attribute",
-        action="store_true",
-        help="re-check the reds after the first red block with its reference in place; those "
-        "it explains turn yellow",
-    )
+    add_arguments(p)  # one flag per PeelConfig setting
     p.add_argument(
         "--fail-on",
         choices=["red", "yellow"],
@@ -132,48 +81,6 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     return p
 
 
-def _int_list(text: str | None, what: str) -> tuple[int, ...] | None:
-    if text is None:
-        return None
-    try:
-        return tuple(int(v) for v in text.split(",") if v.strip())
-    except ValueError:
-        raise ConfigError(f"{what} must be comma-separated integers, got {text!r}") from None
-
-
-def _float_list(text: str, what: str) -> tuple[float, ...]:
-    try:
-        values = tuple(float(v) for v in text.split(",") if v.strip())
-    except ValueError:
-        raise ConfigError(f"{what} must be comma-separated numbers, got {text!r}") from None
-    if not values:
-        raise ConfigError(f"{what} needs at least one value")
-    return values
-
-
-def config_from_args(args: argparse.Namespace) -> PeelConfig:
-    cfg = PeelConfig(
-        solver=args.solver,
-        parts=tuple(v.strip() for v in args.parts.split(",") if v.strip()),
-        blocks=_int_list(args.blocks, "--blocks"),
-        ladder=not args.no_ladder,
-        cascade=not args.no_cascade,
-        max_anchors=args.max_anchors,
-        red=args.red,
-        yellow=args.yellow,
-        work=not args.no_work,
-        idle=args.idle,
-        budget_mb=args.budget_mb,
-        seed=args.seed,
-        etas=_float_list(args.etas, "--etas"),
-        search_sequences=args.search_sequences,
-        score_dtype=args.score_dtype,
-        attribute=args.attribute,
-    )
-    cfg.validate()
-    return cfg
-
-
 def verdict_text(verdict: str, color: bool) -> str:
     mark, code = MARKS.get(verdict, ("?", "0"))
     word = f"{mark} {verdict}"
@@ -196,16 +103,16 @@ def print_report(report: PeelReport, out: TextIO, color: bool) -> None:
     print(head, file=out)
     for r in report.layers:
         line = (
-            f"{r['block']:>5}  {r['part']:<5}  {r['gap']:>+8.4f}  [{r['ci_low']:>+8.4f}, {r['ci_high']:>+8.4f}]"
-            f"  {verdict_text(r['verdict'], color)}  {r['ce_reference']:>7.4f}  {r['ce_trained']:>10.4f}"
+            f"{r.block:>5}  {r.part:<5}  {r.gap:>+8.4f}  [{r.ci_low:>+8.4f}, {r.ci_high:>+8.4f}]"
+            f"  {verdict_text(r.verdict, color)}  {r.ce_reference:>7.4f}  {r.ce_trained:>10.4f}"
         )
         if q:
-            line += f"  {r.get('opt_part', 0.0):>+7.4f}  {r.get('quant_part', 0.0):>+7.4f}"
-        work = r.get("work")
+            line += f"  {r.opt_part or 0.0:>+7.4f}  {r.quant_part or 0.0:>+7.4f}"
+        work = r.work
         line += f"  {work:>+8.4f}" if work is not None else f"  {'':>8}"
-        ratio = r.get("work_ratio")
+        ratio = r.work_ratio
         line += f"  {ratio:>7.2f}" if ratio is not None else f"  {'':>7}"
-        line += f"  {r['time_s']:>5.1f}s" + ("  idle" if r.get("idle") else "")
+        line += f"  {r.time_s:>5.1f}s" + ("  idle" if r.idle else "")
         print(line, file=out)
     if report.ladder:
         n = int(report.model.get("blocks", 0))
@@ -213,7 +120,7 @@ def print_report(report: PeelReport, out: TextIO, color: bool) -> None:
             "\nP2 ladder: CE when block l alone is peeled onto G_j (rows l, columns j):", file=out
         )
         print("      " + "".join(f"{'j=' + str(j):>9}" for j in range(n)), file=out)
-        cells = {(r["from_block"], r["to_block"]): r["ce"] for r in report.ladder}
+        cells = {(r.from_block, r.to_block): r.ce for r in report.ladder}
         for i in range(n):
             row = "".join(
                 f"{cells[(i, j)]:>9.4f}" if (i, j) in cells else " " * 9 for j in range(n)
@@ -221,25 +128,25 @@ def print_report(report: PeelReport, out: TextIO, color: bool) -> None:
             print(f"  l={i:<2}{row}", file=out)
     c = report.cascade
     if c:
-        ks = ", ".join(f"YES-{k + 1} {v:.4f}" for k, v in enumerate(c["yes"]))
+        ks = ", ".join(f"YES-{k + 1} {v:.4f}" for k, v in enumerate(c.yes))
         print(
-            f"\nP3 cascade: CE trained {c['ce_trained']:.4f}; YES-0 {c['yes0']:.4f}; {ks}"
-            f" -> {verdict_text(c['verdict'], color).strip()} (final target alpha {c.get('final_alpha', 0)})",
+            f"\nP3 cascade: CE trained {c.ce_trained:.4f}; YES-0 {c.yes0:.4f}; {ks}"
+            f" -> {verdict_text(c.verdict, color).strip()} (final target alpha {c.final_alpha})",
             file=out,
         )
-    reds = [r for r in report.layers if r["verdict"] == "red"]
-    idle = [r for r in reds if r.get("idle")]
+    reds = [r for r in report.layers if r.verdict == "red"]
+    idle = [r for r in reds if r.idle]
     if reds:
-        worst = max(reds, key=lambda r: r["gap"])
+        worst = max(reds, key=lambda r: r.gap)
         print(
-            f"\n{len(reds)} red row(s); largest gap: block {worst['block']} {worst['part']} "
-            f"({worst['gap']:+.4f} nats/token).",
+            f"\n{len(reds)} red row(s); largest gap: block {worst.block} {worst.part} "
+            f"({worst.gap:+.4f} nats/token).",
             file=out,
         )
         for r in idle:
             print(
-                f"block {r['block']} is idle: removing it costs {r['work']:+.4f} nats/token "
-                f"[{r['work_ci_low']:+.4f}, {r['work_ci_high']:+.4f}], far less than the other "
+                f"block {r.block} is idle: removing it costs {r.work:+.4f} nats/token "
+                f"[{r.work_ci_low:+.4f}, {r.work_ci_high:+.4f}], far less than the other "
                 "blocks' work.",
                 file=out,
             )
@@ -247,18 +154,18 @@ def print_report(report: PeelReport, out: TextIO, color: bool) -> None:
         print("\nno red layer.", file=out)
     if report.layers:
         top = report.ranked()[0]
-        why = f"gap {top['gap']:+.4f}"
-        if top.get("work_ratio") is not None:
-            why += f", work {top['work_ratio']:.2f} of the other blocks' median"
+        why = f"gap {top.gap:+.4f}"
+        if top.work_ratio is not None:
+            why += f", work {top.work_ratio:.2f} of the other blocks' median"
         print(
-            f"first to look at: block {top['block']} {top['part']} ({top['verdict']}; {why}).",
+            f"first to look at: block {top.block} {top.part} ({top.verdict}; {why}).",
             file=out,
         )
     for r in report.layers:
-        if r.get("explained_by") is not None:
+        if r.explained_by is not None:
             print(
-                f"block {r['block']} {r['part']}: gap {r['gap']:+.4f}, {r['gap_given_first']:+.4f} "
-                f"with block {r['explained_by']}'s reference in place: explained by it (yellow).",
+                f"block {r.block} {r.part}: gap {r.gap:+.4f}, {r.gap_given_first:+.4f} "
+                f"with block {r.explained_by}'s reference in place: explained by it (yellow).",
                 file=out,
             )
 
@@ -292,7 +199,7 @@ def run_hf(args: argparse.Namespace, cfg: PeelConfig, sharded: bool = False) -> 
 def _exit_code(args: argparse.Namespace, report: PeelReport) -> int:
     if args.fail_on:
         bad = {"red"} if args.fail_on == "red" else {"red", "yellow"}
-        if any(r["verdict"] in bad for r in report.layers):
+        if any(r.verdict in bad for r in report.layers):
             return 1
     return 0
 
@@ -319,7 +226,7 @@ def _writer(sharded: bool) -> bool:
 def _run(args: argparse.Namespace, sharded: bool) -> int:
     if args.all_checkpoints:
         return _all_checkpoints(args)
-    cfg = config_from_args(args)
+    cfg = from_args(args)
     if args.hf is not None:
         return run_hf(args, cfg, sharded)
     if args.target is None:

@@ -18,7 +18,7 @@ from layerpeel.arch.views import model_view
 from layerpeel.data.monitoring import MonitoringSet
 from layerpeel.errors import ConfigError, DataError
 from layerpeel.peel.analysis import PeelConfig, peel
-from layerpeel.peel.scoring import block_works, mark_idle
+from layerpeel.peel.scoring import Thresholds, block_works, mark_idle
 from layerpeel.yes.bounds import YesTracker, to_db
 
 # What each preset computes, cheapest first (docs/monitor.md has the measured costs).
@@ -121,7 +121,7 @@ class PeelAnalysis:
         report = peel(model, self.mset, cfg, sharded=group is not None, group=group)
         # A unit of one block judges whether it is idle against the other blocks' latest work.
         self.works.update(block_works(report.layers))
-        mark_idle(report.layers, cfg.thresholds(), peers=self.works)
+        mark_idle(report.layers, Thresholds.of(cfg), peers=self.works)
         return {"event": "analysis", "unit": unit.kind, "report": report.to_dict()}
 
     def state_dict(self) -> dict[str, Any]:

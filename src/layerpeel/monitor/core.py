@@ -319,7 +319,7 @@ def monitor_group(timeout_s: float, required: bool = False) -> Any:
 
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() < 2:
         if required:
-            from layerpeel.distributed.gather import require_group
+            from layerpeel.peel.world import require_group
 
             _, world = require_group()  # raises when no group is initialised
             raise ConfigError(f"a distributed monitor needs several ranks; the group has {world}")

@@ -17,7 +17,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from torch import nn
 
@@ -25,24 +25,24 @@ from layerpeel.arch.views import ModelView, model_view, set_submodule
 from layerpeel.data.monitoring import MonitoringSet
 from layerpeel.peel.context import build_context
 from layerpeel.peel.gap import block_gaps
+from layerpeel.peel.plan import Analysis
+from layerpeel.peel.rows import GapRow
 from layerpeel.peel.scoring import gap_verdict
-
-if TYPE_CHECKING:
-    from layerpeel.peel.analysis import Analysis
+from layerpeel.verdict import Verdict
 
 
-def red_by_gap(row: dict[str, Any]) -> bool:
+def red_by_gap(row: GapRow) -> bool:
     """Whether a P1 row is red for its gap (not for being idle)."""
-    return row["verdict"] == "red" and not row.get("idle")
+    return row.verdict == Verdict.RED and not row.idle
 
 
-def first_red(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
+def first_red(rows: list[GapRow]) -> GapRow | None:
     """The row to fix first: in the earliest block red by its gap, that block's largest gap."""
     red = [r for r in rows if red_by_gap(r)]
     if not red:
         return None
-    block = min(int(r["block"]) for r in red)
-    return max((r for r in red if r["block"] == block), key=lambda r: float(r["gap"]))
+    block = min(r.block for r in red)
+    return max((r for r in red if r.block == block), key=lambda r: r.gap)
 
 
 @contextmanager
@@ -63,7 +63,7 @@ def attribute(
     model: nn.Module,
     analysis: Analysis,
     data: MonitoringSet,
-    rows: list[dict[str, Any]],
+    rows: list[GapRow],
     references: dict[tuple[int, str], nn.Module],
     capture: dict[str, Any],
 ) -> None:
@@ -76,25 +76,26 @@ def attribute(
     first = first_red(rows)
     if first is None:
         return
-    index = int(first["block"])
-    reference = references[(index, first["part"])]
+    index = first.block
+    reference = references[(index, first.part)]
     scheme, thresholds = analysis.scheme, analysis.thresholds
-    later: dict[int, list[dict[str, Any]]] = {}
+    later: dict[int, list[GapRow]] = {}
     for r in rows:
-        if red_by_gap(r) and int(r["block"]) > index:
-            later.setdefault(int(r["block"]), []).append(r)
-    first["fixed_first"] = True
+        if red_by_gap(r) and r.block > index:
+            later.setdefault(r.block, []).append(r)
+    first.fixed_first = True
     if not later:
         return
     # only the gaps are compared: neither the work nor the full-precision twins are needed
-    recheck = dataclasses.replace(analysis.options, work=False, twins=False)
+    recheck = dataclasses.replace(analysis.cfg, work=False)
     with substituted(model, analysis.view, index, reference) as fixed:
         ctx = build_context(fixed, data, **capture)
         for b, red in sorted(later.items()):
-            again = block_gaps(ctx, b, tuple(r["part"] for r in red), scheme, recheck, thresholds)
+            parts = tuple(r.part for r in red)
+            again = block_gaps(ctx, b, parts, scheme, recheck, thresholds, twins=False)
             for r, r2 in zip(red, again, strict=True):
-                r["gap_given_first"] = r2["gap"]
-                r["ci_given_first"] = [r2["ci_low"], r2["ci_high"]]
-                if r2["verdict"] != "red":
-                    r["explained_by"] = index
-                    r["verdict"] = gap_verdict(r, thresholds)
+                r.gap_given_first = r2.gap
+                r.ci_given_first = [r2.ci_low, r2.ci_high]
+                if r2.verdict != Verdict.RED:
+                    r.explained_by = index
+                    r.verdict = gap_verdict(r, thresholds)

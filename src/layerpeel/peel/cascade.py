@@ -25,8 +25,10 @@ import torch
 from torch import nn
 
 from layerpeel.peel.context import PeelContext
+from layerpeel.peel.rows import Cascade, CascadeRow
 from layerpeel.peel.scoring import sequence_ce
 from layerpeel.solvers.closed import BlockProblem, ClosedFormOptions
+from layerpeel.verdict import Verdict
 from layerpeel.yes.bounds import verdict
 
 ALPHAS = (0.0, 0.1, 0.3, 1.0)  # weights of the preimage in the final target
@@ -103,7 +105,7 @@ def cascade(
     ridge: float = 1e-3,
     progress: Any = None,
     keep: dict[Any, Any] | None = None,
-) -> dict[str, Any]:
+) -> Cascade:
     """YES-0..YES-k on the residual stream, the best subsets and the whole-model colour.
 
     `keep`, when given, receives the list of reference blocks of each path under its anchors.
@@ -123,8 +125,8 @@ def cascade_rows(
     ridge: float = 1e-3,
     progress: Any = None,
     keep: dict[Any, Any] | None = None,
-) -> list[dict[str, Any]]:
-    """Rows {"anchors", "ce", "time_s"}: the held-out CE of the cascade of each anchor subset.
+) -> list[CascadeRow]:
+    """The held-out CE of the cascade of each anchor subset, one row each.
 
     `final_fit` is the final target on the fit part (`final_target`). Paths that share a prefix
     of anchors share their first references, so subsets with different first anchors share
@@ -153,13 +155,13 @@ def cascade_rows(
             memo[key] = (ref, run(ref, x_fit), run(ref, x_held))
         return memo[key]
 
-    rows: list[dict[str, Any]] = []
+    rows: list[CascadeRow] = []
     for subset in subsets:
         t0 = time.perf_counter()
         ce = float(ctx.held_ce(n, stage(n - 1, subset)[2], {}).mean())
         if keep is not None:
             keep[subset] = [stage(i, subset)[0] for i in range(n)]
-        rows.append({"anchors": list(subset), "ce": ce, "time_s": time.perf_counter() - t0})
+        rows.append(CascadeRow(list(subset), ce, time.perf_counter() - t0))
         for i in range(n):
             key = stage_key(i, subset)
             uses[key] -= 1
@@ -180,29 +182,19 @@ def stage_key(i: int, subset: tuple[int, ...]) -> tuple[int, tuple[int, ...]]:
     return i, tuple(a for a in subset if not nxt or a <= nxt[0])
 
 
-def cascade_summary(
-    rows: list[dict[str, Any]], ce_trained: float, final: str, alpha: float
-) -> dict[str, Any]:
+def cascade_summary(rows: list[CascadeRow], ce_trained: float, final: str, alpha: float) -> Cascade:
     """YES-k as running minima over subset sizes, the best subsets and the colour, from the rows."""
-    k_max = max(len(r["anchors"]) for r in rows)
+    k_max = max(len(r.anchors) for r in rows)
     yes: list[float] = []
     best: list[list[int]] = []
     for k in range(k_max + 1):
-        cands = [r for r in rows if len(r["anchors"]) == k]
-        top = min(cands, key=lambda r: r["ce"])
-        if yes and yes[-1] <= top["ce"]:
+        cands = [r for r in rows if len(r.anchors) == k]
+        top = min(cands, key=lambda r: r.ce)
+        if yes and yes[-1] <= top.ce:
             yes.append(yes[-1])
             best.append(best[-1])
         else:
-            yes.append(top["ce"])
-            best.append(top["anchors"])
-    return {
-        "yes0": yes[0],
-        "yes": yes[1:],
-        "best_anchors": best,
-        "ce_trained": ce_trained,
-        "verdict": verdict(ce_trained, yes[0], yes[-1]),
-        "final_target": final,
-        "final_alpha": alpha,
-        "subsets": rows,
-    }
+            yes.append(top.ce)
+            best.append(top.anchors)
+    colour = Verdict(verdict(ce_trained, yes[0], yes[-1]))
+    return Cascade(yes[0], yes[1:], best, ce_trained, colour, final, alpha, rows)

@@ -9,34 +9,19 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 
+from layerpeel.peel.config import PeelConfig
 from layerpeel.peel.context import PeelContext
+from layerpeel.peel.rows import GapRow
 from layerpeel.peel.scoring import Thresholds, bootstrap_interval, same_block, sequence_ce
-from layerpeel.solvers import get_solver
+from layerpeel.solvers.adam import AdamOptions, adam_reference
 from layerpeel.solvers.closed import BlockProblem, ClosedFormOptions
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class GapOptions:
-    """Settings of the P1 layer gap."""
-
-    solver: str = "closed"  # "closed" (target propagation + closed form) or "adam"
-    etas: tuple[float, ...] = (0.0, 0.01, 0.03, 0.1, 0.3)  # steps, relative to rms(G) / rms(grad)
-    search_sequences: int = 64  # fit sequences for the eta line search (half fit, half score)
-    ridge: float = 1e-3  # ridge of the closed-form solves, relative
-    adam_steps: int = 200  # steps of the Adam solver
-    adam_lr: float = 1e-3  # learning rate of the Adam solver
-    n_boot: int = 1000  # bootstrap resamples of held-out sequences
-    seed: int = 0  # seed of the bootstrap and the Adam batches
-    work: bool = True  # also score each whole block's removal (its work)
-    twins: bool = True  # for a quantized model, also peel each part in full precision
 
 
 def is_trained(ref: nn.Module, block: nn.Module) -> bool:
@@ -53,27 +38,10 @@ def _rms(t: torch.Tensor) -> float:
     return float(t.double().pow(2).mean().sqrt())
 
 
-def _adam_reference(
-    ctx: PeelContext, index: int, part: str, scheme: str | None, opts: GapOptions
-) -> nn.Module:
-    solve = get_solver("adam")
-    return solve(
-        ctx.view,
-        index,
-        ctx.fit[index],
-        ctx.fit_targets,
-        part,
-        scheme=scheme,
-        steps=opts.adam_steps,
-        lr=opts.adam_lr,
-        seed=opts.seed,
-    )
-
-
 def block_work(
-    ctx: PeelContext, index: int, trained: torch.Tensor, opts: GapOptions
-) -> dict[str, float]:
-    """What block `index` does: held-out CE without it minus CE with it, with its interval.
+    ctx: PeelContext, index: int, trained: torch.Tensor, opts: PeelConfig
+) -> tuple[float, float, float]:
+    """What block `index` does: held-out CE without it minus CE with it, and its interval.
 
     Without the block is the model whose block `index` has zero output maps (the identity on
     the residual stream): a network of the same class, under every quantizer too. It is scored
@@ -82,7 +50,7 @@ def block_work(
     without = ctx.held_ce(index + 1, ctx.held[index], {})
     diff = without - trained
     lo, hi = bootstrap_interval(diff, opts.n_boot, seed=opts.seed)
-    return {"work": float(diff.mean()), "work_ci_low": lo, "work_ci_high": hi}
+    return float(diff.mean()), lo, hi
 
 
 class _TargetPropagation:
@@ -95,7 +63,7 @@ class _TargetPropagation:
     sequences it was fitted on.
     """
 
-    def __init__(self, ctx: PeelContext, index: int, opts: GapOptions) -> None:
+    def __init__(self, ctx: PeelContext, index: int, opts: PeelConfig) -> None:
         self.ctx, self.index, self.opts = ctx, index, opts
         x, out = ctx.fit[index], ctx.fit[index + 1]
         g = ctx.grads()[index]  # dCE/dG_{index+1}, (S, T, C)
@@ -165,9 +133,34 @@ class _TargetPropagation:
         return self._solve(self.full, best_move, best_eta, scheme), best_eta, best_move
 
     @torch.no_grad()
-    def twin(self, move: str, eta: float) -> nn.Module:
+    def twin(self, part: str, eta: float | None, move: str) -> nn.Module:
         """The full-precision reference of the same peel: the maps `move` re-solved at step eta."""
-        return self._solve(self.full, move, eta, None)
+        return self._solve(self.full, move, eta or 0.0, None)
+
+
+class _LocalAdam:
+    """The Adam P1 references of one block: its parameters trained through the frozen rest."""
+
+    def __init__(self, ctx: PeelContext, index: int, opts: PeelConfig) -> None:
+        self.ctx, self.index, self.opts = ctx, index, opts
+
+    def reference(self, part: str, scheme: str | None) -> tuple[nn.Module, float | None, str]:
+        """The reference of `part`; Adam takes no target step, so eta is None."""
+        ctx, o = self.ctx, self.opts
+        adam = AdamOptions(steps=o.adam_steps, lr=o.adam_lr, seed=o.seed, scheme=scheme)
+        ref = adam_reference(ctx.view, self.index, ctx.fit[self.index], ctx.fit_targets, part, adam)
+        return ref, None, part
+
+    def twin(self, part: str, eta: float | None, move: str) -> nn.Module:
+        """The same local optimization without the quantizer."""
+        return self.reference(part, None)[0]
+
+
+# The P1 solvers by `PeelConfig.solver` (its choices name them): how a block's references are found.
+P1_SOLVERS: dict[str, type[_TargetPropagation] | type[_LocalAdam]] = {
+    "closed": _TargetPropagation,
+    "adam": _LocalAdam,
+}
 
 
 def block_gaps(
@@ -175,34 +168,24 @@ def block_gaps(
     index: int,
     parts: tuple[str, ...],
     scheme: str | None,
-    opts: GapOptions,
+    opts: PeelConfig,
     thresholds: Thresholds,
     keep: dict[Any, nn.Module] | None = None,
     keep_fp: dict[Any, nn.Module] | None = None,
-) -> list[dict[str, Any]]:
+    twins: bool = True,
+) -> list[GapRow]:
     """P1 rows of block `index` for each of `parts`, with bootstrap intervals and verdicts.
 
     For a quantized model each part is also peeled in full precision, onto the same target with
     the same maps (the step and move its quantized reference took, so only the weight format
     differs), which splits the gap into an optimization part and a quantization part
-    (`opts.twins`). A row's `time_s` is its solves and scoring plus an equal share of the block's
+    (unless `twins` is False). A row's `time_s` is its solves and scoring plus an equal share of the block's
     set-up. `keep` and `keep_fp`, when given, receive each reference block and each
     full-precision twin under (index, part).
     """
     t0 = time.perf_counter()
-    tp = _TargetPropagation(ctx, index, opts) if opts.solver == "closed" else None
+    solver = P1_SOLVERS[opts.solver](ctx, index, opts)
     setup = (time.perf_counter() - t0) / max(len(parts), 1)
-
-    def reference(part: str, sch: str | None) -> tuple[nn.Module, float | None, str]:
-        if tp is None:
-            return _adam_reference(ctx, index, part, sch, opts), None, part
-        return tp.reference(part, sch)
-
-    def twin(part: str, eta: float | None, moved: str) -> nn.Module:
-        """The same peel without the quantizer: same target and maps, so only the format differs."""
-        if tp is None or eta is None:
-            return _adam_reference(ctx, index, part, None, opts)
-        return tp.twin(moved, eta)
 
     trained = ctx.trained_held_ce(index)
 
@@ -211,49 +194,46 @@ def block_gaps(
             return trained
         return ctx.held_ce(index, ctx.held[index], {index: ref})
 
-    rows = []
+    rows: list[GapRow] = []
     for part in parts:
         t0 = time.perf_counter()
-        ref, eta, moved = reference(part, scheme)
+        ref, eta, moved = solver.reference(part, scheme)
         if keep is not None:
             keep[(index, part)] = _kept(ctx, index, ref)
         ce_ref = held_ce(ref)
         diff = trained - ce_ref
         gap = float(diff.mean())
         lo, hi = bootstrap_interval(diff, opts.n_boot, seed=opts.seed)
-        row: dict[str, Any] = {
-            "bound": "P1",
-            "block": index,
-            "part": part,
-            "gap": gap,
-            "ci_low": lo,
-            "ci_high": hi,
-            "verdict": thresholds.verdict(gap, lo),
-            "ce_trained": float(trained.mean()),
-            "ce_reference": float(ce_ref.mean()),
-            "solver": opts.solver,
-            "eta": eta,
-            "moved": moved,
-            "quant": scheme,
-        }
+        row = GapRow(
+            block=index,
+            part=part,
+            gap=gap,
+            ci_low=lo,
+            ci_high=hi,
+            verdict=thresholds.verdict(gap, lo),
+            ce_trained=float(trained.mean()),
+            ce_reference=float(ce_ref.mean()),
+            solver=opts.solver,
+            eta=eta,
+            moved=moved,
+            quant=scheme,
+        )
         if part == "block" and opts.work:
-            row.update(block_work(ctx, index, trained, opts))
-        if scheme is not None and opts.twins:
-            ref_fp = twin(part, eta, moved)
+            row.work, row.work_ci_low, row.work_ci_high = block_work(ctx, index, trained, opts)
+        if scheme is not None and twins:
+            ref_fp = solver.twin(part, eta, moved)
             if keep_fp is not None:
                 keep_fp[(index, part)] = _kept(ctx, index, ref_fp)
             ce_fp = float(held_ce(ref_fp).mean())
-            row["ce_reference_fp"] = ce_fp
-            row["opt_part"] = gap  # quantized reference vs trained: what optimization left
-            row["quant_part"] = row["ce_reference"] - ce_fp  # full precision vs quantized reference
-        row["time_s"] = time.perf_counter() - t0 + setup
+            row.ce_reference_fp = ce_fp
+            row.opt_part = gap  # quantized reference vs trained: what optimization left
+            row.quant_part = row.ce_reference - ce_fp  # full precision vs quantized reference
+        row.time_s = time.perf_counter() - t0 + setup
         rows.append(row)
     log.info(
         "P1 block %d: %s",
         index,
-        ", ".join(
-            f"{r['part']} {r['gap']:+.4f} [{r['ci_low']:+.4f}, {r['ci_high']:+.4f}]" for r in rows
-        ),
+        ", ".join(f"{r.part} {r.gap:+.4f} [{r.ci_low:+.4f}, {r.ci_high:+.4f}]" for r in rows),
     )
     return rows
 
@@ -263,8 +243,8 @@ def layer_gap(
     index: int,
     part: str,
     scheme: str | None,
-    opts: GapOptions,
+    opts: PeelConfig,
     thresholds: Thresholds,
-) -> dict[str, Any]:
+) -> GapRow:
     """One P1 row: gap of block `index` / `part` with its bootstrap interval and verdict."""
     return block_gaps(ctx, index, (part,), scheme, opts, thresholds)[0]

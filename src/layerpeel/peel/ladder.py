@@ -14,6 +14,7 @@ from typing import Any
 import torch
 
 from layerpeel.peel.context import PeelContext
+from layerpeel.peel.rows import LadderRow
 from layerpeel.solvers.closed import BlockProblem, ClosedFormOptions
 
 
@@ -25,13 +26,13 @@ def ladder(
     progress: Any = None,
     keep: dict[Any, Any] | None = None,
     from_blocks: Iterable[int] | None = None,
-) -> list[dict[str, Any]]:
-    """Rows {"from_block", "to_block", "ce", "ce_trained", "time_s"}, blocks 0-based.
+) -> list[LadderRow]:
+    """The ladder's rows, CE(l -> j) for l in `from_blocks` and j >= l, blocks 0-based.
 
     `keep`, when given, receives each reference block under (from_block, to_block).
     `from_blocks` limits the rows to those blocks l (all by default; a shard computes a few).
     """
-    rows = []
+    rows: list[LadderRow] = []
     ce_trained = float(ctx.ce_trained_held.mean())
     n = ctx.n_blocks
     for i in range(n) if from_blocks is None else from_blocks:
@@ -47,15 +48,7 @@ def ladder(
                 keep[(i, j)] = ref
             x = ctx.view.run_block(ref, ctx.held[i])
             ce = float(ctx.held_ce(j + 1, x, {}).mean())
-            rows.append(
-                {
-                    "from_block": i,
-                    "to_block": j,
-                    "ce": ce,
-                    "ce_trained": ce_trained,
-                    "time_s": time.perf_counter() - t0 + setup,
-                }
-            )
+            rows.append(LadderRow(i, j, ce, ce_trained, time.perf_counter() - t0 + setup))
             if progress is not None:
                 progress.update(1)
     return rows

@@ -1,4 +1,9 @@
-"""`PeelReport`: one tidy row per (block, part), the ladder and the cascade, as versioned JSON."""
+"""`PeelReport`: one typed row per (block, part), the ladder and the cascade, as versioned JSON.
+
+The JSON (`to_dict`) is the interface for scripts; docs/schema.md documents every field.
+`SCHEMA_VERSION` is written as "format_version"; a report without it (written before versions
+were recorded) is read as version 1, whose fields it has.
+"""
 
 from __future__ import annotations
 
@@ -9,19 +14,21 @@ from typing import Any
 
 from layerpeel.errors import LayerpeelError
 from layerpeel.io import atomic_write_json
+from layerpeel.peel.rows import Cascade, GapRow, LadderRow
 from layerpeel.peel.scoring import Thresholds, severity
 
 REPORT_FORMAT = "layerpeel-peel-report"
-REPORT_VERSION = 1
+SCHEMA_VERSION = 1  # the JSON schema of docs/schema.md; raise it when a field changes meaning
+REPORT_VERSION = SCHEMA_VERSION  # the name `layerpeel.report` reads it by
 
 
 @dataclass
 class PeelReport:
-    """Results of one analysis. `layers` rows carry block, part, gap, ci_low, ci_high, verdict."""
+    """Results of one analysis: P1 rows, the P2 ladder, the P3 cascade, and what made them."""
 
-    layers: list[dict[str, Any]]
-    ladder: list[dict[str, Any]] = field(default_factory=list)
-    cascade: dict[str, Any] | None = None
+    layers: list[GapRow]
+    ladder: list[LadderRow] = field(default_factory=list)
+    cascade: Cascade | None = None
     config: dict[str, Any] = field(default_factory=dict)
     monitoring: dict[str, Any] = field(default_factory=dict)  # hash, tokens, sequences
     model: dict[str, Any] = field(default_factory=dict)  # what was analysed
@@ -34,27 +41,34 @@ class PeelReport:
     def to_dict(self) -> dict[str, Any]:
         return {
             "format": REPORT_FORMAT,
-            "format_version": REPORT_VERSION,
+            "format_version": SCHEMA_VERSION,
             "layerpeel": self.version,
             "model": self.model,
             "config": self.config,
             "monitoring": self.monitoring,
             "timings": self.timings,
-            "layers": self.layers,
-            "ladder": self.ladder,
-            "cascade": self.cascade,
+            "layers": [r.to_dict() for r in self.layers],
+            "ladder": [r.to_dict() for r in self.ladder],
+            "cascade": None if self.cascade is None else self.cascade.to_dict(),
         }
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> PeelReport:
         if not isinstance(data, dict) or data.get("format") != REPORT_FORMAT:
             raise LayerpeelError("not a layerpeel peel report")
-        if int(data.get("format_version", 0)) > REPORT_VERSION:
+        if int(data.get("format_version", SCHEMA_VERSION)) > SCHEMA_VERSION:
             raise LayerpeelError("peel report is from a newer layerpeel")
+        casc = data.get("cascade")
+        try:
+            layers = [GapRow.from_dict(r) for r in data.get("layers", [])]
+            ladder = [LadderRow.from_dict(r) for r in data.get("ladder", [])]
+            cascade = None if casc is None else Cascade.from_dict(casc)
+        except (TypeError, AttributeError) as exc:  # a row without a required field
+            raise LayerpeelError(f"peel report rows do not fit the schema: {exc}") from None
         return cls(
-            layers=list(data.get("layers", [])),
-            ladder=list(data.get("ladder", [])),
-            cascade=data.get("cascade"),
+            layers=layers,
+            ladder=ladder,
+            cascade=cascade,
             config=dict(data.get("config", {})),
             monitoring=dict(data.get("monitoring", {})),
             model=dict(data.get("model", {})),
@@ -73,7 +87,7 @@ class PeelReport:
         except (OSError, json.JSONDecodeError) as exc:
             raise LayerpeelError(f"cannot read peel report {path}: {exc}") from None
 
-    def ranked(self, part: str | None = None) -> list[dict[str, Any]]:
+    def ranked(self, part: str | None = None) -> list[GapRow]:
         """Rows most worrying first (optionally one part only): red, yellow, green, then `alarm`.
 
         Within a verdict, rows go by how near red they are (`scoring.alarm`: the gap over the red
@@ -81,11 +95,6 @@ class PeelReport:
         An idle block is red with a gap near zero, so it comes before every yellow or green row;
         a block far below its peers' work comes before green rows with small gaps.
         """
-        base = Thresholds()
-        thresholds = Thresholds(
-            red=float(self.config.get("red", base.red)),
-            yellow=float(self.config.get("yellow", base.yellow)),
-            idle=float(self.config.get("idle", base.idle)),
-        )
-        rows = [r for r in self.layers if part is None or r["part"] == part]
+        thresholds = Thresholds.of(self.config)
+        rows = [r for r in self.layers if part is None or r.part == part]
         return sorted(rows, key=lambda r: severity(r, thresholds), reverse=True)

@@ -13,9 +13,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from layerpeel.arch.views import ModelView
-
-VERDICTS = ("green", "yellow", "red")
-
+from layerpeel.peel.config import PeelConfig
+from layerpeel.peel.rows import GapRow
+from layerpeel.verdict import Verdict
 
 HEAD_ROWS = 2048  # token rows per head chunk: bounds the (rows, V) logits held at once
 
@@ -37,9 +37,6 @@ def token_ce(
         logits = head(flat_x[s : s + rows]).flatten(0, 1).float()  # (rows, V)
         out.append(F.cross_entropy(logits, flat_t[s : s + rows], reduction="none"))
     return torch.cat(out).view(targets.shape)
-
-
-SCORE_DTYPES = ("float32", "bfloat16")
 
 
 @torch.no_grad()
@@ -96,16 +93,24 @@ def bootstrap_interval(
 class Thresholds:
     """Verdict thresholds on a gap and on a block's work, in nats per token."""
 
-    red: float = 0.02  # red when the interval's lower end exceeds this
-    yellow: float = 0.005  # yellow when the gap itself exceeds this
-    idle: float = 0.1  # idle (red) below this fraction of the other blocks' median work; 0: off
+    red: float = PeelConfig.red  # red when the interval's lower end exceeds this
+    yellow: float = PeelConfig.yellow  # yellow when the gap itself exceeds this
+    idle: float = PeelConfig.idle  # idle below this fraction of the peers' median work; 0: off
 
-    def verdict(self, gap: float, ci_low: float) -> str:
+    @classmethod
+    def of(cls, config: PeelConfig | dict[str, Any]) -> Thresholds:
+        """The thresholds of settings, or of a report's recorded settings (defaults if missing)."""
+        if isinstance(config, PeelConfig):
+            return cls(config.red, config.yellow, config.idle)
+        return cls(**{k: float(config[k]) for k in ("red", "yellow", "idle") if k in config})
+
+    def verdict(self, gap: float, ci_low: float) -> Verdict:
+        """Red when the interval clears `red`, yellow when the gap exceeds `yellow`."""
         if ci_low > self.red:
-            return "red"
+            return Verdict.RED
         if gap > self.yellow:
-            return "yellow"
-        return "green"
+            return Verdict.YELLOW
+        return Verdict.GREEN
 
     def is_idle(self, work: float, work_ci_high: float, others: list[float]) -> bool:
         """Whether a block does no measurable work next to the other blocks of its model.
@@ -126,7 +131,7 @@ def peer_median(others: list[float]) -> float | None:
 
 
 def mark_idle(
-    rows: list[dict[str, Any]], thresholds: Thresholds, peers: dict[int, float] | None = None
+    rows: list[GapRow], thresholds: Thresholds, peers: dict[int, float] | None = None
 ) -> None:
     """Set `idle` and the verdict of every whole-block P1 row that carries its `work`.
 
@@ -136,31 +141,28 @@ def mark_idle(
     """
     known = {**(peers or {}), **block_works(rows)}
     for r in rows:
-        if not _has_work(r):
+        if r.part != "block" or r.work is None or r.work_ci_high is None:
             continue
-        others = [w for b, w in known.items() if b != r["block"]]
+        others = [w for b, w in known.items() if b != r.block]
         median = peer_median(others)
-        r["work_ratio"] = r["work"] / median if median is not None and median > 0 else None
-        r["idle"] = thresholds.is_idle(r["work"], r["work_ci_high"], others)
-        r["verdict"] = "red" if r["idle"] else gap_verdict(r, thresholds)
+        r.work_ratio = r.work / median if median is not None and median > 0 else None
+        r.idle = thresholds.is_idle(r.work, r.work_ci_high, others)
+        r.verdict = Verdict.RED if r.idle else gap_verdict(r, thresholds)
 
 
-def gap_verdict(row: dict[str, Any], thresholds: Thresholds) -> str:
+def gap_verdict(row: GapRow, thresholds: Thresholds) -> Verdict:
     """A row's verdict by its gap: yellow, not red, when an earlier block's fix explains it."""
-    verdict = thresholds.verdict(row["gap"], row["ci_low"])
-    return "yellow" if verdict == "red" and row.get("explained_by") is not None else verdict
+    verdict = thresholds.verdict(row.gap, row.ci_low)
+    explained = verdict == Verdict.RED and row.explained_by is not None
+    return Verdict.YELLOW if explained else verdict
 
 
-def block_works(rows: list[dict[str, Any]]) -> dict[int, float]:
+def block_works(rows: list[GapRow]) -> dict[int, float]:
     """The work of each block whose whole-block row carries it: block -> work."""
-    return {int(r["block"]): float(r["work"]) for r in rows if _has_work(r)}
+    return {r.block: float(r.work) for r in rows if r.part == "block" and r.work is not None}
 
 
-def _has_work(row: dict[str, Any]) -> bool:
-    return row.get("part") == "block" and row.get("work") is not None
-
-
-def alarm(row: dict[str, Any], thresholds: Thresholds) -> float:
+def alarm(row: GapRow, thresholds: Thresholds) -> float:
     """How near a row is to being red, as a multiple of its line: 1 at the line, more past it.
 
     The larger of the gap over the red line and, for a whole block whose work was compared
@@ -168,14 +170,14 @@ def alarm(row: dict[str, Any], thresholds: Thresholds) -> float:
     a block doing 0.2 of its peers' median work is half-way to idle at the 0.1 line, one whose
     removal helps (ratio <= 0) is past any line.
     """
-    level = float(row["gap"]) / thresholds.red if thresholds.red > 0 else 0.0
-    ratio = row.get("work_ratio")
+    level = float(row.gap) / thresholds.red if thresholds.red > 0 else 0.0
+    ratio = row.work_ratio
     if ratio is not None and thresholds.idle > 0:
         level = max(level, thresholds.idle / ratio if ratio > 0 else math.inf)
     return level
 
 
-def severity(row: dict[str, Any], thresholds: Thresholds | None = None) -> tuple[int, float]:
+def severity(row: GapRow, thresholds: Thresholds | None = None) -> tuple[int, float]:
     """Sort key of a row, most worrying first when sorted in reverse: verdict, then `alarm`."""
     level = alarm(row, thresholds or Thresholds())
-    return VERDICTS.index(row.get("verdict", "green")), level
+    return Verdict(row.verdict).rank, level

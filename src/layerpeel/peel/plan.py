@@ -1,5 +1,6 @@
-"""The cost-balanced plan of a sharded analysis: units of work, their modelled cost, ranks.
+"""The plan of an analysis: what it settles first, its units of work, their cost, their ranks.
 
+Every analysis runs as a plan: one process is a world of size 1 that runs every unit itself.
 A unit is everything that shares set-up work and nothing with other units:
 - ("p1", (b,)): every P1 part of block b (they share the block's Gram matrices and gradients);
 - ("p2", (l,)): the ladder row of block l (one `BlockProblem` serves every target G_l..G_L);
@@ -26,6 +27,16 @@ import dataclasses
 import hashlib
 import json
 from typing import Any
+
+from torch import nn
+
+from layerpeel.arch.views import ModelView, model_view
+from layerpeel.data.monitoring import MonitoringSet
+from layerpeel.errors import ConfigError
+from layerpeel.peel.cascade import anchor_subsets
+from layerpeel.peel.config import PeelConfig
+from layerpeel.peel.scoring import Thresholds
+from layerpeel.quant import model_scheme
 
 GRAM = 2.0  # block passes per sequence to accumulate one block's Gram matrices (attention + MLP)
 
@@ -88,7 +99,7 @@ def p3_cost(s: Shape, subsets: list[tuple[int, ...]]) -> float:
 def units(
     s: Shape,
     blocks: tuple[int, ...],
-    cfg: Any,
+    cfg: PeelConfig,
     cap: int | None,
     world_size: int = 1,
 ) -> list[Unit]:
@@ -96,8 +107,6 @@ def units(
 
     Cascade groups costlier than 1 / `world_size` of the whole are split by their second anchor.
     """
-    from layerpeel.peel.cascade import anchor_subsets
-
     steps = cfg.adam_steps if cfg.solver == "adam" else 0
     out = [
         Unit("p1", (b,), p1_cost(s, b, len(cfg.parts), len(cfg.etas), cfg.search_sequences, steps))
@@ -160,3 +169,54 @@ def make_plan(work: list[Unit], world_size: int) -> Plan:
         loads[r] += work[i].cost
         mine[r].append(i)
     return Plan(tuple(work), tuple(tuple(sorted(m)) for m in mine))
+
+
+@dataclasses.dataclass
+class Analysis:
+    """What every analysis of one model settles before it peels: view, quantizer, blocks."""
+
+    view: ModelView  # where the model's blocks, norms and head are
+    scheme: str | None  # the model's quantizer ("ternary", "Q4_1", ...) or None
+    blocks: tuple[int, ...]  # P1 blocks
+    cap: int | None  # P3 anchor subset size cap
+    cfg: PeelConfig  # the settings
+    thresholds: Thresholds  # verdict thresholds
+
+    @property
+    def n_blocks(self) -> int:
+        return int(self.view.n_blocks)
+
+
+def prepare(model: nn.Module, cfg: PeelConfig) -> Analysis:
+    """Validate `cfg` against `model` and settle what every phase needs."""
+    cfg.validate()
+    view = model_view(model)
+    # a model loaded from a low-bit file (GGUF) names its format in `layerpeel_scheme`
+    found = getattr(model, "layerpeel_scheme", None) or model_scheme(model)
+    scheme = None if found in (None, "none") else found
+    n = view.n_blocks
+    blocks = tuple(range(n)) if cfg.blocks is None else tuple(cfg.blocks)
+    if any(not 0 <= b < n for b in blocks):
+        raise ConfigError(f"blocks must be in 0..{n - 1}, got {list(blocks)}")
+    cap = cfg.max_anchors if cfg.max_anchors is not None else (None if n <= 8 else 2)
+    return Analysis(view, scheme, blocks, cap, cfg, Thresholds.of(cfg))
+
+
+def shape_of(a: Analysis, data: MonitoringSet) -> Shape:
+    """The cost model's view of an analysis; the head as a GPT block would weigh it."""
+    vocab, width = a.view.unembed_weight().shape
+    return Shape(
+        n_blocks=a.n_blocks,
+        head=int(vocab) / (12.0 * int(width)),
+        fit=len(data.fit_ids),
+        held=len(data.held_ids),
+        quantized=a.scheme is not None,
+    )
+
+
+def plan_analysis(
+    model: nn.Module, data: MonitoringSet, cfg: PeelConfig, world_size: int = 1
+) -> tuple[Analysis, Plan]:
+    """What analysing `model` with `cfg` settles, and its plan on `world_size` ranks."""
+    a = prepare(model, cfg)
+    return a, make_plan(units(shape_of(a, data), a.blocks, cfg, a.cap, world_size), world_size)

@@ -1,8 +1,10 @@
-"""Collectives of layerpeel's distributed work: JSON all-gather and failure-safe gathers.
+"""The processes an analysis runs on (`World`) and the collectives between them.
 
-Results travel as JSON text in byte tensors (no pickle). Every rank takes part in every
-collective in the same order whatever happens locally: a rank whose work raised sends its error
-instead of its result, so the others never wait for a rank that gave up.
+One process is a world of size 1: it runs every unit of the plan itself and gathers nothing.
+The ranks of a torch.distributed group each run their share and gather the results. Results
+travel as JSON text in byte tensors (no pickle). Every rank takes part in every collective in
+the same order whatever happens locally: a rank whose work raised sends its error instead of its
+result, so the others never wait for a rank that gave up.
 """
 
 from __future__ import annotations
@@ -11,7 +13,8 @@ import json
 import logging
 import os
 from collections.abc import Callable
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Protocol, TypeVar
 
 import torch
 
@@ -135,3 +138,44 @@ def gather_work(
             results,
         )
     return [p["result"] for p in payloads]
+
+
+class Encodable(Protocol):
+    """A rank's result: JSON out, and back in on every rank."""
+
+    def to_dict(self) -> dict[str, Any]: ...
+
+
+R = TypeVar("R", bound=Encodable)
+
+
+@dataclass(frozen=True)
+class World:
+    """The processes of an analysis: one alone (the default), or the ranks of a process group."""
+
+    rank: int = 0
+    size: int = 1
+    group: Any = None  # the torch.distributed group; None for a single process
+    sharded: bool = False  # whether results are gathered over a group
+
+    @classmethod
+    def of(cls, group: Any = None) -> World:
+        """The ranks of `group` (default: the whole world); `ShardingError` without a group."""
+        rank, size = require_group(group)
+        return cls(rank, size, group, sharded=True)
+
+    def gather(
+        self,
+        work: Callable[[], R],
+        decode: Callable[[dict[str, Any]], R],
+        signature: Callable[[], dict[str, Any]],
+    ) -> list[R]:
+        """Every rank's `work()`, in rank order; alone, this process's result as it is.
+
+        Sharded, results travel as JSON and `decode` reads them back; `signature()` is what
+        every rank must agree on (`gather_work`).
+        """
+        if not self.sharded:
+            return [work()]
+        results = gather_work(lambda: work().to_dict(), self.group, signature())
+        return [decode(r) for r in results]
