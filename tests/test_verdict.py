@@ -11,12 +11,12 @@ from layerpeel.peel.verdict import (
     UNTRAINED_SPIKE,
     Answer,
     BlockEvidence,
-    Colour,
     Trend,
     loss_trend,
     weight_spike,
     whole_model_verdict,
 )
+from layerpeel.verdict import Verdict
 
 
 def ev(block, gap, half=0.002, **kw):
@@ -71,14 +71,14 @@ def test_weight_spike_tells_a_fresh_block_from_one_with_learned_structure():
 
 def test_no_gap_and_a_flat_loss_is_green():
     v = whole_model_verdict([ev(0, 0.001), ev(1, 0.0), ev(2, 0.002)], trend=FLAT)
-    assert v.colour is Colour.GREEN and v.answers == (Answer.NONE_IMPROVABLE,)
+    assert v.colour is Verdict.GREEN and v.answers == (Answer.NONE_IMPROVABLE,)
     assert v.sentence.startswith("No block is improvable")
 
 
 def test_falling_loss_is_never_green_even_with_no_gap():
     trend = Trend(step=20, drop_per_doubling=0.9, stderr=0.05, points=10)
     v = whole_model_verdict([ev(0, 0.001), ev(1, 0.0)], trend=trend)
-    assert v.colour is Colour.YELLOW and v.answers == (Answer.STILL_TRAINING,)
+    assert v.colour is Verdict.YELLOW and v.answers == (Answer.STILL_TRAINING,)
     assert "keep training" in v.sentence and "0.900" in v.sentence
 
 
@@ -86,13 +86,13 @@ def test_every_block_about_equally_improvable_is_still_training_not_one_block():
     blocks = [ev(0, 0.030, 0.004), ev(1, 0.034, 0.004), ev(2, 0.038, 0.004), ev(3, 0.031, 0.004)]
     v = whole_model_verdict(blocks)
     assert v.answers == (Answer.STILL_TRAINING,) and v.behind == ()
-    assert v.colour is Colour.YELLOW and v.improvable == (0, 1, 2, 3)
+    assert v.colour is Verdict.YELLOW and v.improvable == (0, 1, 2, 3)
 
 
 def test_a_block_whose_gap_clears_every_other_interval_is_behind():
     blocks = [ev(0, 0.004), ev(1, 0.080, 0.01), ev(2, 0.006), ev(3, 0.003)]
     v = whole_model_verdict(blocks, trend=FLAT)
-    assert v.colour is Colour.RED and v.behind == (1,)
+    assert v.colour is Verdict.RED and v.behind == (1,)
     assert Answer.BLOCK_BEHIND in v.answers and Answer.STILL_TRAINING not in v.answers
     # the same top gap inside another block's interval does not stand out
     close = [ev(0, 0.070, 0.01), ev(1, 0.080, 0.01), ev(2, 0.006), ev(3, 0.003)]
@@ -107,7 +107,7 @@ def test_idle_and_never_trained_blocks_are_behind_while_the_model_still_trains()
         ev(3, 0.03, 0.004, spike=1.9),
     ]
     v = whole_model_verdict(blocks)
-    assert v.colour is Colour.RED and v.behind == (1, 2)
+    assert v.colour is Verdict.RED and v.behind == (1, 2)
     assert v.answers == (Answer.STILL_TRAINING, Answer.BLOCK_BEHIND)
     assert "random initialization" in v.sentence and "no work" in v.sentence
 
@@ -115,14 +115,14 @@ def test_idle_and_never_trained_blocks_are_behind_while_the_model_still_trains()
 def test_trained_model_above_yes0_is_red_and_yes_last_is_not_consulted():
     blocks = [ev(0, 0.0), ev(1, 0.0)]
     v = whole_model_verdict(blocks, trend=FLAT, ce_trained=2.0, yes0=1.9)
-    assert v.colour is Colour.RED and "YES-0" in v.sentence
-    assert whole_model_verdict(blocks, trend=FLAT, ce_trained=2.0, yes0=2.5).colour is Colour.GREEN
+    assert v.colour is Verdict.RED and "YES-0" in v.sentence
+    assert whole_model_verdict(blocks, trend=FLAT, ce_trained=2.0, yes0=2.5).colour is Verdict.GREEN
 
 
 def test_thresholds_set_the_lines():
     blocks = [ev(0, 0.012), ev(1, 0.011)]
-    assert whole_model_verdict(blocks, Thresholds(yellow=0.005)).colour is Colour.YELLOW
-    assert whole_model_verdict(blocks, Thresholds(yellow=0.02), trend=FLAT).colour is Colour.GREEN
+    assert whole_model_verdict(blocks, Thresholds(yellow=0.005)).colour is Verdict.YELLOW
+    assert whole_model_verdict(blocks, Thresholds(yellow=0.02), trend=FLAT).colour is Verdict.GREEN
 
 
 def test_to_dict_states_the_question_and_round_trips_to_json():
@@ -132,3 +132,88 @@ def test_to_dict_states_the_question_and_round_trips_to_json():
     d = json.loads(json.dumps(v.to_dict()))
     assert d["colour"] == "green" and d["question"].startswith("Can more training")
     assert d["trend"]["step"] == 1000 and d["answers"] == ["no block improvable"]
+
+
+# ----------------------------------------------------------------------------- in a report
+
+TINY = GPTConfig(vocab_size=64, n_layer=3, n_head=2, d_model=32, block_size=16)
+
+
+def _mset(seed=9):
+    from layerpeel.data.monitoring import monitoring_set
+
+    gen = torch.Generator().manual_seed(seed)
+    return monitoring_set(torch.randint(0, 64, (8, 17), generator=gen))
+
+
+def test_report_carries_the_verdict_and_a_ranking_of_every_row(tmp_path):
+    import json
+
+    from layerpeel.peel.analysis import PeelConfig, peel
+    from layerpeel.peel.report import PeelReport
+
+    torch.manual_seed(0)
+    model = GPT(TINY).eval()
+    trend = Trend(step=20, drop_per_doubling=0.8, stderr=0.05, points=9)
+    report = peel(model, _mset(), PeelConfig(n_boot=20, search_sequences=4), trend=trend)
+    report.save(tmp_path / "r.json")
+    data = json.loads((tmp_path / "r.json").read_text())
+    # a fresh model: every block looks untrained, and the loss is falling
+    assert data["verdict"]["colour"] == "red"
+    assert data["verdict"]["answers"] == ["still training", "block behind"]
+    assert data["verdict"]["behind"] == [0, 1, 2]
+    assert data["verdict"]["question"].startswith("Can more training")
+    ranked = [(r["block"], r["part"]) for r in data["ranking"]]
+    assert sorted(ranked) == sorted((r.block, r.part) for r in report.layers)
+    again = PeelReport.load(tmp_path / "r.json")
+    assert again.verdict == report.verdict and again.to_dict() == report.to_dict()
+
+
+def test_reports_without_a_recorded_verdict_are_judged_from_their_rows():
+    import pathlib
+
+    from layerpeel.peel.report import PeelReport
+
+    for path in sorted(pathlib.Path(__file__).parent.glob("data/peel-report-v1-*.json")):
+        report = PeelReport.load(path)
+        assert report.verdict is None and "verdict" not in report.to_dict()
+        whole = report.whole()
+        assert whole.colour in set(Verdict) and whole.sentence
+        assert len(report.in_order()) == len(report.layers)
+
+
+def test_cascade_green_line_leaves_out_the_path_that_reproduces_the_trained_model():
+    from layerpeel.peel.cascade import cascade_summary
+    from layerpeel.peel.rows import CascadeRow
+
+    rows = [
+        CascadeRow([], 2.6),
+        CascadeRow([1], 2.4),
+        CascadeRow([2], 2.5),
+        CascadeRow([1, 2], 2.0),  # every block an anchor: the trained model itself
+    ]
+    trivial = cascade_summary(rows, 2.0, "preimage", 0.0, n_blocks=3)
+    assert trivial.yes == [2.4, 2.0] and trivial.green_line == 2.4
+    assert trivial.verdict == "green"  # 2.0 <= 2.4: beats every path that could lose
+    worse = cascade_summary(rows, 2.45, "preimage", 0.0, n_blocks=3)
+    assert worse.verdict == "yellow"  # beaten by the one-anchor path, however YES-2 reads
+    blended = cascade_summary(rows, 2.0, "preimage", 0.3, n_blocks=3)
+    assert blended.green_line == 2.0  # the final target is a blend: the full path can lose too
+
+
+def test_a_trained_block_in_a_real_model_is_not_flagged_untrained():
+    """A few steps of Adam on a tiny GPT grow weight outliers the spike test sees."""
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=64, n_layer=2, n_head=2, d_model=32, block_size=16))
+    frozen = [p.detach().clone() for p in model.blocks[1].parameters()]
+    opt = torch.optim.Adam(model.blocks[0].parameters(), lr=1e-2)
+    gen = torch.Generator().manual_seed(1)
+    pattern = torch.arange(17) % 7  # a learnable sequence
+    for _ in range(60):
+        idx = (pattern + torch.randint(0, 7, (16, 1), generator=gen)) % 64
+        loss = model.loss(idx[:, :-1], idx[:, 1:])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert all(torch.equal(a, b) for a, b in zip(frozen, model.blocks[1].parameters(), strict=True))
+    assert weight_spike(model.blocks[0]) > UNTRAINED_SPIKE > weight_spike(model.blocks[1])

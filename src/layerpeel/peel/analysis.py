@@ -22,6 +22,7 @@ from layerpeel.peel.report import PeelReport
 from layerpeel.peel.rows import Cascade, GapRow, LadderRow
 from layerpeel.peel.run import Shard, merge, run_units
 from layerpeel.peel.scoring import mark_idle
+from layerpeel.peel.verdict import Trend, judge, weight_spike
 from layerpeel.peel.world import World, env_world_size
 
 log = logging.getLogger(__name__)
@@ -50,6 +51,7 @@ def peel(
     keep_references: bool = False,
     sharded: bool = False,
     group: Any = None,
+    trend: Trend | None = None,
 ) -> PeelReport:
     """Analyse `model` on the monitoring set: P1 rows, P2 ladder, P3 cascade.
 
@@ -60,6 +62,8 @@ def peel(
     With `keep_references` the report's `references` hold every reference block: "p1" by
     (block, part), "p2" by (from_block, to_block), "p3" a list of blocks by anchor subset, and
     for a quantized model "p1_fp" the full-precision twin of each P1 reference.
+    `trend` (`layerpeel.peel.verdict.loss_trend` of the run's loss history, when known) lets the
+    whole-model verdict say whether the model is still training.
     """
     cfg = cfg or PeelConfig()
     if sharded and keep_references:
@@ -105,7 +109,7 @@ def peel(
 
     shards = world.gather(work, Shard.reader(plan), signature)
     t0 = time.perf_counter()
-    rows, ladder_rows, casc = merge(plan, shards, cfg)
+    rows, ladder_rows, casc = merge(plan, shards, cfg, a.n_blocks)
     phases = ["capture", "p1"] + ["p2"] * cfg.ladder + ["p3"] * cfg.cascade
     timings = {ph: max(s.timings.get(ph, 0.0) for s in shards) for ph in phases}
     if world.sharded:
@@ -117,7 +121,7 @@ def peel(
         with ModelState(model):
             attribute(model, a, data, rows, p1_refs, capture)
         timings["attribution"] = time.perf_counter() - t0
-    report = make_report(model, data, cfg, a, rows, ladder_rows, casc, timings)
+    report = make_report(model, data, cfg, a, rows, ladder_rows, casc, timings, trend)
     report.references = refs if keep_references else {}
     return report
 
@@ -140,14 +144,18 @@ def make_report(
     ladder_rows: list[LadderRow],
     casc: Cascade | None,
     timings: dict[str, float],
+    trend: Trend | None = None,
 ) -> PeelReport:
     """The `PeelReport` of the rows, with what was analysed, on what and with which settings.
 
-    The idle verdicts are settled here, once every block's work is in `rows`.
+    The idle verdicts are settled here, once every block's work is in `rows`, and then the
+    whole-model verdict, with each block's weights checked for a never-trained look.
     """
     from layerpeel import __version__
 
     mark_idle(rows, a.thresholds)
+    spikes = {i: weight_spike(b) for i, b in enumerate(a.view.blocks)}
+    verdict = judge(rows, casc, a.thresholds, spikes, trend)
 
     return PeelReport(
         layers=rows,
@@ -169,6 +177,7 @@ def make_report(
         },
         timings=timings,
         version=__version__,
+        verdict=verdict,
     )
 
 

@@ -113,7 +113,7 @@ def cascade(
     final_fit, alpha = final_target(ctx, final, scheme, ridge)
     subsets = anchor_subsets(ctx.n_blocks, max_anchors)
     rows = cascade_rows(ctx, subsets, final_fit, scheme, ridge, progress, keep)
-    return cascade_summary(rows, float(ctx.ce_trained_held.mean()), final, alpha)
+    return cascade_summary(rows, float(ctx.ce_trained_held.mean()), final, alpha, ctx.view.n_blocks)
 
 
 @torch.no_grad()
@@ -182,8 +182,17 @@ def stage_key(i: int, subset: tuple[int, ...]) -> tuple[int, tuple[int, ...]]:
     return i, tuple(a for a in subset if not nxt or a <= nxt[0])
 
 
-def cascade_summary(rows: list[CascadeRow], ce_trained: float, final: str, alpha: float) -> Cascade:
-    """YES-k as running minima over subset sizes, the best subsets and the colour, from the rows."""
+def cascade_summary(
+    rows: list[CascadeRow], ce_trained: float, final: str, alpha: float, n_blocks: int
+) -> Cascade:
+    """YES-k as running minima over subset sizes, the best subsets and the colour, from the rows.
+
+    The colour's green line is the best path that can come out worse than the trained model.
+    With every block an anchor and the trained G_L as the final target (alpha 0), each block is
+    peeled onto its own trained output from its trained input, so the trained block is among its
+    candidates and that path reproduces the trained model: comparing with it is no evidence, and
+    it is left out of the green line (`green_line`).
+    """
     k_max = max(len(r.anchors) for r in rows)
     yes: list[float] = []
     best: list[list[int]] = []
@@ -196,5 +205,10 @@ def cascade_summary(rows: list[CascadeRow], ce_trained: float, final: str, alpha
         else:
             yes.append(top.ce)
             best.append(top.anchors)
-    colour = Verdict(verdict(ce_trained, yes[0], yes[-1]))
-    return Cascade(yes[0], yes[1:], best, ce_trained, colour, final, alpha, rows)
+    full = list(range(1, n_blocks))
+    trivial = (final == "trained" or alpha == 0.0) and n_blocks > 1
+    line = min((r.ce for r in rows if not (trivial and r.anchors == full)), default=yes[0])
+    colour = Verdict(verdict(ce_trained, yes[0], min(line, yes[0])))
+    casc = Cascade(yes[0], yes[1:], best, ce_trained, colour, final, alpha, rows)
+    casc.green_line = min(line, yes[0])
+    return casc

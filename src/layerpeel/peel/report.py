@@ -16,6 +16,7 @@ from layerpeel.errors import LayerpeelError
 from layerpeel.io import atomic_write_json
 from layerpeel.peel.rows import Cascade, GapRow, LadderRow
 from layerpeel.peel.scoring import Thresholds, severity
+from layerpeel.peel.verdict import WholeVerdict, judge, ranking
 
 REPORT_FORMAT = "layerpeel-peel-report"
 SCHEMA_VERSION = 1  # the JSON schema of docs/schema.md; raise it when a field changes meaning
@@ -34,6 +35,9 @@ class PeelReport:
     model: dict[str, Any] = field(default_factory=dict)  # what was analysed
     timings: dict[str, float] = field(default_factory=dict)  # seconds per phase
     version: str = ""
+    # the whole-model verdict (`layerpeel.peel.verdict`); None in reports written before it was
+    # recorded, for which `whole()` judges the rows again
+    verdict: WholeVerdict | None = None
     # the reference blocks themselves, when asked for (`peel(..., keep_references=True)`);
     # never written to JSON
     references: dict[str, dict[Any, Any]] = field(default_factory=dict, repr=False)
@@ -50,7 +54,28 @@ class PeelReport:
             "layers": [r.to_dict() for r in self.layers],
             "ladder": [r.to_dict() for r in self.ladder],
             "cascade": None if self.cascade is None else self.cascade.to_dict(),
+            **self._verdict_fields(),
         }
+
+    def _verdict_fields(self) -> dict[str, Any]:
+        """ "verdict" and "ranking" (the rows in the order to look at them), when recorded."""
+        if self.verdict is None:
+            return {}
+        order = ranking(self.layers, self.verdict, Thresholds.of(self.config))
+        return {
+            "verdict": self.verdict.to_dict(),
+            "ranking": [{"block": r.block, "part": r.part} for r in order],
+        }
+
+    def whole(self) -> WholeVerdict:
+        """The whole-model verdict: the recorded one, else judged from the rows and cascade."""
+        if self.verdict is not None:
+            return self.verdict
+        return judge(self.layers, self.cascade, Thresholds.of(self.config))
+
+    def in_order(self) -> list[GapRow]:
+        """The rows in the order the report tells a user to look at them (blocks behind first)."""
+        return ranking(self.layers, self.whole(), Thresholds.of(self.config))
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> PeelReport:
@@ -63,7 +88,13 @@ class PeelReport:
             layers = [GapRow.from_dict(r) for r in data.get("layers", [])]
             ladder = [LadderRow.from_dict(r) for r in data.get("ladder", [])]
             cascade = None if casc is None else Cascade.from_dict(casc)
-        except (TypeError, AttributeError) as exc:  # a row without a required field
+            verdict = None if "verdict" not in data else WholeVerdict.from_dict(data["verdict"])
+        except (
+            TypeError,
+            AttributeError,
+            KeyError,
+            ValueError,
+        ) as exc:  # a row without a required field
             raise LayerpeelError(f"peel report rows do not fit the schema: {exc}") from None
         return cls(
             layers=layers,
@@ -74,6 +105,7 @@ class PeelReport:
             model=dict(data.get("model", {})),
             timings=dict(data.get("timings", {})),
             version=str(data.get("layerpeel", "")),
+            verdict=verdict,
         )
 
     def save(self, path: str | Path) -> None:

@@ -135,6 +135,9 @@ class Cascade(Row):
     final_target: str  # "preimage" or "trained"
     final_alpha: float  # weight of the preimage in the final target
     subsets: list[CascadeRow]  # every anchor subset, by size then lexicographic
+    # the best CE among paths that can come out worse than the trained model (the green line);
+    # reports written before it was recorded compared with YES-k
+    green_line: float | None = optional()
     extra: dict[str, Any] = dataclasses.field(default_factory=dict, repr=False)
 
     @classmethod

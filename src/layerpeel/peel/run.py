@@ -150,7 +150,7 @@ def run_units(
 
 
 def merge(
-    plan: Plan, shards: list[Shard], cfg: PeelConfig
+    plan: Plan, shards: list[Shard], cfg: PeelConfig, n_blocks: int
 ) -> tuple[list[GapRow], list[LadderRow], Cascade | None]:
     """P1 rows, ladder rows and cascade in the single-process order, from every rank's units."""
     by_unit: dict[int, list[Any]] = {}
@@ -178,5 +178,5 @@ def merge(
             )
         # `anchor_subsets` order: by size, then lexicographic
         rows = [subsets[s] for s in sorted(subsets, key=lambda s: (len(s), s))]
-        casc = cascade_summary(rows, shards[0].ce_trained, cfg.cascade_target, alphas[0])
+        casc = cascade_summary(rows, shards[0].ce_trained, cfg.cascade_target, alphas[0], n_blocks)
     return layers, ladder_rows, casc

@@ -27,7 +27,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from layerpeel.peel.scoring import Thresholds
+from layerpeel.peel.rows import Cascade, GapRow
+from layerpeel.peel.scoring import Thresholds, severity
+from layerpeel.verdict import Verdict
 
 QUESTION = "Can more training still lower this model's held-out loss, and is one block to blame?"
 
@@ -44,14 +46,6 @@ class Answer(StrEnum):
     STILL_TRAINING = "still training"
     BLOCK_BEHIND = "block behind"
     NONE_IMPROVABLE = "no block improvable"
-
-
-class Colour(StrEnum):
-    """Whole-model colour: red (act on a block), yellow (keep training / look), green."""
-
-    RED = "red"
-    YELLOW = "yellow"
-    GREEN = "green"
 
 
 @dataclass(frozen=True)
@@ -104,22 +98,29 @@ def loss_trend(history: Iterable[tuple[int, float]], step: int | None = None) ->
     return Trend(step, -slope, stderr, len(sel))
 
 
-def weight_spike(block: nn.Module) -> float | None:
+def weight_spike(block: nn.Module, iters: int = 50) -> float | None:
     """The largest ratio, over a block's weight matrices, of sigma_max to the random-matrix edge.
 
     About 1 for weights still at a random Gaussian initialization; trained weights grow outliers
-    (1.3-2.7 in a small GPT after 150 steps). None when the block has no matrix large enough.
+    (1.3-2.7 in a small GPT after 150 steps). sigma_max by power iteration from a fixed start
+    (it can only come out low, which errs towards "looks untrained" by a percent or two). None
+    when the block has no matrix large enough to tell.
     """
+    gen = torch.Generator().manual_seed(0)
     ratios = []
     for p in block.parameters():
         if p.ndim != 2 or min(p.shape) < MIN_SPIKE_DIM:
             continue
         w = p.detach().to(torch.float64)
         std = float(w.std())
-        if std == 0.0:
+        if not std > 0.0 or not math.isfinite(std):
             continue
+        v = torch.randn(w.shape[1], 1, generator=gen, dtype=torch.float64).to(w.device)
+        for _ in range(iters):  # (n, 1): v <- W^T W v, normalised
+            v = w.T @ (w @ v)
+            v = v / v.norm()
         edge = std * (math.sqrt(w.shape[0]) + math.sqrt(w.shape[1]))
-        ratios.append(float(torch.linalg.matrix_norm(w, ord=2)) / edge)
+        ratios.append(float((w @ v).norm()) / edge)
     return max(ratios) if ratios else None
 
 
@@ -144,7 +145,7 @@ class BlockEvidence:
 class WholeVerdict:
     """The whole-model verdict: its colour, the answers that hold, the sentence, the blocks."""
 
-    colour: Colour
+    colour: Verdict
     answers: tuple[Answer, ...]
     sentence: str
     behind: tuple[int, ...] = ()  # blocks behind the others (act on these first)
@@ -167,6 +168,19 @@ class WholeVerdict:
             "trend": None if self.trend is None else self.trend.to_dict(),
             "reasons": list(self.reasons),
         }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> WholeVerdict:
+        trend = data.get("trend")
+        return cls(
+            colour=Verdict(data["colour"]),
+            answers=tuple(Answer(a) for a in data.get("answers", [])),
+            sentence=str(data.get("sentence", "")),
+            behind=tuple(int(b) for b in data.get("behind", [])),
+            improvable=tuple(int(b) for b in data.get("improvable", [])),
+            trend=None if trend is None else Trend(**trend),
+            reasons=tuple(str(r) for r in data.get("reasons", [])),
+        )
 
 
 def _standout(blocks: Sequence[BlockEvidence], thresholds: Thresholds) -> int | None:
@@ -243,11 +257,11 @@ def whole_model_verdict(
     if not answers and not improvable and not any(b.gap > t.yellow for b in blocks):
         answers.append(Answer.NONE_IMPROVABLE)
     if behind or worse_than_yes0:
-        colour = Colour.RED
+        colour = Verdict.RED
     elif answers == [Answer.NONE_IMPROVABLE]:
-        colour = Colour.GREEN
+        colour = Verdict.GREEN
     else:
-        colour = Colour.YELLOW
+        colour = Verdict.YELLOW
     return WholeVerdict(
         colour=colour,
         answers=tuple(answers),
@@ -260,7 +274,7 @@ def whole_model_verdict(
 
 
 def _sentence(
-    colour: Colour, answers: list[Answer], behind: tuple[int, ...], reasons: list[str]
+    colour: Verdict, answers: list[Answer], behind: tuple[int, ...], reasons: list[str]
 ) -> str:
     """One plain sentence: what to do, then why."""
     parts = []
@@ -274,9 +288,63 @@ def _sentence(
     if not parts:
         parts.append(
             "small gaps and no block behind"
-            if colour is Colour.YELLOW
+            if colour is Verdict.YELLOW
             else "the trained model is above YES-0"
         )
     head = "; ".join(parts)
     why = "; ".join(reasons)
     return f"{head[0].upper()}{head[1:]}" + (f" ({why})." if why else ".")
+
+
+def block_evidence(
+    rows: Sequence[GapRow], spikes: dict[int, float | None] | None = None
+) -> list[BlockEvidence]:
+    """One `BlockEvidence` per block with P1 rows: its whole-block row, else its largest part."""
+    by_block: dict[int, GapRow] = {}
+    for r in rows:
+        cur = by_block.get(r.block)
+        if cur is None or (cur.part != "block" and (r.part == "block" or r.gap > cur.gap)):
+            by_block[r.block] = r
+    return [
+        BlockEvidence(
+            block=b,
+            gap=r.gap,
+            ci_low=r.ci_low,
+            ci_high=r.ci_high,
+            idle=bool(r.idle),
+            work_ratio=r.work_ratio,
+            spike=(spikes or {}).get(b),
+        )
+        for b, r in sorted(by_block.items())
+    ]
+
+
+def judge(
+    rows: Sequence[GapRow],
+    cascade: Cascade | None,
+    thresholds: Thresholds,
+    spikes: dict[int, float | None] | None = None,
+    trend: Trend | None = None,
+) -> WholeVerdict:
+    """The whole-model verdict of a report's rows and cascade (see `whole_model_verdict`)."""
+    return whole_model_verdict(
+        block_evidence(rows, spikes),
+        thresholds,
+        trend,
+        ce_trained=None if cascade is None else cascade.ce_trained,
+        yes0=None if cascade is None else cascade.yes0,
+    )
+
+
+def ranking(rows: Sequence[GapRow], verdict: WholeVerdict, thresholds: Thresholds) -> list[GapRow]:
+    """Rows in the order to look at them: blocks behind first, then the most worrying rows.
+
+    Within each group rows go by `scoring.severity` (verdict, then how near the red line).
+    """
+    behind = {b: i for i, b in enumerate(verdict.behind)}
+
+    def key(r: GapRow) -> tuple[int, int, int, float]:
+        level, alarm = severity(r, thresholds)
+        return (int(r.block in behind), -behind.get(r.block, 0), level, alarm)
+
+    return sorted(rows, key=key, reverse=True)
