@@ -445,3 +445,36 @@ def test_tensorboard_wandb_and_csv_loggers(tmp_path: Path, monkeypatch):
     assert rows[0] == "step,tag,value"
     assert f"4,peel/cascade/yes0,{events[3]['report']['cascade']['yes0']!r}" in rows
     assert list((tmp_path / "wandb").rglob("*.wandb"))  # an offline W&B run was written
+
+
+def test_events_carry_the_whole_model_verdict_with_the_loss_trend(tmp_path: Path):
+    """A steeply falling training loss makes the event's verdict 'still training'."""
+    mon = monitor_for(tiny_gpt(), tmp_path, preset="economy", schedule=every(40))
+    events = [mon.step(s, train_loss=1.0 + 4.0 / s**0.5) for s in range(1, 41)]
+    event = [e for e in events if e][-1]
+    verdict = event["verdict"]
+    assert "still training" in verdict["answers"]
+    assert verdict["trend"]["step"] == 40 and verdict["trend"]["drop_per_doubling"] > 0.1
+    # every block's latest row is judged, though the event's unit may cover fewer
+    assert {r["block"] for r in event["report"]["layers"]} <= {0, 1}
+    logged = [e for e in read_events(tmp_path / "monitor.jsonl") if e["event"] == "analysis"]
+    assert logged[-1]["verdict"] == verdict
+
+
+def test_a_flat_loss_is_not_still_training(tmp_path: Path):
+    mon = monitor_for(tiny_gpt(), tmp_path, preset="economy", schedule=every(40))
+    events = [mon.step(s, train_loss=2.0 + 0.001 * (s % 3)) for s in range(1, 41)]
+    event = [e for e in events if e][-1]
+    assert event["verdict"]["trend"]["drop_per_doubling"] < 0.01
+    assert "the training loss falls" not in event["verdict"]["sentence"]
+
+
+def test_the_loss_history_is_thinned_not_grown_without_bound(tmp_path: Path):
+    from layerpeel.monitor.core import HISTORY
+
+    mon = monitor_for(tiny_gpt(), tmp_path, schedule=lambda step: False)
+    for s in range(1, 3 * HISTORY):
+        mon.step(s, train_loss=1.0)
+    assert len(mon.losses) <= HISTORY
+    steps = [s for s, _ in mon.losses]
+    assert steps[0] < HISTORY // 4 and steps[-1] == 3 * HISTORY - 1  # still spans the run

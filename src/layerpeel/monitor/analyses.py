@@ -18,7 +18,9 @@ from layerpeel.arch.views import model_view
 from layerpeel.data.monitoring import MonitoringSet
 from layerpeel.errors import ConfigError, DataError
 from layerpeel.peel.analysis import PeelConfig, peel
+from layerpeel.peel.rows import Cascade, GapRow
 from layerpeel.peel.scoring import Thresholds, block_works, mark_idle
+from layerpeel.peel.verdict import Trend, judge, weight_spike
 from layerpeel.yes.bounds import YesTracker, to_db
 
 # What each preset computes, cheapest first (docs/monitor.md has the measured costs).
@@ -83,6 +85,10 @@ class PeelAnalysis:
         if spec["ladder"]:
             self.rotation.append(Unit("p2"))
         self.position = -1  # -1: the first unit is the sweep over every block
+        # the latest P1 row of every (block, part) and the latest cascade, across units: the
+        # whole-model verdict of an event judges all of them, not only this unit's
+        self.latest: dict[tuple[int, str], GapRow] = {}
+        self.latest_cascade: Cascade | None = None
         self.works: dict[int, float] = {}  # latest work of each block: peers of the idle verdict
 
     def next_unit(self) -> Unit:
@@ -115,14 +121,31 @@ class PeelAnalysis:
             cascade=spec["cascade"],
         )
 
-    def run(self, model: nn.Module, unit: Unit, group: Any = None) -> dict[str, Any]:
-        """`unit` on `model`; spread over the ranks of `group` when one is given."""
+    def run(
+        self, model: nn.Module, unit: Unit, group: Any = None, trend: Trend | None = None
+    ) -> dict[str, Any]:
+        """`unit` on `model`; spread over the ranks of `group` when one is given.
+
+        The event carries the unit's report and the whole-model verdict of the latest rows of
+        every block (this unit's and earlier ones'), with `trend`, the training loss's.
+        """
         cfg = self.config(unit)
-        report = peel(model, self.mset, cfg, sharded=group is not None, group=group)
+        report = peel(model, self.mset, cfg, sharded=group is not None, group=group, trend=trend)
         # A unit of one block judges whether it is idle against the other blocks' latest work.
         self.works.update(block_works(report.layers))
-        mark_idle(report.layers, Thresholds.of(cfg), peers=self.works)
-        return {"event": "analysis", "unit": unit.kind, "report": report.to_dict()}
+        thresholds = Thresholds.of(cfg)
+        mark_idle(report.layers, thresholds, peers=self.works)
+        self.latest.update({(r.block, r.part): r for r in report.layers})
+        self.latest_cascade = report.cascade or self.latest_cascade
+        view = model_view(model)
+        spikes = {i: weight_spike(b) for i, b in enumerate(view.blocks)}
+        whole = judge(list(self.latest.values()), self.latest_cascade, thresholds, spikes, trend)
+        return {
+            "event": "analysis",
+            "unit": unit.kind,
+            "report": report.to_dict(),
+            "verdict": whole.to_dict(),
+        }
 
     def state_dict(self) -> dict[str, Any]:
         return {"position": self.position, "works": {str(b): w for b, w in self.works.items()}}

@@ -40,8 +40,11 @@ from layerpeel.monitor.loggers import LOGGER_NAMES, Logger, main_rank, make_logg
 from layerpeel.monitor.schedules import Schedule, always
 from layerpeel.monitor.state import ShadowModel, is_sharded, preserved_rng
 from layerpeel.peel.analysis import PeelConfig
+from layerpeel.peel.verdict import Trend, loss_trend
 
 log = logging.getLogger(__name__)
+
+HISTORY = 4096  # training losses kept for the trend (thinned beyond)
 
 
 @dataclasses.dataclass
@@ -132,6 +135,11 @@ class Monitor:
         self.analyses = 0
         self.pending = False
         self.verdicts: dict[str, str] = {}  # latest verdict per "block03/attn" (and "cascade")
+        # (step, loss) of the training loss, for the whole-model verdict's trend; thinned to
+        # every other entry when it grows past HISTORY, so it spans the whole run in bounded
+        # memory. Losses are kept as given (a tensor is read only when an analysis runs, so
+        # the training loop never waits for a device to sync).
+        self.losses: list[tuple[int, Any]] = []
         self.last_event: dict[str, Any] | None = None
 
     # -- the training loop's side ------------------------------------------------------------
@@ -171,6 +179,10 @@ class Monitor:
 
     # -- inside ------------------------------------------------------------------------------
     def _step(self, step: int, train_loss: Any, entered: float) -> dict[str, Any] | None:
+        if train_loss is not None:
+            self.losses.append((step, train_loss))
+            if len(self.losses) > HISTORY:
+                del self.losses[::2]
         if step < self.config.warmup:
             return None
         if self.schedule(step):
@@ -188,7 +200,10 @@ class Monitor:
         t0 = clock()
         with preserved_rng():
             model = self.shadow.refresh()
-            if self.group is None:  # one process: analyses written for it need no group
+            if isinstance(self.analysis, PeelAnalysis):
+                trend = self._trend(step)
+                body = self.analysis.run(model, unit, group=self.group, trend=trend)
+            elif self.group is None:  # one process: analyses written for it need no group
                 body = self.analysis.run(model, unit)
             else:
                 body = self.analysis.run(model, unit, group=self.group)
@@ -212,6 +227,11 @@ class Monitor:
         self._remember(event)
         self._emit(event)
         return event
+
+    def _trend(self, step: int) -> Trend | None:
+        """The training loss's drop per doubling of steps up to `step` (None: too few losses)."""
+        pts = [(s, _as_float(v)) for s, v in self.losses]
+        return loss_trend([(s, v) for s, v in pts if v is not None], step)
 
     def _remember(self, event: dict[str, Any]) -> None:
         self.last_event = event

@@ -58,7 +58,7 @@ class PeelReport:
         }
 
     def _verdict_fields(self) -> dict[str, Any]:
-        """ "verdict" and "ranking" (the rows in the order to look at them), when recorded."""
+        """The "verdict" and "ranking" (the rows in the order to look at them), when recorded."""
         if self.verdict is None:
             return {}
         order = ranking(self.layers, self.verdict, Thresholds.of(self.config))
