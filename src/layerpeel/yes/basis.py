@@ -129,7 +129,14 @@ class Basis:
         return False
 
     def _kept_rows(
-        self, gram: Tensor, keep: Tensor, ke: Tensor, scale: Tensor, low: Tensor, piv: Tensor, q: int
+        self,
+        gram: Tensor,
+        keep: Tensor,
+        ke: Tensor,
+        scale: Tensor,
+        low: Tensor,
+        piv: Tensor,
+        q: int,
     ) -> bool:
         """Try the first `q` rows the pivoted Cholesky picked as H_p (see `_pivot_path`)."""
         p, d = piv[:q], piv[q:]  # kept and dependent (among the live rows)

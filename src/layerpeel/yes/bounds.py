@@ -95,9 +95,7 @@ def _hidden_list(hidden: Sequence[Any]) -> list[Any]:
     return list(hidden)
 
 
-def _check_hidden(
-    hidden: list[Any], m: int, n_samples: int, device: torch.device
-) -> list[Tensor]:
+def _check_hidden(hidden: list[Any], m: int, n_samples: int, device: torch.device) -> list[Tensor]:
     """Validate and convert the L-1 hidden outputs, each (m, N), to float64 on `device`."""
     hs = []
     for i, h in enumerate(hidden):
