@@ -45,15 +45,12 @@ def verdict(train_loss: float, yes0: float, yes_last: float) -> str:
 # ----------------------------------------------------------------------------- inputs
 
 
-def _array(a: Any, name: str, device: torch.device | None = None) -> Tensor:
-    """A float64 torch copy-or-view of a 2-D array or tensor, checked finite.
-
-    Tensors stay on their device unless `device` is given; numpy arrays go to the CPU.
-    """
+def _array(a: Any, name: str, device: torch.device) -> Tensor:
+    """A float64 tensor on `device`: a view of a 2-D array or tensor, or a copy; checked finite."""
     try:
         if not isinstance(a, torch.Tensor):
             a = torch.from_numpy(np.ascontiguousarray(a, dtype=np.float64))
-        t = a.detach().to(device=a.device if device is None else device, dtype=torch.float64)
+        t = a.detach().to(device=device, dtype=torch.float64)
     except (TypeError, ValueError, RuntimeError) as exc:
         raise YesInputError(f"{name} must be a numeric array or tensor: {exc}") from None
     if t.ndim != 2:
