@@ -3,14 +3,18 @@
 `Basis(h)` factors a representation H~ (r, N) once; `project`, `sse` and `weights` then give
 T pinv(H~) H~, ||T - T pinv(H~) H~||_F^2 and T pinv(H~) for many targets T (c, N). Tensors are
 float64 torch tensors; every product and factorization runs on h's device (CPU or CUDA), and
-only scalars that choose a path (norms, pivots, condition bounds) are read back to the host.
+only scalars that choose a path (norms, pivots, condition bounds) are read back to the host,
+except the pivoted Cholesky of a small r x r Gram on the rank-deficient path, which torch lacks
+(`_pivoted_cholesky`).
 """
 
 from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
+from scipy.linalg import lapack
 from torch import Tensor
 
 EPS = torch.finfo(torch.float64).eps
@@ -264,31 +268,19 @@ def _pivoted_cholesky(a: Tensor, tol: float) -> tuple[Tensor, Tensor, list[float
 
     Each step picks the row with the largest remaining pivot (the diagonal of the Schur
     complement: for a row-equilibrated Gram, the squared relative distance of that row from the
-    span of the rows picked before) and stops once it is at or below `tol`, as LAPACK's `dpstrf`.
-    Returns L (q, q) lower triangular with L L^T = a[piv[:q]][:, piv[:q]], the order `piv` (n,)
-    of all rows, the q picked first, and the q pivots in pick order.
+    span of the rows picked before) and stops once it is at or below `tol`. Returns L (q, q)
+    lower triangular with L L^T = a[piv[:q]][:, piv[:q]], the order `piv` (n,) of all rows, the
+    q picked first, and the q pivots in pick order.
+
+    torch has no pivoted Cholesky, and the greedy loop, one small step per picked row, costs a
+    dozen tensor operations a step in torch (and a device round trip a step off the CPU). So
+    this one factorization runs through LAPACK's `dpstrf` on the host, for every device: only
+    the n x n matrix goes there, and only the factor and the order come back.
     """
-    n = a.shape[0]
-    d = a.diagonal().clone()  # (n,) the remaining pivots; -inf once picked
-    cols = a.new_zeros(n, n)  # column j: the factor's j-th column, rows in a's order
-    picked: list[int] = []
-    pivots: list[float] = []
-    for j in range(n):
-        value, index = d.max(0)
-        pivot, p = float(value), int(index)
-        if pivot <= tol:
-            break
-        col = (a[:, p] - cols[:, :j] @ cols[p, :j]) / math.sqrt(pivot)
-        cols[:, j] = col
-        d -= col.square()
-        d[p] = -math.inf
-        picked.append(p)
-        pivots.append(pivot)
-    q = len(picked)
-    chosen = set(picked)
-    rest = [i for i in range(n) if i not in chosen]
-    piv = torch.tensor(picked + rest, dtype=torch.long, device=a.device)
-    return cols[piv[:q], :q].tril(), piv, pivots
+    chol, piv, q, _ = lapack.dpstrf(a.cpu().numpy(), tol=tol, lower=1)
+    order = torch.from_numpy(piv.astype(np.int64) - 1).to(a.device)  # 0-based
+    low = torch.from_numpy(np.tril(chol[:q, :q])).to(a.device)
+    return low, order, np.square(chol.diagonal()[:q]).tolist()
 
 
 def _cholesky_qr2(hk: Tensor, scale: Tensor, l1: Tensor) -> tuple[Tensor, Tensor] | None:
