@@ -14,7 +14,8 @@ OPENBLAS_NUM_THREADS, set before numpy loads; torch through `torch.set_num_threa
 `--default-threads` adds layerpeel's rows at torch's default thread count. Jobs are interleaved
 in one process: in each repeat each job runs three times in a row; the first call and the best of
 the next two (steady state) are kept, and the table shows their medians over the repeats. The
-ratio is the plain numpy computation's steady time over the job's.
+ratios are the plain numpy computation's steady wall and CPU times over the job's (the CPU time of
+this process, which a busy machine's time slicing does not inflate).
 """
 
 from __future__ import annotations
@@ -98,27 +99,30 @@ def synthetic_setting(n_layers: int, epochs: int, seed: int = 0):
 
 def side_by_side(
     jobs: dict[str, tuple[int, Callable[[], object]]], repeats: int
-) -> dict[str, tuple[float, float]]:
-    """(first-call, steady) wall seconds of each job at its torch thread count, interleaved.
+) -> dict[str, tuple[float, float, float]]:
+    """(first-call wall, steady wall, steady CPU) seconds of each job at its thread count.
 
     In each repeat each job runs three times in a row: the first call comes right after the other
     jobs, the best of the next two is the steady state. Medians over the repeats.
     """
     first: dict[str, list[float]] = {name: [] for name in jobs}
     steady: dict[str, list[float]] = {name: [] for name in jobs}
+    cpu: dict[str, list[float]] = {name: [] for name in jobs}
     for _ in range(repeats):
         for name, (threads, fn) in jobs.items():
             torch.set_num_threads(threads)
             runs = []
             for _ in range(3):
-                t0 = time.perf_counter()
+                t0, c0 = time.perf_counter(), time.process_time()
                 fn()
-                runs.append(time.perf_counter() - t0)
-            first[name].append(runs[0])
-            steady[name].append(min(runs[1:]))
+                runs.append((time.perf_counter() - t0, time.process_time() - c0))
+            first[name].append(runs[0][0])
+            best = min(runs[1:])
+            steady[name].append(best[0])
+            cpu[name].append(best[1])
     torch.set_num_threads(1)
     med = statistics.median
-    return {n: (med(first[n]), med(steady[n])) for n in jobs}
+    return {n: (med(first[n]), med(steady[n]), med(cpu[n])) for n in jobs}
 
 
 def paper_setting() -> None:
@@ -143,15 +147,21 @@ def paper_setting() -> None:
     fast = yes_bounds(x, y, hidden)
     ref = plain_losses(x, y, hidden, numpy_pinv)
     err = max(abs(fast.losses[s] - v) / v for s, v in ref.items())
-    plain = times["plain numpy pinv per subset [1]"][1]
+    _, plain, plain_cpu = times["plain numpy pinv per subset [1]"]
     print(f"Paper setting: N=800, m=100, n=20, L=5, {ARGS.train_epochs} training epochs; ", end="")
     print(f"medians of {ARGS.repeats} interleaved repeats; [threads]")
     print(f"load average (1 min) {load[0]:.1f} before, {load_after[0]:.1f} after")
     print(f"work: {fast.stats}")
     print(f"max relative difference of J(sigma), layerpeel vs plain numpy pinv: {err:.1e}")
-    print(f"{'method [torch threads]':44s} {'first ms':>9s} {'steady ms':>9s} {'plain/this':>10s}")
-    for name, (t_first, t_steady) in times.items():
-        print(f"{name:44s} {t_first * 1e3:9.1f} {t_steady * 1e3:9.1f} {plain / t_steady:9.1f}x")
+    print(
+        f"{'method [torch threads]':44s} {'first ms':>9s} {'steady ms':>9s} {'plain/this':>10s} "
+        f"{'CPU ms':>8s} {'plain/this':>10s}"
+    )
+    for name, (t_first, t_steady, t_cpu) in times.items():
+        print(
+            f"{name:44s} {t_first * 1e3:9.1f} {t_steady * 1e3:9.1f} {plain / t_steady:9.1f}x "
+            f"{t_cpu * 1e3:8.1f} {plain_cpu / t_cpu:9.1f}x"
+        )
 
 
 def depth_table() -> None:
