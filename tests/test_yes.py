@@ -194,15 +194,15 @@ def test_basis_predictions_match_pinv(case, kind):
         h = (u * np.logspace(0, -5, 5)) @ vt
     t = rng.standard_normal((5, h.shape[1]))
     ref = t @ np.linalg.pinv(h, rcond=max(h.shape) * np.finfo(float).eps) @ h
-    basis = Basis(h)
+    basis = Basis(torch.from_numpy(h))  # Basis works on float64 tensors
     assert basis.kind == kind
     if case == "gap_ill":  # the kept rows' Gram is too ill-conditioned for normal equations
         assert basis.pivoted and basis.kinv is None and basis.cond > 1e8
-    got = basis.project(t)
+    got = basis.project(torch.from_numpy(t)).numpy()
     assert np.linalg.norm(got - ref) <= 1e-8 * max(np.linalg.norm(ref), 1.0)
-    w = basis.weights(t)
+    w = basis.weights(torch.from_numpy(t)).numpy()
     assert np.allclose(w @ h, ref, atol=1e-8 * max(np.linalg.norm(ref), 1.0))
-    sse = basis.sse(t, float((t**2).sum()))
+    sse = basis.sse(torch.from_numpy(t), float((t**2).sum()))
     assert sse == pytest.approx(float(((t - ref) ** 2).sum()), rel=1e-9, abs=1e-12)
 
 
@@ -312,8 +312,8 @@ def test_max_anchors_cap():
 
 @pytest.mark.parametrize("threads", [1, 2, 3, 5])
 @pytest.mark.parametrize(("n_layers", "cap"), [(2, None), (5, None), (6, None), (6, 2), (5, 1)])
-def test_walk_on_several_threads_gives_the_same_bounds(threads, n_layers, cap):
-    """The walk's subtrees on several threads: every J(sigma) and the work counts as on one."""
+def test_torch_threads_change_neither_bounds_nor_work(threads, n_layers, cap):
+    """The serial walk under several torch thread counts: every J(sigma) and work count as on one."""
     x, y, hidden = rank_deficient_data() if n_layers == 5 else net_data(n_layers=n_layers)
     before = torch.get_num_threads()
     try:
@@ -321,7 +321,7 @@ def test_walk_on_several_threads_gives_the_same_bounds(threads, n_layers, cap):
         one = YesTracker(x, y, max_anchors=cap).bounds(hidden)
         torch.set_num_threads(threads)
         many = YesTracker(x, y, max_anchors=cap).bounds(hidden)
-        assert torch.get_num_threads() == threads  # restored after the parallel walk
+        assert torch.get_num_threads() == threads  # the walk leaves the setting alone
     finally:
         torch.set_num_threads(before)
     assert set(many.losses) == set(one.losses)
@@ -332,14 +332,11 @@ def test_walk_on_several_threads_gives_the_same_bounds(threads, n_layers, cap):
         assert_parity(many, x, y, hidden)
 
 
-def test_parallel_walks_from_several_caller_threads_do_not_share_buffers():
-    """Callers on their own threads share the walk's kept pool threads, each with its own buffers."""
+def test_walks_from_several_caller_threads_agree():
+    """Callers on their own threads at once: each walk has its own state, the results are exact."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from threadpoolctl import threadpool_info
-
     datasets = [net_data(n_layers=5, seed=s) for s in range(3)] + [rank_deficient_data()]
-    blas_threads = [p["num_threads"] for p in threadpool_info() if p["user_api"] == "blas"]
     before = torch.get_num_threads()
     try:
         torch.set_num_threads(1)
@@ -351,10 +348,7 @@ def test_parallel_walks_from_several_caller_threads_do_not_share_buffers():
                 for d in datasets
             ]
             got = [r.result() for r in runs]
-        assert torch.get_num_threads() == 2  # the last walk out restored what the first found
-        assert [
-            p["num_threads"] for p in threadpool_info() if p["user_api"] == "blas"
-        ] == blas_threads
+        assert torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(before)
     for expected, repeats in zip(want, got, strict=True):
@@ -362,6 +356,46 @@ def test_parallel_walks_from_several_caller_threads_do_not_share_buffers():
             assert set(losses) == set(expected)
             for sub, value in expected.items():
                 assert losses[sub] == pytest.approx(value, rel=1e-10, abs=1e-14)
+
+
+# ----------------------------------------------------------------------------- devices
+
+
+def test_walk_runs_in_torch_on_the_inputs_device():
+    """Tensor inputs are walked as float64 tensors where they are; numpy inputs on the CPU."""
+    x, y, hidden = net_data(n_layers=4, seed=8)
+    tracker = YesTracker(x.float(), y, max_anchors=None)
+    b = tracker.bounds([h.float() for h in hidden])
+    walk = tracker._walk
+    assert walk is not None and walk.device == torch.device("cpu")
+    assert walk.targets.dtype == torch.float64 and walk.targets.device == walk.device
+    assert walk.x_basis.rows.dtype == torch.float64
+    assert all(t.dtype == torch.float64 for t in (b._data[0], b._data[1], *b._data[2]))
+    from_numpy = yes_bounds(x.numpy(), y.numpy(), [h.numpy() for h in hidden])
+    assert from_numpy._data[0].device == torch.device("cpu")
+    for sub, value in from_numpy.losses.items():
+        assert b.losses[sub] == pytest.approx(value, rel=1e-6)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_walk_on_cuda_matches_the_cpu():
+    """Hidden outputs on CUDA: the walk runs there and matches pinv and the CPU walk."""
+    x, y, hidden = rank_deficient_data()
+    cuda = torch.device("cuda")
+    b = yes_bounds(x.to(cuda), y.to(cuda), [h.to(cuda) for h in hidden])
+    assert b._data[0].device.type == "cuda" and b._data[2][0].device.type == "cuda"
+    assert_parity(b, x, y, hidden)
+    cpu = yes_bounds(x, y, hidden)
+    for sub, value in cpu.losses.items():
+        assert b.losses[sub] == pytest.approx(value, rel=1e-9, abs=1e-14)
+    tracker = YesTracker(x, y)  # data on the CPU, hidden outputs on CUDA: the walk goes there
+    tb = tracker.bounds([h.to(cuda) for h in hidden])
+    assert tracker._walk is not None and tracker._walk.device.type == "cuda"
+    assert tb.yes == pytest.approx(cpu.yes, rel=1e-9)
+    net = b.reference_mlp()
+    with torch.no_grad():
+        pred = net(x.to(cuda).T)
+    assert rel(float(((pred - y.to(cuda).T) ** 2).sum(1).mean()), b.yes[-1]) < RTOL
 
 
 def test_sharing_does_less_work_than_per_subset():

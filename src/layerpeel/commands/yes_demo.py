@@ -33,8 +33,7 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     p.add_argument(
         "--threads",
         default="1",
-        help="torch threads (training these small nets is fastest on 1; above 1, each YES check "
-        "shares its walk with helper processes)",
+        help="torch threads for training and the YES checks (these small nets are fastest on 1)",
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p

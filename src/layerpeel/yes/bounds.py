@@ -11,11 +11,12 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch import Tensor
 
 from layerpeel.errors import LayerpeelError
 from layerpeel.models.mlp import MLP, MLPConfig
 from layerpeel.yes.basis import Basis, tilde
-from layerpeel.yes.walk import AnchorWalk, Subset, scratch
+from layerpeel.yes.walk import AnchorWalk, Subset
 
 logger = logging.getLogger(__name__)
 
@@ -44,25 +45,30 @@ def verdict(train_loss: float, yes0: float, yes_last: float) -> str:
 # ----------------------------------------------------------------------------- inputs
 
 
-def _array(a: Any, name: str) -> np.ndarray:
-    """A C-contiguous float64 numpy copy-or-view of a 2-D array or tensor, checked finite."""
+def _array(a: Any, name: str, device: torch.device) -> Tensor:
+    """A float64 tensor on `device`: a view of a 2-D array or tensor, or a copy; checked finite."""
     try:
-        if isinstance(a, torch.Tensor):
-            a = a.detach().to(device="cpu", dtype=torch.float64).numpy()
-        t = np.ascontiguousarray(a, dtype=np.float64)
+        if not isinstance(a, torch.Tensor):
+            a = torch.from_numpy(np.ascontiguousarray(a, dtype=np.float64))
+        t = a.detach().to(device=device, dtype=torch.float64)
     except (TypeError, ValueError, RuntimeError) as exc:
         raise YesInputError(f"{name} must be a numeric array or tensor: {exc}") from None
     if t.ndim != 2:
         raise YesInputError(f"{name} must be 2-D (features x samples), got shape {tuple(t.shape)}")
     # A sum is finite when every entry is (the converse fails only on overflow: check entries).
-    if not (np.isfinite(np.einsum("ij->", t)) or np.isfinite(t).all()):
+    if not (bool(t.sum().isfinite()) or bool(t.isfinite().all())):
         raise YesInputError(f"{name} contains NaN or Inf")
     return t
 
 
-def _check_xy(x: Any, y: Any) -> tuple[np.ndarray, np.ndarray]:
-    """Validate and convert X (n, N) and Y (m, N) to float64 numpy arrays; warn when N < m + 1."""
-    xt, yt = _array(x, "X"), _array(y, "Y")
+def _device(*arrays: Any) -> torch.device:
+    """The device of the first torch tensor among `arrays`; the CPU if there is none."""
+    return next((a.device for a in arrays if isinstance(a, torch.Tensor)), torch.device("cpu"))
+
+
+def _check_xy(x: Any, y: Any, device: torch.device) -> tuple[Tensor, Tensor]:
+    """Validate and convert X (n, N) and Y (m, N) to float64 on `device`; warn when N < m + 1."""
+    xt, yt = _array(x, "X", device), _array(y, "Y", device)
     (m, n_samples), n_x = yt.shape, xt.shape[1]
     if n_x != n_samples:
         raise YesInputError(f"X has {n_x} samples (columns) but Y has {n_samples}")
@@ -77,15 +83,20 @@ def _check_xy(x: Any, y: Any) -> tuple[np.ndarray, np.ndarray]:
     return xt, yt
 
 
-def _check_hidden(hidden: Sequence[Any], m: int, n_samples: int) -> list[np.ndarray]:
-    """Validate and convert the L-1 hidden outputs, each (m, N), to float64 numpy arrays."""
+def _hidden_list(hidden: Sequence[Any]) -> list[Any]:
+    """`hidden` as a list, checked to be a non-empty sequence (not one array) of outputs."""
     if isinstance(hidden, (torch.Tensor, np.ndarray)) or not isinstance(hidden, Sequence):
         raise YesInputError("hidden must be a list of the L-1 hidden outputs, each (m, N)")
     if len(hidden) == 0:
         raise YesInputError("hidden is empty: YES needs the L-1 >= 1 hidden outputs of the net")
+    return list(hidden)
+
+
+def _check_hidden(hidden: list[Any], m: int, n_samples: int, device: torch.device) -> list[Tensor]:
+    """Validate and convert the L-1 hidden outputs, each (m, N), to float64 on `device`."""
     hs = []
     for i, h in enumerate(hidden):
-        ht = _array(h, f"hidden[{i}]")
+        ht = _array(h, f"hidden[{i}]", device)
         if ht.shape[1] != n_samples:
             hint = " (pass h.T: columns are samples)" if ht.shape[0] == n_samples else ""
             raise YesInputError(
@@ -119,12 +130,12 @@ class YesBounds:
     losses: dict[Subset, float]  # J(sigma) of every evaluated subset; () is the YES-0 path
     best_subsets: list[Subset]  # best_subsets[k] reaches YES-k, k = 0..L-1
     max_anchors: int  # the largest subset size evaluated
-    # subsets, factorizations, projections, the count of each path, helper_jobs (helper processes
-    # that walked part of the tree; docs/yes.md)
+    # subsets, factorizations, projections, the count of each path (gram, qr, eig, svd)
     stats: dict[str, int]
     bias: bool = True
-    _data: tuple[np.ndarray, np.ndarray, list[np.ndarray]] = dataclasses.field(
-        default=(np.empty((0, 0)), np.empty((0, 0)), []), repr=False, compare=False
+    # X, Y and the hidden outputs, float64 on the device the walk ran on
+    _data: tuple[Tensor, Tensor, list[Tensor]] = dataclasses.field(
+        default=(torch.empty(0, 0), torch.empty(0, 0), []), repr=False, compare=False
     )
 
     @property
@@ -157,32 +168,30 @@ class YesBounds:
             raise YesInputError(f"subset must be increasing layer indices in 1..{n_layers - 1}")
         targets = [*hidden, y]
         net = MLP(MLPConfig(n_in=x.shape[0], width=y.shape[0], n_layers=n_layers, bias=self.bias))
-        net = net.double()
+        net = net.to(device=x.device, dtype=torch.float64)
         h = x
         with torch.no_grad():
             for layer in range(1, n_layers + 1):
                 t = targets[min([s for s in sub if s >= layer], default=n_layers) - 1]
                 basis = Basis(tilde(h, self.bias))
-                w = torch.from_numpy(basis.weights(t))  # (m, d + bias)
+                w = basis.weights(t)  # (m, d + bias)
                 lin = net.layers[layer - 1]
                 assert isinstance(lin, torch.nn.Linear)
                 lin.weight.copy_(w[:, : h.shape[0]])
                 if self.bias:
                     lin.bias.copy_(w[:, -1])
-                h = np.maximum(basis.project(t), 0.0)
+                h = basis.project(t).clamp_(min=0.0)
         return net.eval()
 
 
 # ----------------------------------------------------------------------------- the bounds
 
 
-def _bounds(walk: AnchorWalk, hidden: list[np.ndarray], max_anchors: int | None) -> YesBounds:
+def _bounds(walk: AnchorWalk, hidden: list[Tensor], max_anchors: int | None) -> YesBounds:
     """Run the walk with the cap `max_anchors` and read YES-0..YES-(L-1) off its losses."""
     n_layers = walk.n_layers
     cap = n_layers - 1 if max_anchors is None else min(max_anchors, n_layers - 1)
-    # as many threads as torch may use (torch.set_num_threads): helper processes or threads share
-    # the subtrees of the walk
-    losses, stats = walk.run(hidden, cap, threads=torch.get_num_threads())
+    losses, stats = walk.run(hidden, cap)
     yes: list[float] = [walk.yes0]
     best: list[Subset] = [()]
     by_size: dict[int, list[tuple[float, Subset]]] = {}
@@ -209,14 +218,15 @@ def yes_bounds(X: Any, Y: Any, hidden: Sequence[Any], *, bias: bool = True) -> Y
 
     X (n, N) and Y (m, N) hold samples as columns; `hidden` is the trained net's L-1 post-ReLU
     hidden outputs, each (m, N) (for `MLP.hidden(x)` outputs, pass `[h.T for h in ...]`).
-    Torch tensors or numpy arrays; computed in float64 on the CPU. Raises `YesInputError` (a
-    `ValueError`) for unusable input and warns when N < m + 1.
+    Torch tensors or numpy arrays, computed in float64 on the device of the hidden outputs (the
+    first one given as a tensor; else X's or Y's, else the CPU): on CUDA when they are there.
+    Raises `YesInputError` (a `ValueError`) for unusable input and warns when N < m + 1.
     """
-    x, y = _check_xy(X, Y)
-    hs = _check_hidden(hidden, y.shape[0], y.shape[1])
-    # The buffers of the walk are this thread's scratch, kept for the next call on same-shaped data.
-    walk = AnchorWalk(x, y, len(hs) + 1, bias, scratch(y.shape[0] + int(bias), y.shape[1]))
-    return _bounds(walk, hs, None)
+    listed = _hidden_list(hidden)
+    device = _device(*listed, X, Y)
+    x, y = _check_xy(X, Y, device)
+    hs = _check_hidden(listed, y.shape[0], y.shape[1], device)
+    return _bounds(AnchorWalk(x, y, len(hs) + 1, bias), hs, None)
 
 
 # ----------------------------------------------------------------------------- over training
@@ -266,16 +276,20 @@ class YesTracker:
             not isinstance(max_anchors, int) or isinstance(max_anchors, bool) or max_anchors < 0
         ):
             raise YesInputError(f"max_anchors must be None or an integer >= 0, got {max_anchors!r}")
-        self.x, self.y = _check_xy(X, Y)
+        self.x, self.y = _check_xy(X, Y, _device(X, Y))
         self.bias, self.max_anchors = bias, max_anchors
         self._walk: AnchorWalk | None = None
         self.history: list[YesCheck] = []
 
     def bounds(self, hidden: Sequence[Any]) -> YesBounds:
         """YES bounds of one check: `yes_bounds` with this tracker's cap and cached YES-0."""
-        hs = _check_hidden(hidden, self.y.shape[0], self.y.shape[1])
+        listed = _hidden_list(hidden)
+        # The walk runs on the device of the first check's hidden outputs.
+        device = self._walk.device if self._walk is not None else _device(*listed, self.x)
+        hs = _check_hidden(listed, self.y.shape[0], self.y.shape[1], device)
         if self._walk is None:
-            self._walk = AnchorWalk(self.x, self.y, len(hs) + 1, self.bias)
+            x, y = self.x.to(device), self.y.to(device)
+            self._walk = AnchorWalk(x, y, len(hs) + 1, self.bias)
         elif len(hs) + 1 != self._walk.n_layers:
             raise YesInputError(
                 f"expected {self._walk.n_layers - 1} hidden outputs as before, got {len(hs)}"
