@@ -53,8 +53,14 @@ def test_analyze_writes_the_report_and_prints_the_table(run_dir, tmp_path, capsy
             assert row["work_ci_low"] <= row["work"] <= row["work_ci_high"]
             assert row["idle"] is False
     assert "work" in text
-    top = PeelReport.from_dict(data).ranked()[0]
-    assert f"first to look at: block {top.block} {top.part} ({top.verdict};" in text
+    report = PeelReport.from_dict(data)
+    top = report.in_order()[0]
+    first = f"first to look at: block {top.block} {top.part} ({top.verdict};"
+    # the first row to look at is named unless it is green and its block is not behind
+    named = top.verdict != "green" or top.block in report.whole().behind
+    assert (first in text) == named
+    assert [(r["block"], r["part"]) for r in data["ranking"]][0] == (top.block, top.part)
+    assert data["verdict"]["question"] in text and data["verdict"]["sentence"] in text
     assert "\033[" not in text  # no colour codes when stdout is not a terminal
     assert data["cascade"]["verdict"] in ("green", "yellow", "red")
 

@@ -18,6 +18,7 @@ from layerpeel.peel.analysis import (
 )
 from layerpeel.peel.config import add_arguments, from_args
 from layerpeel.peel.report import PeelReport
+from layerpeel.peel.verdict import loss_trend
 
 # Colour always comes with a word and a symbol, for readers who cannot tell red from green.
 MARKS = {"green": ("+", "32"), "yellow": ("!", "33"), "red": ("x", "31")}
@@ -134,6 +135,11 @@ def print_report(report: PeelReport, out: TextIO, color: bool) -> None:
             f" -> {verdict_text(c.verdict, color).strip()} (final target alpha {c.final_alpha})",
             file=out,
         )
+    print_verdict(report, out, color)
+
+
+def print_verdict(report: PeelReport, out: TextIO, color: bool) -> None:
+    """The summary under the tables: red rows, idle blocks, then the whole-model verdict."""
     reds = [r for r in report.layers if r.verdict == "red"]
     idle = [r for r in reds if r.idle]
     if reds:
@@ -152,8 +158,10 @@ def print_report(report: PeelReport, out: TextIO, color: bool) -> None:
             )
     else:
         print("\nno red layer.", file=out)
-    if report.layers:
-        top = report.ranked()[0]
+    whole = report.whole()
+    order = report.in_order()
+    top = order[0] if order else None
+    if top is not None and (top.verdict != "green" or top.block in whole.behind):
         why = f"gap {top.gap:+.4f}"
         if top.work_ratio is not None:
             why += f", work {top.work_ratio:.2f} of the other blocks' median"
@@ -168,6 +176,8 @@ def print_report(report: PeelReport, out: TextIO, color: bool) -> None:
                 f"with block {r.explained_by}'s reference in place: explained by it (yellow).",
                 file=out,
             )
+    print(f"\n{whole.question}", file=out)
+    print(f"{verdict_text(whole.colour, color).strip()}: {whole.sentence}", file=out)
 
 
 def _use_color(args: argparse.Namespace) -> bool:
@@ -199,7 +209,7 @@ def run_hf(args: argparse.Namespace, cfg: PeelConfig, sharded: bool = False) -> 
 def _exit_code(args: argparse.Namespace, report: PeelReport) -> int:
     if args.fail_on:
         bad = {"red"} if args.fail_on == "red" else {"red", "yellow"}
-        if any(r.verdict in bad for r in report.layers):
+        if report.whole().colour in bad or any(r.verdict in bad for r in report.layers):
             return 1
     return 0
 
@@ -238,7 +248,10 @@ def _run(args: argparse.Namespace, sharded: bool) -> int:
             "analyse a checkpoint inside its run folder"
         )
     mset = monitoring_from_run(target.run, args.data, args.tokens)
-    report = peel(target.model, mset, cfg, progress=not args.no_progress, sharded=sharded)
+    trend = loss_trend(target.run.loss_history(), target.step)
+    report = peel(
+        target.model, mset, cfg, progress=not args.no_progress, sharded=sharded, trend=trend
+    )
     report.model["step"] = target.step
     report.model["source"] = target.source
     if not _writer(sharded):

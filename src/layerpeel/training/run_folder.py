@@ -103,6 +103,14 @@ class RunFolder:
                 continue
         return rows
 
+    def loss_history(self) -> list[tuple[int, float]]:
+        """(step, training loss) of every logged step, in the order they were logged."""
+        return [
+            (int(r["step"]), float(r["train_loss"]))
+            for r in self.metrics()
+            if isinstance(r.get("step"), int) and isinstance(r.get("train_loss"), int | float)
+        ]
+
 
 def open_run(path: str | Path) -> RunFolder:
     """Open an existing run folder, checking that it is one."""
