@@ -254,8 +254,8 @@ def test_cascade_shares_each_stage_once_and_frees_it_after_its_last_path(monkeyp
     import gc
     import weakref
 
-    from layerpeel.peel.context import build_context
     from layerpeel.peel import cascade as cascade_mod
+    from layerpeel.peel.context import build_context
 
     cfg4 = GPTConfig(vocab_size=64, n_layer=4, n_head=2, d_model=16, block_size=8)
     model = _model(seed=2, cfg=cfg4)

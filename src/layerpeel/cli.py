@@ -43,6 +43,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except LayerpeelError as exc:
         print(f"layerpeel: error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:  # a file or folder the system refused (full disk, permissions)
+        where = f": {exc.filename}" if exc.filename else ""
+        print(f"layerpeel: error: {exc.strerror or exc}{where}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("layerpeel: interrupted", file=sys.stderr)
         return 130

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from layerpeel.errors import ConfigError
+from layerpeel.io import check_output_dir, check_output_file
 from layerpeel.peel.analysis import (
     DEFAULT_TOKENS,
     PeelConfig,
@@ -17,6 +18,8 @@ from layerpeel.peel.analysis import (
     peel,
 )
 from layerpeel.peel.report import PeelReport
+
+HF_SEQ_LEN = 256  # default monitoring sequence length of a Hugging Face model
 
 # Colour always comes with a word and a symbol, for readers who cannot tell red from green.
 MARKS = {"green": ("+", "32"), "yellow": ("!", "33"), "red": ("x", "31")}
@@ -40,7 +43,12 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
         metavar="DIR",
         help="a local Hugging Face model folder (safetensors) or GGUF file, instead of a run",
     )
-    p.add_argument("--seq-len", type=int, default=256, help="monitoring sequence length with --hf")
+    p.add_argument(
+        "--seq-len",
+        type=int,
+        help=f"monitoring sequence length with --hf (default {HF_SEQ_LEN}, or the model's context "
+        "when shorter)",
+    )
     p.add_argument(
         "--data", help="text file or folder for the monitoring set (default: the run's corpus)"
     )
@@ -269,14 +277,20 @@ def _use_color(args: argparse.Namespace) -> bool:
 
 def run_hf(args: argparse.Namespace, cfg: PeelConfig, sharded: bool = False) -> int:
     """`analyze --hf DIR`: a Hugging Face model from disk, its own tokenizer, the report to --json."""
-    from layerpeel.arch.loading import hf_monitoring_set, load_hf, vocabulary_size
+    from layerpeel.arch.loading import context_length, hf_monitoring_set, load_hf, vocabulary_size
 
     if args.target is not None:
         raise ConfigError("give either RUN_OR_CHECKPOINT or --hf DIR, not both")
+    if args.json is not None:
+        check_output_file(args.json, "--json")
+    if args.seq_len is not None and args.seq_len < 1:
+        raise ConfigError(f"--seq-len must be at least 1, got {args.seq_len}")
     model, tokenizer = load_hf(args.hf)
-    mset = hf_monitoring_set(
-        tokenizer, args.data, args.tokens, args.seq_len, vocabulary_size(model)
-    )
+    context = context_length(model)
+    seq_len = args.seq_len or min(HF_SEQ_LEN, context or HF_SEQ_LEN)
+    if context is not None and seq_len > context:
+        raise ConfigError(f"--seq-len {seq_len} is longer than the model's context ({context})")
+    mset = hf_monitoring_set(tokenizer, args.data, args.tokens, seq_len, vocabulary_size(model))
     report = peel(model, mset, cfg, progress=not args.no_progress, sharded=sharded)
     report.model["source"] = str(args.hf)
     if not _writer(sharded):
@@ -330,15 +344,18 @@ def _run(args: argparse.Namespace, sharded: bool) -> int:
             f"{args.target} is not in a run folder, so its tokenizer is unknown; "
             "analyse a checkpoint inside its run folder"
         )
+    # every output is checked before the analysis runs, so a bad path costs nothing
+    outputs = [target.run.path / "analysis" / f"step-{(target.step or 0):06d}.json"]
+    check_output_dir(outputs[0].parent, "the run's analysis folder")
+    if args.json is not None:
+        check_output_file(args.json, "--json")
+        outputs.append(args.json)
     mset = monitoring_from_run(target.run, args.data, args.tokens)
     report = peel(target.model, mset, cfg, progress=not args.no_progress, sharded=sharded)
     report.model["step"] = target.step
     report.model["source"] = target.source
     if not _writer(sharded):
         return _exit_code(args, report)
-    outputs = [target.run.path / "analysis" / f"step-{(target.step or 0):06d}.json"]
-    if args.json is not None:
-        outputs.append(args.json)
     for path in outputs:
         report.save(path)
     print_report(report, sys.stdout, _use_color(args))

@@ -27,7 +27,7 @@ from layerpeel.data import (
     split_sequences,
 )
 from layerpeel.errors import CheckpointError, ConfigError
-from layerpeel.io import append_jsonl, atomic_write_text
+from layerpeel.io import append_jsonl, atomic_write_text, check_output_dir
 from layerpeel.models import GPT, GPTConfig
 from layerpeel.quant import QuantConfig
 from layerpeel.training.checkpoint import load_checkpoint, load_model_state, optimizer_from_tensors
@@ -215,6 +215,7 @@ class Trainer:
     ) -> Trainer:
         """Start a new run in `out`, which must not already hold one."""
         out = Path(out)
+        check_output_dir(out, "--out")
         run = RunFolder(out)
         if run.config_path.exists():
             raise CheckpointError(f"{out} already holds a run; use --resume or another --out")
@@ -231,7 +232,10 @@ class Trainer:
 
     @classmethod
     def resume(cls, path: Path, max_steps: int | None = None, **kwargs: Any) -> Trainer:
-        """Reopen a run at its latest checkpoint; training then continues as if never stopped."""
+        """Reopen a run at its latest checkpoint; training then continues as if never stopped.
+
+        A run stopped before its first checkpoint starts over from step 0, as it first began.
+        """
         run = open_run(path)
         cfg_all = run.read_config()
         model_cfg, quant_cfg = run.model_config()
@@ -242,21 +246,24 @@ class Trainer:
         if max_steps is not None:
             cfg = dataclasses.replace(cfg, max_steps=max_steps)
             cfg.validate()
-        ckpt = load_checkpoint(run.latest_checkpoint(), with_optimizer=True)
-        trainer = cls(run, model_cfg, quant_cfg, cfg, **kwargs)
-        load_model_state(trainer.model, ckpt)
-        if "optimizer" not in ckpt.meta:
-            raise CheckpointError(f"checkpoint has no optimizer state to resume: {ckpt.path}")
-        optimizer_from_tensors(trainer.optimizer, ckpt.optim_state, ckpt.meta["optimizer"])
-        if "rng.torch" in ckpt.optim_state:
-            torch.set_rng_state(ckpt.optim_state["rng.torch"])
-        trainer.step = ckpt.step
+        trainer = cls(run, model_cfg, quant_cfg, cfg, **kwargs)  # seeded as the run first was
+        if run.checkpoints():
+            ckpt = load_checkpoint(run.latest_checkpoint(), with_optimizer=True)
+            load_model_state(trainer.model, ckpt)
+            if "optimizer" not in ckpt.meta:
+                raise CheckpointError(f"checkpoint has no optimizer state to resume: {ckpt.path}")
+            optimizer_from_tensors(trainer.optimizer, ckpt.optim_state, ckpt.meta["optimizer"])
+            if "rng.torch" in ckpt.optim_state:
+                torch.set_rng_state(ckpt.optim_state["rng.torch"])
+            trainer.step = ckpt.step
+            log.info("resuming %s at step %d", run.path, ckpt.step)
+        else:
+            log.warning("%s has no checkpoint yet: starting the run over from step 0", run.path)
         trainer.tokenizer = load_tokenizer(run.tokenizer_path)
         trainer.data = load_train_data(cfg, model_cfg.block_size, trainer.tokenizer)
-        trainer._trim_metrics(ckpt.step)
+        trainer._trim_metrics(trainer.step)
         if max_steps is not None:
             run.write_config(trainer.sections())
-        log.info("resuming %s at step %d", run.path, ckpt.step)
         return trainer
 
     def sections(self) -> dict[str, Any]:
