@@ -70,10 +70,15 @@ class TrainConfig(ConfigBase):
             raise ConfigError(
                 f"TrainConfig.val_fraction must be in (0, 1), got {self.val_fraction}"
             )
+        for name in ("lr", "weight_decay", "beta1", "beta2", "grad_clip", "min_lr_ratio"):
+            if not math.isfinite(getattr(self, name)):
+                raise ConfigError(f"TrainConfig.{name} must be a finite number")
         if not self.lr > 0 or not 0.0 <= self.min_lr_ratio <= 1.0:
             raise ConfigError("TrainConfig.lr must be > 0 and min_lr_ratio in [0, 1]")
         if self.warmup_steps < 0 or self.grad_clip < 0 or self.keep_checkpoints < 0:
             raise ConfigError("TrainConfig warmup_steps, grad_clip, keep_checkpoints must be >= 0")
+        if self.weight_decay < 0 or not (0.0 <= self.beta1 < 1.0 and 0.0 <= self.beta2 < 1.0):
+            raise ConfigError("TrainConfig weight_decay must be >= 0, beta1 and beta2 in [0, 1)")
 
 
 def lr_at(step: int, cfg: TrainConfig) -> float:
