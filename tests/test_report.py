@@ -110,13 +110,13 @@ def test_page_data_matches_the_json(real_run):
             )
             for s in steps
         )
-    # cloud: 10 log10 of the recorded CE values, and the recorded verdicts
+    # cloud: the recorded CE values in nats (a language model's loss), and the recorded verdicts
     cloud = data["cloud"]
-    assert cloud["steps"] == steps
+    assert cloud["steps"] == steps and cloud["unit"] == "nats"
     for i, s in enumerate(steps):
         c = reports[s]["cascade"]
-        assert cloud["trained"][i] == pytest.approx(10 * math.log10(c["ce_trained"]), rel=1e-5)
-        assert cloud["yes0"][i] == pytest.approx(10 * math.log10(c["yes0"]), rel=1e-5)
+        assert cloud["trained"][i] == pytest.approx(c["ce_trained"], rel=1e-5)
+        assert cloud["yes0"][i] == pytest.approx(c["yes0"], rel=1e-5)
         assert cloud["verdict"][i] == c["verdict"]
     # headline: the worst of the whole-model verdict and the latest layer verdicts
     worst = max(

@@ -49,8 +49,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(levelname)s %(name)s: %(message)s",
     )
+    from tqdm.contrib.logging import logging_redirect_tqdm
+
     try:
-        return int(args._run(args) or 0)
+        with logging_redirect_tqdm():  # a log line never lands on a progress bar's line
+            return int(args._run(args) or 0)
     except LayerpeelError as exc:
         print(f"layerpeel: error: {exc}", file=sys.stderr)
         return 2

@@ -8,8 +8,8 @@ import sys
 from pathlib import Path
 from typing import Any, TextIO
 
-from layerpeel.errors import ConfigError
-from layerpeel.io import check_output_dir, check_output_file
+from layerpeel.errors import ConfigError, LayerpeelError
+from layerpeel.io import check_output_dir, check_output_file, file_sha256
 from layerpeel.peel.analysis import (
     DEFAULT_TOKENS,
     PeelConfig,
@@ -253,8 +253,8 @@ def print_report(report: PeelReport, out: TextIO, color: bool) -> None:
             )
     else:
         print("\nno red layer.", file=out)
-    if report.layers:
-        top = report.ranked()[0]
+    top = report.ranked()[0] if report.layers else None
+    if top is not None and top["verdict"] != "green":  # a green row needs no looking at
         why = f"gap {top['gap']:+.4f}"
         if top.get("work_ratio") is not None:
             why += f", work {top['work_ratio']:.2f} of the other blocks' median"
@@ -351,16 +351,46 @@ def _run(args: argparse.Namespace, sharded: bool) -> int:
         check_output_file(args.json, "--json")
         outputs.append(args.json)
     mset = monitoring_from_run(target.run, args.data, args.tokens)
-    report = peel(target.model, mset, cfg, progress=not args.no_progress, sharded=sharded)
-    report.model["step"] = target.step
-    report.model["source"] = target.source
+    weights = file_sha256(target.weights)
+    report = None if sharded else _reusable(outputs[0], weights, cfg, mset)
+    fresh = report is None
+    if report is not None:
+        print(f"{outputs[0]} holds this checkpoint's analysis with these settings: reused\n")
+    else:
+        report = peel(target.model, mset, cfg, progress=not args.no_progress, sharded=sharded)
+        report.model["step"] = target.step
+        report.model["source"] = target.source
+        report.model["weights_sha256"] = weights
     if not _writer(sharded):
         return _exit_code(args, report)
-    for path in outputs:
+    for path in outputs if fresh else outputs[1:]:
         report.save(path)
     print_report(report, sys.stdout, _use_color(args))
     print("\nreport: " + ", ".join(str(p) for p in outputs))
     return _exit_code(args, report)
+
+
+def _reusable(path: Path, weights: str, cfg: PeelConfig, mset: Any) -> PeelReport | None:
+    """The analysis saved at `path` if it was made of these weights, settings and monitoring set.
+
+    Its key is the sha256 of the checkpoint's weights file, the settings and the monitoring
+    set's hash, all recorded in the report: anything else changed means computing anew.
+    """
+    import json
+
+    if not path.is_file():
+        return None
+    try:
+        old = PeelReport.load(path)
+    except LayerpeelError:
+        return None
+    settings = json.loads(json.dumps(cfg.to_dict()))
+    same = (
+        old.model.get("weights_sha256") == weights
+        and old.config == settings
+        and old.monitoring.get("sha256") == mset.digest()
+    )
+    return old if same else None
 
 
 def _all_checkpoints(args: argparse.Namespace) -> int:

@@ -50,5 +50,7 @@ def run(args: argparse.Namespace) -> int:
     if args.figures is not None:
         for fig in write_figures(build_payload(results), args.figures):
             print(f"wrote {fig}")
-    print(f"report: {path}")
+    print(f"\nreport: {path}")
+    print(f"open it in a browser: {path.resolve().as_uri()}")
+    print(f"or follow the run live: layerpeel serve {args.run}")
     return 0

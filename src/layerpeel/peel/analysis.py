@@ -289,6 +289,7 @@ class Target:
     step: int | None  # training step of the checkpoint, when known
     run: Any  # the `RunFolder` it belongs to, or None
     source: str  # what the user named
+    weights: Path  # the checkpoint's weights file (safetensors)
 
 
 def load_target(path: str | Path) -> Target:
@@ -302,7 +303,8 @@ def load_target(path: str | Path) -> Target:
     model, ckpt = load_model(p)
     run_dir = p if p.is_dir() else p.resolve().parent.parent
     run = open_run(run_dir) if (run_dir / "config.json").exists() else None
-    return Target(model, ckpt.step, run, str(p))
+    weights = ckpt.path.parent / str(ckpt.meta.get("weights", ckpt.path.stem + ".safetensors"))
+    return Target(model, ckpt.step, run, str(p), weights)
 
 
 def monitoring_from_run(

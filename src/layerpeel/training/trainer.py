@@ -113,13 +113,18 @@ def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
 
 
 @torch.no_grad()
-def evaluate(model: GPT, data: SequenceDataset, ids: np.ndarray, batch_size: int) -> float:
+def evaluate(
+    model: GPT, data: SequenceDataset, ids: np.ndarray, batch_size: int, progress: bool = False
+) -> float:
     """Mean next-token cross-entropy (nats per token) of `model` over the sequences `ids`."""
+    from tqdm.auto import tqdm
+
     was_training = model.training
     model.eval()
     total, count = 0.0, 0
+    starts = range(0, len(ids), batch_size)
     try:
-        for start in range(0, len(ids), batch_size):
+        for start in tqdm(starts, desc="held-out evaluation", unit="batch", disable=not progress):
             x, y = data.batch(ids[start : start + batch_size])
             logits = model(x)
             loss = nn.functional.cross_entropy(
@@ -372,12 +377,27 @@ class Trainer:
             self.save_checkpoint()
             log.warning("interrupted at step %d; resume with --resume %s", self.step, self.run.path)
             return {"step": self.step, "interrupted": True}
-        val_loss = evaluate(self.model, self.data.dataset, self.data.val_ids, cfg.batch_size)
+        val_loss = self._final_loss()
         summary = {
             "step": self.step,
             "interrupted": False,
             "final_val_loss": val_loss,
             "val_tokens": int(len(self.data.val_ids) * self.model_cfg.block_size),
         }
-        append_jsonl(self.run.metrics_path, {"step": self.step, "final_val_loss": val_loss})
         return summary
+
+    def _final_loss(self) -> float:
+        """The held-out loss at the end of training; one already in metrics.jsonl is reused.
+
+        A finished run reopened (`layerpeel demo` run again) has the same weights and held-out
+        set, so the row written the first time is the answer.
+        """
+        assert self.data is not None
+        for row in reversed(self.run.metrics()):
+            if row.get("step") == self.step and "final_val_loss" in row:
+                log.info("held-out loss of step %d: reused from metrics.jsonl", self.step)
+                return float(row["final_val_loss"])
+        data, cfg = self.data, self.cfg
+        val = evaluate(self.model, data.dataset, data.val_ids, cfg.batch_size, self.progress)
+        append_jsonl(self.run.metrics_path, {"step": self.step, "final_val_loss": val})
+        return val
