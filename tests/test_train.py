@@ -92,6 +92,20 @@ def test_resume_equals_an_uninterrupted_run(tmp_path, tiny_corpus, scheme):
     assert [r["train_loss"] for r in rows_full] == [r["train_loss"] for r in rows_res]
 
 
+def test_a_finished_run_reopened_reuses_its_final_evaluation(tmp_path, tiny_corpus, monkeypatch):
+    first = Trainer.create(tmp_path / "run", TINY, QuantConfig(), tiny_train(tiny_corpus, 4))
+    loss = first.fit()["final_val_loss"]
+    rows = first.run.metrics_path.read_text()
+    again = Trainer.resume(tmp_path / "run")
+
+    def no_evaluation(*args, **kwargs):
+        raise AssertionError("the held-out set was evaluated again")
+
+    monkeypatch.setattr("layerpeel.training.trainer.evaluate", no_evaluation)
+    assert again.fit()["final_val_loss"] == loss
+    assert again.run.metrics_path.read_text() == rows  # no second final row
+
+
 def test_lr_schedule_warms_up_then_decays():
     cfg = TrainConfig(max_steps=100, lr=1.0, warmup_steps=10, min_lr_ratio=0.1)
     lrs = [lr_at(s, cfg) for s in range(100)]

@@ -7,6 +7,7 @@ import importlib
 import logging
 import sys
 from collections.abc import Sequence
+from typing import NoReturn
 
 from layerpeel.errors import LayerpeelError
 
@@ -14,10 +15,17 @@ from layerpeel.errors import LayerpeelError
 COMMANDS = ["train", "sample", "analyze", "sweep", "demo", "yes_demo", "report", "serve"]
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse, with a usage mistake reported as one line like every other bad input."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"layerpeel: error: {message} (see: {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from layerpeel import __version__
 
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="layerpeel",
         description="Find under-optimized layers of transformer language models, in loss units.",
     )
@@ -33,15 +41,25 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help, --version, or a usage mistake (already printed)
+        return int(exc.code or 0) if not isinstance(exc.code, str) else 2
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(levelname)s %(name)s: %(message)s",
     )
+    from tqdm.contrib.logging import logging_redirect_tqdm
+
     try:
-        return int(args._run(args) or 0)
+        with logging_redirect_tqdm():  # a log line never lands on a progress bar's line
+            return int(args._run(args) or 0)
     except LayerpeelError as exc:
         print(f"layerpeel: error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # a file or folder the system refused (full disk, permissions)
+        where = f": {exc.filename}" if exc.filename else ""
+        print(f"layerpeel: error: {exc.strerror or exc}{where}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("layerpeel: interrupted", file=sys.stderr)

@@ -17,3 +17,7 @@ class CheckpointError(LayerpeelError):
 
 class DataError(LayerpeelError):
     """A corpus, token file or monitoring set that cannot be used."""
+
+
+class OutputError(LayerpeelError):
+    """A file or folder to write that cannot be written: checked before any work starts."""

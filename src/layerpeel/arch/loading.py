@@ -16,7 +16,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -310,6 +309,16 @@ def vocabulary_size(model: nn.Module) -> int:
     return int(embed.weight.shape[0])
 
 
+def context_length(model: nn.Module) -> int | None:
+    """The longest sequence the model's position embedding takes (None when its config says not)."""
+    config = getattr(model, "config", None)
+    for name in ("n_positions", "max_position_embeddings", "n_ctx", "seq_length"):
+        value = getattr(config, name, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
+
+
 def check_vocabulary(model: nn.Module, tokenizer: HFTokenizer) -> None:
     """A tokenizer must not produce ids the model's embedding does not have."""
     vocab = vocabulary_size(model)
@@ -333,9 +342,10 @@ def hf_monitoring_set(
     (`.bin`) is used as it is.
     """
     from layerpeel.data import SequenceDataset, prepare_tokens, read_tokens
-    from layerpeel.data.monitoring import monitoring_set
+    from layerpeel.data.monitoring import check_enough_sequences, monitoring_set, sequences_wanted
     from layerpeel.training.trainer import token_cache_dir
 
+    want = sequences_wanted(n_tokens, seq_len)  # checked before the data is read
     if data is not None and str(data).endswith(".bin"):
         tokens = read_tokens(data)
     else:
@@ -345,9 +355,7 @@ def hf_monitoring_set(
     if len(tokens) and int(np.max(tokens)) >= vocab_size:
         raise DataError("the token data has ids outside the model's vocabulary")
     dataset = SequenceDataset(tokens, seq_len)
-    want = max(2, math.ceil(n_tokens / seq_len))
-    if len(dataset) < 2:
-        raise DataError(f"the data holds {len(dataset)} sequence(s) of {seq_len + 1} tokens")
+    check_enough_sequences(len(dataset), seq_len)
     ids = np.arange(len(dataset))
     if want < len(ids):
         ids = ids[np.linspace(0, len(ids) - 1, want).round().astype(np.int64)]

@@ -8,7 +8,8 @@ import sys
 from pathlib import Path
 from typing import Any, TextIO
 
-from layerpeel.errors import ConfigError
+from layerpeel.errors import ConfigError, LayerpeelError
+from layerpeel.io import check_output_dir, check_output_file, file_sha256
 from layerpeel.peel.analysis import (
     DEFAULT_TOKENS,
     PeelConfig,
@@ -19,6 +20,8 @@ from layerpeel.peel.analysis import (
 from layerpeel.peel.config import add_arguments, from_args
 from layerpeel.peel.report import PeelReport
 from layerpeel.peel.verdict import loss_trend
+
+HF_SEQ_LEN = 256  # default monitoring sequence length of a Hugging Face model
 
 # Colour always comes with a word and a symbol, for readers who cannot tell red from green.
 MARKS = {"green": ("+", "32"), "yellow": ("!", "33"), "red": ("x", "31")}
@@ -42,7 +45,12 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
         metavar="DIR",
         help="a local Hugging Face model folder (safetensors) or GGUF file, instead of a run",
     )
-    p.add_argument("--seq-len", type=int, default=256, help="monitoring sequence length with --hf")
+    p.add_argument(
+        "--seq-len",
+        type=int,
+        help=f"monitoring sequence length with --hf (default {HF_SEQ_LEN}, or the model's context "
+        "when shorter)",
+    )
     p.add_argument(
         "--data", help="text file or folder for the monitoring set (default: the run's corpus)"
     )
@@ -186,14 +194,20 @@ def _use_color(args: argparse.Namespace) -> bool:
 
 def run_hf(args: argparse.Namespace, cfg: PeelConfig, sharded: bool = False) -> int:
     """`analyze --hf DIR`: a Hugging Face model from disk, its own tokenizer, the report to --json."""
-    from layerpeel.arch.loading import hf_monitoring_set, load_hf, vocabulary_size
+    from layerpeel.arch.loading import context_length, hf_monitoring_set, load_hf, vocabulary_size
 
     if args.target is not None:
         raise ConfigError("give either RUN_OR_CHECKPOINT or --hf DIR, not both")
+    if args.json is not None:
+        check_output_file(args.json, "--json")
+    if args.seq_len is not None and args.seq_len < 1:
+        raise ConfigError(f"--seq-len must be at least 1, got {args.seq_len}")
     model, tokenizer = load_hf(args.hf)
-    mset = hf_monitoring_set(
-        tokenizer, args.data, args.tokens, args.seq_len, vocabulary_size(model)
-    )
+    context = context_length(model)
+    seq_len = args.seq_len or min(HF_SEQ_LEN, context or HF_SEQ_LEN)
+    if context is not None and seq_len > context:
+        raise ConfigError(f"--seq-len {seq_len} is longer than the model's context ({context})")
+    mset = hf_monitoring_set(tokenizer, args.data, args.tokens, seq_len, vocabulary_size(model))
     report = peel(model, mset, cfg, progress=not args.no_progress, sharded=sharded)
     report.model["source"] = str(args.hf)
     if not _writer(sharded):
@@ -247,23 +261,57 @@ def _run(args: argparse.Namespace, sharded: bool) -> int:
             f"{args.target} is not in a run folder, so its tokenizer is unknown; "
             "analyse a checkpoint inside its run folder"
         )
+    # every output is checked before the analysis runs, so a bad path costs nothing
+    outputs = [target.run.path / "analysis" / f"step-{(target.step or 0):06d}.json"]
+    check_output_dir(outputs[0].parent, "the run's analysis folder")
+    if args.json is not None:
+        check_output_file(args.json, "--json")
+        outputs.append(args.json)
     mset = monitoring_from_run(target.run, args.data, args.tokens)
     trend = loss_trend(target.run.loss_history(), target.step)
-    report = peel(
-        target.model, mset, cfg, progress=not args.no_progress, sharded=sharded, trend=trend
-    )
-    report.model["step"] = target.step
-    report.model["source"] = target.source
+    weights = file_sha256(target.weights)
+    report = None if sharded else _reusable(outputs[0], weights, cfg, mset)
+    fresh = report is None
+    if report is not None:
+        print(f"{outputs[0]} holds this checkpoint's analysis with these settings: reused\n")
+    else:
+        report = peel(
+            target.model, mset, cfg, progress=not args.no_progress, sharded=sharded, trend=trend
+        )
+        report.model["step"] = target.step
+        report.model["source"] = target.source
+        report.model["weights_sha256"] = weights
     if not _writer(sharded):
         return _exit_code(args, report)
-    outputs = [target.run.path / "analysis" / f"step-{(target.step or 0):06d}.json"]
-    if args.json is not None:
-        outputs.append(args.json)
-    for path in outputs:
+    for path in outputs if fresh else outputs[1:]:
         report.save(path)
     print_report(report, sys.stdout, _use_color(args))
     print("\nreport: " + ", ".join(str(p) for p in outputs))
     return _exit_code(args, report)
+
+
+def _reusable(path: Path, weights: str, cfg: PeelConfig, mset: Any) -> PeelReport | None:
+    """The analysis saved at `path` if it was made of these weights, settings and monitoring set.
+
+    Its key is the sha256 of the checkpoint's weights file, the settings and the monitoring
+    set's hash, all recorded in the report: anything else changed means computing anew.
+    """
+    import json
+
+    if not path.is_file():
+        return None
+    try:
+        old = PeelReport.load(path)
+    except LayerpeelError:
+        return None
+    settings = json.loads(json.dumps(cfg.to_dict()))
+    same = (
+        old.model.get("weights_sha256") == weights
+        and old.config == settings
+        and old.monitoring.get("sha256") == mset.digest()
+        and old.verdict is not None  # written before the whole-model verdict: judge anew
+    )
+    return old if same else None
 
 
 def _all_checkpoints(args: argparse.Namespace) -> int:

@@ -32,10 +32,16 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
+    from layerpeel.io import check_output_dir, check_output_file
     from layerpeel.report.figures import write_figures
     from layerpeel.report.html import write_report
     from layerpeel.report.payload import build_payload
+    from layerpeel.report.results import check_run_folder
 
+    check_run_folder(args.run)
+    check_output_file(args.out or args.run / "report.html", "--out" if args.out else "the report")
+    if args.figures is not None:
+        check_output_dir(args.figures, "--figures")
     path, results = write_report(args.run, args.out)
     for text in results.notes:
         print(f"skipped: {text}")
@@ -44,5 +50,7 @@ def run(args: argparse.Namespace) -> int:
     if args.figures is not None:
         for fig in write_figures(build_payload(results), args.figures):
             print(f"wrote {fig}")
-    print(f"report: {path}")
+    print(f"\nreport: {path}")
+    print(f"open it in a browser: {path.resolve().as_uri()}")
+    print(f"or follow the run live: layerpeel serve {args.run}")
     return 0

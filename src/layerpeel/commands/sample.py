@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import math
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from layerpeel.data import load_tokenizer
-from layerpeel.errors import DataError
+from layerpeel.errors import ConfigError, DataError
 from layerpeel.training.run_folder import load_model, open_run
 
 
@@ -32,7 +33,14 @@ def generate_text(
     top_k: int | None = None,
     seed: int = 0,
 ) -> str:
-    """Continue `prompt` with `tokens` sampled tokens from the run's latest checkpoint."""
+    """Continue `prompt` with `tokens` sampled tokens from the run's latest checkpoint.
+
+    `temperature` 0 always takes the likeliest token; `top_k` keeps the k likeliest.
+    """
+    if not (math.isfinite(temperature) and temperature >= 0):
+        raise ConfigError(f"--temperature must be a number >= 0, got {temperature}")
+    if top_k is not None and top_k < 1:
+        raise ConfigError(f"--top-k must be at least 1, got {top_k}")
     run = open_run(run_path)
     tokenizer = load_tokenizer(run.tokenizer_path)
     model, _ = load_model(run.path)

@@ -27,12 +27,14 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
+    from layerpeel.report.results import check_run_folder
     from layerpeel.report.server import Dashboard
 
     try:
         port = int(args.port)
     except ValueError:
         raise ConfigError(f"--port must be an integer, got {args.port!r}") from None
+    check_run_folder(args.run)
     dash = Dashboard(args.run, host=args.host, port=port)
     print(f"serving {args.run} at {dash.url} (Ctrl-C to stop)", flush=True)
     try:

@@ -105,7 +105,7 @@ def configs_from_args(args: argparse.Namespace) -> tuple[GPTConfig, QuantConfig,
     train_cfg = TrainConfig(
         data=args.data,
         tokenizer=args.tokenizer,
-        max_steps=args.max_steps or TrainConfig().max_steps,
+        max_steps=TrainConfig().max_steps if args.max_steps is None else args.max_steps,
         batch_size=args.batch_size,
         lr=args.lr,
         warmup_steps=args.warmup_steps,

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from layerpeel.errors import ConfigError
+from layerpeel.io import check_output_dir
 
 TASK_NAMES = ("synthetic", "denoise", "image", "digits")
 
@@ -49,10 +50,21 @@ def _int(value: Any, name: str, low: int) -> int:
     return out
 
 
+def available_memory() -> int | None:
+    """Bytes of memory available now (Linux's MemAvailable), or None where it cannot be read."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from layerpeel.yes.paper import DEFAULT_EPOCHS, YesDemoConfig, run_yes_demo
+    from layerpeel.yes.paper import DEFAULT_EPOCHS, YesDemoConfig, memory_estimate, run_yes_demo
 
     if args.task not in TASK_NAMES:
         raise ConfigError(
@@ -67,8 +79,15 @@ def run(args: argparse.Namespace) -> int:
         max_anchors=cap,
     )
     cfg.validate()
+    need, have = memory_estimate(cfg), available_memory()
+    if have is not None and need > have:
+        raise ConfigError(
+            f"--samples {cfg.n_samples} needs about {need / 2**30:,.1f} GiB of memory for the data "
+            f"and the YES checks; {have / 2**30:,.1f} GiB is available"
+        )
     torch.set_num_threads(_int(args.threads, "--threads", 1))
     out = args.out if args.out is not None else Path("runs") / f"yes-{args.task}"
+    check_output_dir(out, "--out")
 
     from tqdm.auto import tqdm
 

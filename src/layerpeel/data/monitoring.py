@@ -10,6 +10,29 @@ import torch
 
 from layerpeel.errors import DataError
 
+# Two fitted sequences (the eta line search fits on one and scores the other) and two held out.
+MIN_SEQUENCES = 4
+
+
+def sequences_wanted(n_tokens: int, seq_len: int) -> int:
+    """Sequences of `seq_len` tokens in a monitoring set of `n_tokens`; too few is a one-line error."""
+    want = -(-n_tokens // seq_len)
+    if want < MIN_SEQUENCES:
+        raise DataError(
+            f"{n_tokens} monitoring token(s) make {max(want, 0)} sequence(s) of {seq_len}; the "
+            f"analysis needs at least {MIN_SEQUENCES} (--tokens {MIN_SEQUENCES * seq_len} or more)"
+        )
+    return want
+
+
+def check_enough_sequences(available: int, seq_len: int) -> None:
+    """Refuse data that holds fewer than `MIN_SEQUENCES` windows of `seq_len + 1` tokens."""
+    if available < MIN_SEQUENCES:
+        raise DataError(
+            f"the data holds {available} sequence(s) of {seq_len + 1} tokens; a monitoring set "
+            f"needs at least {MIN_SEQUENCES}"
+        )
+
 
 @dataclass
 class MonitoringSet:

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from layerpeel.errors import ConfigError
+from layerpeel.io import append_jsonl, drop_torn_tail
 
 log = logging.getLogger(__name__)
 
@@ -92,13 +93,12 @@ class JsonlLogger(Logger):
             self.path.parent.mkdir(parents=True, exist_ok=True)
             with open(self.path, "a"):
                 pass
+            drop_torn_tail(self.path)  # a killed writer's torn line would swallow the next event
         except OSError as exc:
             raise ConfigError(f"cannot write the monitor log {self.path}: {exc}") from None
 
     def log(self, event: dict[str, Any]) -> None:
-        with open(self.path, "a") as fh:
-            fh.write(json.dumps(event) + "\n")
-            fh.flush()
+        append_jsonl(self.path, event)
 
 
 class CsvLogger(Logger):

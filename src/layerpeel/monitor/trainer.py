@@ -27,8 +27,7 @@ def attach(
     for key in ("kind", "version", "layerpeel"):
         sections.pop(key, None)
     trainer.run.write_config(sections)
-    if trainer.step:
-        monitor.resume_at(trainer.step)
+    monitor.resume_at(trainer.step)  # a run started over (step 0) drops all its old events
     previous = trainer.on_step
 
     def on_step(step: int, loss: float, model: Any) -> None:

@@ -13,7 +13,7 @@ import numpy as np
 from torch import nn
 
 from layerpeel.data.monitoring import MonitoringSet
-from layerpeel.errors import ConfigError
+from layerpeel.errors import ConfigError, DataError
 from layerpeel.peel.attribution import attribute
 from layerpeel.peel.config import PeelConfig
 from layerpeel.peel.context import build_context
@@ -66,6 +66,11 @@ def peel(
     whole-model verdict say whether the model is still training.
     """
     cfg = cfg or PeelConfig()
+    if len(data.fit_ids) < 2:
+        raise DataError(
+            f"the monitoring set fits on {len(data.fit_ids)} sequence(s); the analysis needs at "
+            "least 2 (its line search fits on one and scores another): give it more tokens"
+        )
     if sharded and keep_references:
         raise ConfigError("a sharded analysis cannot keep the reference blocks")
     if sharded and cfg.attribute:
@@ -196,6 +201,7 @@ class Target:
     step: int | None  # training step of the checkpoint, when known
     run: Any  # the `RunFolder` it belongs to, or None
     source: str  # what the user named
+    weights: Path  # the checkpoint's weights file (safetensors)
 
 
 def load_target(path: str | Path) -> Target:
@@ -209,7 +215,8 @@ def load_target(path: str | Path) -> Target:
     model, ckpt = load_model(p)
     run_dir = p if p.is_dir() else p.resolve().parent.parent
     run = open_run(run_dir) if (run_dir / "config.json").exists() else None
-    return Target(model, ckpt.step, run, str(p))
+    weights = ckpt.path.parent / str(ckpt.meta.get("weights", ckpt.path.stem + ".safetensors"))
+    return Target(model, ckpt.step, run, str(p), weights)
 
 
 def monitoring_from_run(
@@ -225,28 +232,30 @@ def monitoring_from_run(
     fitted and half held out. The same run and settings always give the same set.
     """
     from layerpeel.data import SequenceDataset, load_tokenizer, prepare_tokens, split_sequences
-    from layerpeel.data.monitoring import monitoring_set
-    from layerpeel.errors import DataError
+    from layerpeel.data.monitoring import (
+        check_enough_sequences,
+        monitoring_set,
+        sequences_wanted,
+    )
     from layerpeel.training.trainer import token_cache_dir
 
-    if n_tokens < 2:
-        raise DataError(f"the monitoring set needs at least 2 tokens, got {n_tokens}")
     cfg = run.read_config()
     train_cfg = cfg.get("train", {})
     seq_len = seq_len or int(cfg.get("model", {}).get("block_size", 128))
+    want = sequences_wanted(n_tokens, seq_len)  # checked before the corpus is read
     tokenizer = load_tokenizer(run.tokenizer_path)
     source = data if data is not None else train_cfg.get("data")
     tokens = prepare_tokens(source, tokenizer, token_cache_dir())
     if len(tokens) and int(np.max(tokens)) >= tokenizer.vocab_size:
         raise DataError("the token data has ids outside the run's vocabulary")
     dataset = SequenceDataset(tokens, seq_len)
-    if len(dataset) < 2:
-        raise DataError(
-            f"the data holds {len(dataset)} sequence(s) of {seq_len + 1} tokens; "
-            "a monitoring set needs at least 2"
-        )
-    train_ids, _ = split_sequences(len(dataset), float(train_cfg.get("val_fraction", 0.1)), seed=0)
-    want = max(2, math.ceil(n_tokens / seq_len))
+    n_seq = len(dataset)
+    train_ids = (
+        split_sequences(n_seq, float(train_cfg.get("val_fraction", 0.1)), seed=0)[0]
+        if n_seq >= 2
+        else np.arange(0)
+    )
+    check_enough_sequences(len(train_ids), seq_len)
     if want >= len(train_ids):
         ids = train_ids
     else:

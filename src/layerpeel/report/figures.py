@@ -103,10 +103,12 @@ def _heatmap_figure(heat: dict[str, Any], part: str, legend: dict[str, Any]) -> 
     ax.set_title(
         f"P1 gap verdict per {'block' if part == 'block' else part + ' sub-block'}", fontsize=10
     )
+    drawn = {order[int(i)] for i in np.unique(grid)}  # the legend names only what is drawn
     handles = [
         Patch(color=legend[v]["colour"], label=f"{legend[v]['symbol']} {v}: {legend[v]['word']}")
-        for v in ("red", "yellow", "green")
-    ] + [Patch(color="#f0f0f0", label="not analysed")]
+        for v in ("red", "yellow", "green", "unknown")
+        if v in drawn
+    ] + ([Patch(color="#f0f0f0", label="not analysed")] if "missing" in drawn else [])
     fig.legend(handles=handles, loc="lower center", ncol=4, fontsize=7, frameon=False)
     fig.tight_layout(rect=(0, 0.08, 1, 1))
     return fig

@@ -10,7 +10,6 @@ from typing import Any
 
 from layerpeel.report.reader import Analysis, finite
 from layerpeel.report.results import RunResults
-from layerpeel.yes.bounds import to_db
 
 # Every colour on the page comes with a symbol and a word (the legend the script shows).
 WHOLE_MODEL = {  # the YES verdict of the whole model (docs/yes.md)
@@ -69,7 +68,8 @@ PROVENANCE = [
     (
         "design",
         "This page: which results are merged (analysis files over monitor events for the same "
-        "step), the loss in dB on the YES-cloud axis (10 log10 of the loss), colours, symbols",
+        "step), the YES-cloud axis (nats per token for a language model, dB = 10 log10 of the MSE "
+        "for the YES paper's MLPs, as the paper plots them), colours, symbols",
         "layerpeel",
     ),
 ]
@@ -211,7 +211,6 @@ def _cloud(res: RunResults) -> dict[str, Any] | None:
             "yes0": [_round(r["yes0_db"]) for r in rows],
             "yes": [[_round(v) for v in r["yes_db"]] for r in rows],
             "verdict": [r["verdict"] for r in rows],
-            "raw": None,
             "train_curve": None,
         }
     with_cascade = [a for a in res.analyses if a.cascade is not None]
@@ -225,24 +224,19 @@ def _cloud(res: RunResults) -> dict[str, Any] | None:
             curve.append((r["step"], loss))
     stride = max(1, math.ceil(len(curve) / MAX_CURVE_POINTS))
     curve = curve[::stride]
+    # a language model's loss is a cross-entropy: plotted in nats per token as it is reported
     return {
         "x_label": "training step",
-        "y_label": "held-out cross-entropy (dB, 10 log10 nats)",
-        "unit": "dB",
+        "y_label": "held-out cross-entropy (nats/token)",
+        "unit": "nats",
         "steps": [a.step for a in with_cascade],
-        "trained": [_round(to_db(c["ce_trained"])) for c in cs],
-        "yes0": [_round(to_db(c["yes0"])) for c in cs],
-        "yes": [[_round(to_db(v)) for v in c["yes"]] for c in cs],
+        "trained": [_round(c["ce_trained"]) for c in cs],
+        "yes0": [_round(c["yes0"]) for c in cs],
+        "yes": [[_round(v) for v in c["yes"]] for c in cs],
         "verdict": [c["verdict"] for c in cs],
-        "raw": {
-            "trained": [_round(c["ce_trained"]) for c in cs],
-            "yes0": [_round(c["yes0"]) for c in cs],
-            "yes_last": [_round(c["yes"][-1] if c["yes"] else c["yes0"]) for c in cs],
-            "unit": "nats",
-        },
         "train_curve": {
             "steps": [s for s, _ in curve],
-            "loss": [_round(to_db(v), 5) for _, v in curve],
+            "loss": [_round(v, 5) for _, v in curve],
             "stride": stride,
         }
         if curve
@@ -306,7 +300,10 @@ def _settings(res: RunResults) -> dict[str, Any]:
         "peel_config": meta.get("config", {}),
         "monitoring": meta.get("monitoring", {}),
         "model": meta.get("model", {}),
-        "timings": meta.get("timings", {}),
+        "timings": {
+            k: round(v, 1) if isinstance(v, int | float) else v
+            for k, v in meta.get("timings", {}).items()
+        },
         "analysis_layerpeel": meta.get("layerpeel", ""),
         "monitoring_hashes": sorted(
             {

@@ -19,6 +19,22 @@ from layerpeel.yes.bounds import to_db
 
 log = logging.getLogger(__name__)
 
+# What a run folder holds: layerpeel's trainer, the monitor, `analyze` and `yes-demo` each
+# write at least one of these.
+RUN_FILES = ("config.json", "metrics.jsonl", "monitor.jsonl", "analysis", "summary.json")
+
+
+def check_run_folder(path: str | Path) -> Path:
+    """`path` as a run folder, or a one-line error when it is missing or holds none of a run's files."""
+    from layerpeel.errors import CheckpointError
+
+    path = Path(path)
+    if not path.is_dir():
+        raise CheckpointError(f"run folder not found: {path}")
+    if not any((path / name).exists() for name in RUN_FILES):
+        raise CheckpointError(f"not a run folder (none of {', '.join(RUN_FILES)}): {path}")
+    return path
+
 
 @dataclass
 class RunResults:

@@ -27,7 +27,7 @@ from layerpeel.data import (
     split_sequences,
 )
 from layerpeel.errors import CheckpointError, ConfigError
-from layerpeel.io import append_jsonl, atomic_write_text
+from layerpeel.io import append_jsonl, atomic_write_text, check_output_dir
 from layerpeel.models import GPT, GPTConfig
 from layerpeel.quant import QuantConfig
 from layerpeel.training.checkpoint import load_checkpoint, load_model_state, optimizer_from_tensors
@@ -70,10 +70,15 @@ class TrainConfig(ConfigBase):
             raise ConfigError(
                 f"TrainConfig.val_fraction must be in (0, 1), got {self.val_fraction}"
             )
+        for name in ("lr", "weight_decay", "beta1", "beta2", "grad_clip", "min_lr_ratio"):
+            if not math.isfinite(getattr(self, name)):
+                raise ConfigError(f"TrainConfig.{name} must be a finite number")
         if not self.lr > 0 or not 0.0 <= self.min_lr_ratio <= 1.0:
             raise ConfigError("TrainConfig.lr must be > 0 and min_lr_ratio in [0, 1]")
         if self.warmup_steps < 0 or self.grad_clip < 0 or self.keep_checkpoints < 0:
             raise ConfigError("TrainConfig warmup_steps, grad_clip, keep_checkpoints must be >= 0")
+        if self.weight_decay < 0 or not (0.0 <= self.beta1 < 1.0 and 0.0 <= self.beta2 < 1.0):
+            raise ConfigError("TrainConfig weight_decay must be >= 0, beta1 and beta2 in [0, 1)")
 
 
 def lr_at(step: int, cfg: TrainConfig) -> float:
@@ -108,13 +113,18 @@ def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
 
 
 @torch.no_grad()
-def evaluate(model: GPT, data: SequenceDataset, ids: np.ndarray, batch_size: int) -> float:
+def evaluate(
+    model: GPT, data: SequenceDataset, ids: np.ndarray, batch_size: int, progress: bool = False
+) -> float:
     """Mean next-token cross-entropy (nats per token) of `model` over the sequences `ids`."""
+    from tqdm.auto import tqdm
+
     was_training = model.training
     model.eval()
     total, count = 0.0, 0
+    starts = range(0, len(ids), batch_size)
     try:
-        for start in range(0, len(ids), batch_size):
+        for start in tqdm(starts, desc="held-out evaluation", unit="batch", disable=not progress):
             x, y = data.batch(ids[start : start + batch_size])
             logits = model(x)
             loss = nn.functional.cross_entropy(
@@ -215,6 +225,7 @@ class Trainer:
     ) -> Trainer:
         """Start a new run in `out`, which must not already hold one."""
         out = Path(out)
+        check_output_dir(out, "--out")
         run = RunFolder(out)
         if run.config_path.exists():
             raise CheckpointError(f"{out} already holds a run; use --resume or another --out")
@@ -231,7 +242,10 @@ class Trainer:
 
     @classmethod
     def resume(cls, path: Path, max_steps: int | None = None, **kwargs: Any) -> Trainer:
-        """Reopen a run at its latest checkpoint; training then continues as if never stopped."""
+        """Reopen a run at its latest checkpoint; training then continues as if never stopped.
+
+        A run stopped before its first checkpoint starts over from step 0, as it first began.
+        """
         run = open_run(path)
         cfg_all = run.read_config()
         model_cfg, quant_cfg = run.model_config()
@@ -242,21 +256,24 @@ class Trainer:
         if max_steps is not None:
             cfg = dataclasses.replace(cfg, max_steps=max_steps)
             cfg.validate()
-        ckpt = load_checkpoint(run.latest_checkpoint(), with_optimizer=True)
-        trainer = cls(run, model_cfg, quant_cfg, cfg, **kwargs)
-        load_model_state(trainer.model, ckpt)
-        if "optimizer" not in ckpt.meta:
-            raise CheckpointError(f"checkpoint has no optimizer state to resume: {ckpt.path}")
-        optimizer_from_tensors(trainer.optimizer, ckpt.optim_state, ckpt.meta["optimizer"])
-        if "rng.torch" in ckpt.optim_state:
-            torch.set_rng_state(ckpt.optim_state["rng.torch"])
-        trainer.step = ckpt.step
+        trainer = cls(run, model_cfg, quant_cfg, cfg, **kwargs)  # seeded as the run first was
+        if run.checkpoints():
+            ckpt = load_checkpoint(run.latest_checkpoint(), with_optimizer=True)
+            load_model_state(trainer.model, ckpt)
+            if "optimizer" not in ckpt.meta:
+                raise CheckpointError(f"checkpoint has no optimizer state to resume: {ckpt.path}")
+            optimizer_from_tensors(trainer.optimizer, ckpt.optim_state, ckpt.meta["optimizer"])
+            if "rng.torch" in ckpt.optim_state:
+                torch.set_rng_state(ckpt.optim_state["rng.torch"])
+            trainer.step = ckpt.step
+            log.info("resuming %s at step %d", run.path, ckpt.step)
+        else:
+            log.warning("%s has no checkpoint yet: starting the run over from step 0", run.path)
         trainer.tokenizer = load_tokenizer(run.tokenizer_path)
         trainer.data = load_train_data(cfg, model_cfg.block_size, trainer.tokenizer)
-        trainer._trim_metrics(ckpt.step)
+        trainer._trim_metrics(trainer.step)
         if max_steps is not None:
             run.write_config(trainer.sections())
-        log.info("resuming %s at step %d", run.path, ckpt.step)
         return trainer
 
     def sections(self) -> dict[str, Any]:
@@ -360,12 +377,27 @@ class Trainer:
             self.save_checkpoint()
             log.warning("interrupted at step %d; resume with --resume %s", self.step, self.run.path)
             return {"step": self.step, "interrupted": True}
-        val_loss = evaluate(self.model, self.data.dataset, self.data.val_ids, cfg.batch_size)
+        val_loss = self._final_loss()
         summary = {
             "step": self.step,
             "interrupted": False,
             "final_val_loss": val_loss,
             "val_tokens": int(len(self.data.val_ids) * self.model_cfg.block_size),
         }
-        append_jsonl(self.run.metrics_path, {"step": self.step, "final_val_loss": val_loss})
         return summary
+
+    def _final_loss(self) -> float:
+        """The held-out loss at the end of training; one already in metrics.jsonl is reused.
+
+        A finished run reopened (`layerpeel demo` run again) has the same weights and held-out
+        set, so the row written the first time is the answer.
+        """
+        assert self.data is not None
+        for row in reversed(self.run.metrics()):
+            if row.get("step") == self.step and "final_val_loss" in row:
+                log.info("held-out loss of step %d: reused from metrics.jsonl", self.step)
+                return float(row["final_val_loss"])
+        data, cfg = self.data, self.cfg
+        val = evaluate(self.model, data.dataset, data.val_ids, cfg.batch_size, self.progress)
+        append_jsonl(self.run.metrics_path, {"step": self.step, "final_val_loss": val})
+        return val

@@ -42,6 +42,13 @@ class YesTask:
 
 # Default epochs per task, picked so that each demo takes about a minute on one CPU thread.
 DEFAULT_EPOCHS = {"synthetic": 300, "denoise": 300, "image": 300, "digits": 150}
+# (input width, output width m, most samples the task has) of each task's data
+TASK_SHAPES = {
+    "synthetic": (20, 100, None),
+    "denoise": (20, 20, None),
+    "image": (128, 64, None),
+    "digits": (64, 100, 1797),
+}
 TaskBuilder = Callable[[np.random.Generator, int], YesTask]  # (rng, n_samples or 0) -> task
 TASKS: dict[str, TaskBuilder] = {}
 
@@ -236,6 +243,19 @@ class YesDemoConfig(ConfigBase):
             not isinstance(self.max_anchors, int) or self.max_anchors < 0
         ):
             raise ConfigError(f"max_anchors must be None or >= 0, got {self.max_anchors!r}")
+
+
+def memory_estimate(cfg: YesDemoConfig) -> int:
+    """Bytes a run needs at least, roughly: the task's data and the YES check's float64 features.
+
+    Per sample: the float64 data as drawn and split (3 copies of inputs and outputs), and the
+    hidden features with the walk's working buffers (about L + 4 arrays of width m).
+    """
+    n_in, m, most = TASK_SHAPES[cfg.task]
+    n = cfg.n_samples or 1000
+    if most is not None:
+        n = min(n, most)
+    return n * 8 * (3 * (n_in + m) + (cfg.n_layers + 4) * m)
 
 
 @dataclasses.dataclass

@@ -119,7 +119,8 @@
     function X(v) { return L + (v - x0) / (x1 - x0) * (W - L - R); }
     function Y(v) { return T + (hi - v) / (hi - lo) * (H - T - B); }
     var leg = data.legend.whole;
-    var svg = s("svg", { width: W, height: H, viewBox: "0 0 " + W + " " + H, role: "img",
+    // drawn in W x H units and scaled to the card's full width
+    var svg = s("svg", { viewBox: "0 0 " + W + " " + H, role: "img", "class": "wide",
       "aria-label": "YES cloud: loss and bounds over " + c.x_label });
     function band(top, bottom, colour, name) {
       var pts = [];
@@ -166,9 +167,9 @@
     c.steps.forEach(function (st, i) {
       if (i % every && i !== n - 1) return;
       var v = c.verdict[i], d = leg[v] || leg.unknown;
-      var tip = c.x_label + " " + st + ": " + d.word + " (" + v + "); trained " + num(c.trained[i], 3) +
-        " dB, YES-0 " + num(c.yes0[i], 3) + " dB, YES-" + k + " " + num(last[i], 3) + " dB";
-      if (c.raw) tip += " = " + num(c.raw.trained[i], 4) + ", " + num(c.raw.yes0[i], 4) + ", " + num(c.raw.yes_last[i], 4) + " nats";
+      var u = " " + c.unit;
+      var tip = c.x_label + " " + st + ": " + d.word + " (" + v + "); trained " + num(c.trained[i], 4) +
+        u + ", YES-0 " + num(c.yes0[i], 4) + u + ", YES-" + k + " " + num(last[i], 4) + u;
       append(svg, s("g", { "class": "cloud-point", "data-verdict": v, "data-step": st },
         s("title", null, tip),
         s("circle", { cx: X(st), cy: Y(c.trained[i]), r: 7, fill: d.colour, stroke: "#000", "stroke-width": 0.8 }),
@@ -177,8 +178,8 @@
     });
     var legend = h("ul", { "class": "legend" },
       ["red", "yellow", "green"].map(function (v) {
-        var text = { red: "loss above YES-0", yellow: "between YES-" + k + " and YES-0 (the YES cloud)",
-          green: "at or below YES-" + k }[v];
+        var text = { red: "band above YES-0", yellow: "band between YES-" + k + " and YES-0 (the YES cloud)",
+          green: "band at or below YES-" + k }[v];
         return h("li", null, h("span", { "class": "swatch", style: "background:" + leg[v].colour }, leg[v].symbol),
           v + ": " + text + " \u2014 " + leg[v].word);
       }),
@@ -187,8 +188,8 @@
       curve ? h("li", null, "\u2014 grey: training-batch loss from metrics.jsonl (context; not what the bounds are compared with)" +
         (curve.stride > 1 ? ", one in every " + curve.stride + " logged steps" : "")) : null);
     var text = data.kind === "mlp" ?
-      "Training loss of the MLP against its YES bounds, in dB, as recorded at each check." :
-      "Whole-model YES verdict at each analysed checkpoint (P3 cascade): the trained model's held-out cross-entropy against YES-0 and YES-" + k + ", plotted in dB (10 log10 of the loss in nats). Each checkpoint's own bounds, as recorded.";
+      "Training loss of the MLP against its YES bounds, in dB (10 log10 of the MSE, as the YES paper plots them), as recorded at each check." :
+      "Whole-model YES verdict at each analysed checkpoint (P3 cascade): the trained model's held-out cross-entropy against YES-0 and YES-" + k + ", in nats per token. Each checkpoint's own bounds, as recorded.";
     return section("cloud", "YES cloud", note(text), h("div", { "class": "scroll" }, svg), legend);
   }
 
@@ -290,11 +291,13 @@
         btn.addEventListener("click", function () { state.part = p; replace(heatmap(current)); });
         return btn;
       }));
+    // the legend names only the kinds of cell this part's grid draws
+    var drawn = hm.verdict[part].join("");
     var legend = h("ul", { "class": "legend" },
-      ["red", "yellow", "green", "unknown"].map(function (v) {
+      ["red", "yellow", "green", "unknown"].filter(function (v) { return drawn.indexOf({ red: "r", yellow: "y", green: "g", unknown: "?" }[v]) >= 0; }).map(function (v) {
         return h("li", null, h("span", { "class": "swatch", style: "background:" + leg[v].colour }, leg[v].symbol), leg[v].word);
       }),
-      h("li", null, h("span", { "class": "swatch", style: "background:#f0f0f0" }, "\u00b7"), "not analysed at that step"));
+      drawn.indexOf(".") >= 0 ? h("li", null, h("span", { "class": "swatch", style: "background:#f0f0f0" }, "\u00b7"), "not analysed at that step") : null);
     var node = section("heatmap", "Layer gaps by checkpoint",
       note("P1 gap of each block (rows) at each analysed checkpoint (columns), with its verdict. " +
         "Hover a cell for the gap in nats."), tabs, box, legend);
@@ -437,12 +440,13 @@
         h("tr", null, h("td", null, "latest analysis"), h("td", { "class": "mono" },
           st.analysis_step === null ? "\u2014" : "step " + st.analysis_step + " (" + st.analysis_source + ")")),
         hashes.length > 1 ? h("tr", null, h("td", null, "note"), h("td", null, "\u2716 the analyses used different monitoring sets; their losses are not comparable")) : null),
-      h("div", { "class": "grid2" },
-        kv("analysis settings (PeelConfig)", st.peel_config),
-        kv("monitoring set", st.monitoring),
-        kv("model analysed", st.model),
-        kv("time per phase (s)", st.timings),
-        kv("run config.json", st.run_config)));
+      h("details", { id: "settings-all" }, h("summary", null, "every setting: analysis, monitoring set, model, time per phase, run config.json"),
+        h("div", { "class": "grid2" },
+          kv("analysis settings (PeelConfig)", st.peel_config),
+          kv("monitoring set", st.monitoring),
+          kv("model analysed", st.model),
+          kv("time per phase (s)", st.timings),
+          kv("run config.json", st.run_config))));
   }
   function provenance(data) {
     return section("provenance", "What is the papers' and what is layerpeel's design",
