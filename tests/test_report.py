@@ -10,6 +10,7 @@ import pytest
 from layerpeel.cli import main
 from layerpeel.errors import LayerpeelError
 from layerpeel.io import append_jsonl
+from layerpeel.peel.report import PeelReport
 from layerpeel.report.figures import write_figures
 from layerpeel.report.html import render_html, write_report
 from layerpeel.report.payload import build_payload
@@ -150,11 +151,14 @@ def test_an_idle_block_is_named_as_idle_in_the_summary(run_copy):
         r.update(idle=False, verdict="green")
     row = next(r for r in changed["layers"] if r["part"] == "block")
     row.update(verdict="red", idle=True, work=0.0012)
+    # the report's whole-model verdict, judged again from the changed rows
+    changed.pop("verdict", None)
+    changed["verdict"] = PeelReport.from_dict(changed).whole().to_dict()
     write_analysis(run, step, changed)
     data = build_payload(read_results(run))
-    assert (
-        f"block {row['block']} (idle: removing it costs 0.001 nats)" in data["headline"]["sentence"]
-    )
+    assert data["headline"]["verdict"] == "red" and data["headline"]["scale"] == "whole"
+    assert f"block {row['block']} does almost no work" in data["headline"]["sentence"]
+    assert data["headline"]["question"] == changed["verdict"]["question"]
     (shown,) = [r for r in data["table"] if (r["block"], r["part"]) == (row["block"], "block")]
     assert shown["idle"] is True and shown["work"] == pytest.approx(0.0012)
 

@@ -141,6 +141,17 @@ def _headline(res: RunResults, table: list[dict[str, Any]]) -> dict[str, Any]:
             "analysis events. Run `layerpeel analyze` on a checkpoint, or train with the monitor.",
         }
     step = max(r["step"] for r in table) if table else res.analyses[-1].step
+    judged = next((a for a in reversed(res.analyses) if a.whole is not None), None)
+    if judged is not None and judged.whole is not None:
+        # the whole-model verdict the analysis recorded: the same as the CLI's and the monitor's
+        w = judged.whole
+        return {
+            "verdict": w["colour"],
+            "scale": "whole",
+            "step": judged.step,
+            "question": w["question"],
+            "sentence": f"Step {judged.step}: {w['sentence']}",
+        }
     parts: list[str] = []
     verdict = "unknown"
     whole = _latest_cascade(res.analyses)

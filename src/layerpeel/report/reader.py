@@ -129,6 +129,8 @@ class Analysis:
         default_factory=dict
     )  # model, config, monitoring, timings, version
     event: dict[str, Any] = field(default_factory=dict)  # monitor fields: time, seconds, overhead
+    # the whole-model verdict (colour, sentence, question, ...) when the source recorded one
+    whole: dict[str, Any] | None = None
 
 
 def read_peel_report(data: Any, source: str, step: int | None) -> tuple[Analysis | None, list[str]]:
@@ -171,7 +173,17 @@ def read_peel_report(data: Any, source: str, step: int | None) -> tuple[Analysis
     }
     meta["layerpeel"] = str(data.get("layerpeel", ""))
     meta["format_version"] = version
-    return Analysis(step, source, layers, ladder, cascade, meta), notes
+    return Analysis(step, source, layers, ladder, cascade, meta, whole=whole_verdict(data)), notes
+
+
+def whole_verdict(data: Any) -> dict[str, Any] | None:
+    """The recorded whole-model verdict of a report or event, if it has the fields a view shows."""
+    v = data.get("verdict") if isinstance(data, dict) else None
+    if not isinstance(v, dict) or v.get("colour") not in ("red", "yellow", "green"):
+        return None
+    if not isinstance(v.get("sentence"), str) or not isinstance(v.get("question"), str):
+        return None
+    return v
 
 
 def _layer_rows(rows: Any) -> tuple[list[dict[str, Any]], int]:

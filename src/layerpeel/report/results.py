@@ -14,7 +14,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from layerpeel.report.reader import ANALYSIS_NAME, Analysis, JsonlFollower, finite, read_peel_report
+from layerpeel.report.reader import (
+    ANALYSIS_NAME,
+    Analysis,
+    JsonlFollower,
+    finite,
+    read_peel_report,
+    whole_verdict,
+)
 from layerpeel.yes.bounds import to_db
 
 log = logging.getLogger(__name__)
@@ -155,6 +162,8 @@ class RunReader:
                 if analysis is not None:
                     keep = ("time", "seconds", "overhead", "train_loss", "preset", "source")
                     analysis.event = {k: event.get(k) for k in keep}
+                    # the event's verdict judges every block's latest rows, not only this unit's
+                    analysis.whole = whole_verdict(event) or analysis.whole
                     by_step.setdefault(analysis.step, []).append(analysis)
                     monitor_rows.append({"step": analysis.step, **analysis.event})
             elif kind == "error":
@@ -206,7 +215,9 @@ def _merge(found: list[Analysis]) -> Analysis:
     cascade = None
     meta: dict[str, Any] = {}
     event: dict[str, Any] = {}
+    whole = None
     for a in found:
+        whole = a.whole or whole
         layers.update({(r["block"], r["part"]): r for r in a.layers})
         ladder.update({(r["from_block"], r["to_block"]): r for r in a.ladder})
         cascade = a.cascade or cascade
@@ -222,6 +233,7 @@ def _merge(found: list[Analysis]) -> Analysis:
         cascade=cascade,
         meta=meta or last.meta,
         event=event,
+        whole=whole,
     )
 
 

@@ -66,7 +66,9 @@
     var word = v === "unknown" ? "NO VERDICT" : v.toUpperCase();
     return h("section", { id: "verdict", "class": "banner", "data-verdict": v, style: "background:" + d.colour },
       h("span", { "class": "symbol", "aria-hidden": "true" }, d.symbol),
-      h("div", null, h("div", { "class": "word" }, word), h("p", { "class": "sentence" }, hl.sentence)));
+      h("div", null, h("div", { "class": "word" }, word),
+        hl.question ? h("p", { "class": "question" }, hl.question) : null,
+        h("p", { "class": "sentence" }, hl.sentence)));
   }
 
   function notices(data) {
