@@ -38,10 +38,11 @@ $(DEV): $(CORE)
 
 venv: $(DEV)
 
-# Re-running reuses the trained run and the analysis of an unchanged checkpoint.
+# Re-running reuses the trained run and the analysis of an unchanged checkpoint. The analysis
+# takes 16,384 monitoring tokens (the default is 65,536) so that the demo takes minutes.
 demo: $(CORE)
 	$(BIN)/layerpeel demo --out $(DEMO_DIR)
-	$(BIN)/layerpeel analyze $(DEMO_DIR)
+	$(BIN)/layerpeel analyze $(DEMO_DIR) --tokens 16384
 	$(BIN)/layerpeel report $(DEMO_DIR)
 
 lint: $(DEV)

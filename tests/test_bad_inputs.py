@@ -274,18 +274,13 @@ NOT_RUNS = (
         for folder in ("empty", "nowhere", "file.txt", "run/checkpoints")
     ]
     + [["analyze", folder, "--all-checkpoints"] for folder in ("empty", "nowhere", "file.txt")]
+    + [["sweep", folder, "--no-progress"] for folder in ("empty", "nowhere")]
 )
 
 
 @pytest.mark.parametrize("args", NOT_RUNS, ids=lambda a: " ".join(a[:3]))
 def test_folders_that_are_not_runs_are_refused(place, capsys, args):
     refused(place, capsys, args)
-
-
-def test_the_count_of_bad_inputs():
-    """The bad inputs above, counted as the report on this suite names them."""
-    n = len(OUTPUTS) + len(VALUES) + 8 + len(NOT_RUNS)
-    assert n >= 100, n
 
 
 # -- no event lost ---------------------------------------------------------------------------

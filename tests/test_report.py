@@ -268,6 +268,11 @@ def test_cli_report_with_figures(real_run, tmp_path, capsys):
     assert main(["report", str(run), "-o", str(out), "--figures", str(tmp_path / "f")]) == 0
     text = capsys.readouterr().out
     assert f"report: {out}" in text and (tmp_path / "f" / "ladder.svg").exists()
+    # the last lines say how to open it
+    assert text.strip().splitlines()[-2:] == [
+        f"open it in a browser: {out.resolve().as_uri()}",
+        f"or follow the run live: layerpeel serve {run}",
+    ]
 
 
 # ----------------------------------------------------------------------------- MLP runs
