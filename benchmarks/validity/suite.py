@@ -113,6 +113,12 @@ def evaluate(case: Case, step: int, cache: Path, settings: Settings) -> dict[str
         return run.to_dict()
 
     runs = [oracle(b, "block") for b in range(n)]
+    # the oracle's own noise: the most improvable block again, on other windows
+    top = int(np.argmax([r["gain"] for r in runs]))
+    again = OracleConfig(
+        **{**dataclasses.asdict(settings.oracle), "seed": settings.oracle.seed + 1}
+    )
+    repeat = oracle_gap(model, top, "block", corpus.data, corpus.train_ids, held, again, base)
     sub = []
     if case.fault in SUB_BLOCK_FAULTS:
         sub = [oracle(b, part) for b in range(n) for part in ("attn", "mlp")]
@@ -129,6 +135,7 @@ def evaluate(case: Case, step: int, cache: Path, settings: Settings) -> dict[str
         "ce": float(base.mean()),
         "oracle": runs,
         "oracle_sub": sub,
+        "oracle_repeat": repeat.to_dict(),
         "detections": [d.to_dict() for d in detections],
         "rows": rows,
         "seconds": {"oracle": t_oracle, "detectors": time.perf_counter() - t0},

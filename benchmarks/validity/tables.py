@@ -3,12 +3,14 @@
 Definitions used by every table:
 - the oracle's most improvable block is the one with the largest oracle gap; it is
   *identifiable* when its best model beats the runner-up's on the same held-out sequences by
-  more than two standard errors of that paired difference. A fault case counts toward the
-  first-ranked floor only then ("cost-bearing": the oracle's spread exceeds its noise).
+  more than two standard errors of that paired difference, and by more than the oracle's seed
+  spread (how much the top block's gain moves when it is trained again on other windows).
+  A fault case counts toward the first-ranked floor only then ("cost-bearing": the oracle's
+  spread exceeds its noise).
 - the oracle's spread is significant when the most and least improvable blocks differ by more
   than two paired standard errors; Spearman is averaged over those cases.
-- "whole model still training": every block's gap is above twice its own standard error and the
-  most improvable one is not identifiable: the blocks are about equally improvable.
+- "whole model still training" (uniform): every block's gap is above twice its own standard
+  error and the smallest is at least half the largest: the blocks are about equally improvable.
 - a false red is a red block other than the faulty one; on a healthy model every red is false.
 """
 
@@ -25,6 +27,7 @@ from scipy.stats import spearmanr
 from .oracle import OracleRun, paired_margin
 
 Z = 2.0  # standard errors a difference must exceed to count
+UNIFORM = 0.5  # "about equally improvable": the smallest oracle gap at least this x the largest
 
 
 @dataclass
@@ -47,6 +50,7 @@ class Judged:
     identifiable: bool
     spread_sig: bool
     uniform: bool
+    seed_spread: float  # |gain of the top block trained again on other windows - its gain|
     detectors: dict[str, dict[str, Any]] = field(default_factory=dict)  # name -> judged fields
     cost: float | None = None  # held-out CE above the healthy model of the same seed
 
@@ -65,7 +69,9 @@ def judge(result: dict[str, Any]) -> Judged:
     top, second, bottom = runs[order[0]], runs[order[1]], runs[order[-1]]
     m, se = paired_margin(top, second)
     ms, ses = paired_margin(top, bottom)
-    identifiable = m > Z * se
+    repeat = result.get("oracle_repeat")
+    seed_spread = abs(repeat["gain"] - top.gain) if repeat else 0.0
+    identifiable = m > Z * se and m > seed_spread
     sig = [r.gain > Z * r.se for r in runs]
     j = Judged(
         name=f"{result['name']}@{result['step']}",
@@ -83,7 +89,8 @@ def judge(result: dict[str, Any]) -> Judged:
         top=int(order[0]),
         identifiable=identifiable,
         spread_sig=ms > Z * ses,
-        uniform=all(sig) and not identifiable,
+        uniform=all(sig) and min(gains) >= UNIFORM * max(gains),
+        seed_spread=seed_spread,
     )
     for d in result["detections"]:
         reds = d["reds"]
@@ -131,7 +138,9 @@ def case_table(judged: list[Judged], names: list[str]) -> list[str]:
             "identifiable" if j.identifiable else "top not identifiable",
             "spread>noise" if j.spread_sig else "spread within noise",
         ] + (["whole model still training"] if j.uniform else [])
-        lines.append(f"  oracle top {j.top}: {gains}  ({', '.join(flags)})")
+        lines.append(
+            f"  oracle top {j.top}: {gains}  seed spread {j.seed_spread:.4f}  ({', '.join(flags)})"
+        )
         for name in names:
             d = j.detectors.get(name)
             if d is None:
@@ -151,11 +160,13 @@ def summary_table(judged: list[Judged], names: list[str]) -> list[str]:
     costly = [j for j in faults if j.identifiable]
     spread = [j for j in judged if j.spread_sig]
     healthy = [j for j in judged if j.fault == "none" and j.final]
+    identified = [j for j in judged if j.identifiable]
     lines = [
         f"{len(faults)} fault cases ({len(costly)} with an identifiable oracle top), "
         f"{len(healthy)} healthy models, {len(spread)} snapshots with oracle spread > noise",
         f"{'detector':<13} {'top=oracle':>12} {'top=fault':>10} {'mean rho':>9} "
-        f"{'faulty red':>11} {'false reds healthy':>19} {'false reds faults':>18}",
+        f"{'faulty red':>11} {'false reds healthy':>19} {'false reds faults':>18}"
+        f" {'top=oracle, any identifiable':>10}",
     ]
     for name in names:
         rows = [j.detectors[name] for j in judged if name in j.detectors]
@@ -175,7 +186,9 @@ def summary_table(judged: list[Judged], names: list[str]) -> list[str]:
             f"{name:<13} {rate(costly, 'hit'):>12} {rate(faults, 'on_fault'):>10} "
             f"{_f(float(np.mean(rhos)) if rhos else None, '+.2f'):>9} "
             f"{rate(faults, 'faulty_red'):>11} "
-            f"{'-' if None in fr_h else sum(fr_h):>19} {'-' if None in fr_f else sum(fr_f):>18}"
+            f"{'-' if not fr_h or None in fr_h else sum(fr_h):>19}"
+            f" {'-' if not fr_f or None in fr_f else sum(fr_f):>18}"
+            f" {rate(identified, 'hit'):>10}"
         )
     return lines
 
