@@ -164,6 +164,7 @@ def _hf_model(s: Spec) -> nn.Module:
         )  # fmt: skip
     else:
         raise ConfigError(f"unknown architecture {s.arch!r}")
+    cfg.use_cache = False  # every forward here is one whole window: no key-value cache
     return t.AutoModelForCausalLM.from_config(cfg, attn_implementation="sdpa")
 
 
@@ -293,6 +294,7 @@ def load_snapshot(case: Case, cache: Path, step: int) -> nn.Module:
         import transformers as t
 
         model = t.AutoModelForCausalLM.from_pretrained(path.with_suffix(""))
+        model.config.use_cache = False
     return model.eval()
 
 
