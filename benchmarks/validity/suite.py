@@ -1,0 +1,144 @@
+"""The suites (quick and full) and the evaluation of one snapshot: oracle and detectors, cached.
+
+An evaluation's result is a JSON file in `<cache>/results/`, named by the snapshot and a hash
+of every setting that changes it, so a rerun with the same settings only prints.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from layerpeel.arch.views import model_view
+from layerpeel.data.monitoring import monitoring_set
+from layerpeel.io import atomic_write_json
+
+from .cases import SUB_BLOCK_FAULTS, Case, Spec, load_corpus, load_snapshot, train_cached
+from .detectors import run_detectors
+from .oracle import OracleConfig, oracle_gap, sequence_ce
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What every evaluation of a suite shares."""
+
+    oracle: OracleConfig = OracleConfig()
+    monitoring: int = 256  # monitoring sequences of layerpeel and the data-driven detectors
+    held: int = 256  # held-out validation sequences the oracle scores on
+    parts: tuple[str, ...] = ("block", "attn", "mlp")  # layerpeel default's P1 parts
+
+    def digest(self) -> str:
+        text = json.dumps(dataclasses.asdict(self), sort_keys=True)
+        return hashlib.sha256(text.encode()).hexdigest()[:10]
+
+
+def quick_suite() -> tuple[list[Case], Settings]:
+    """Tiny byte GPTs (4 blocks, d_model 64, context 64, 300 steps): about 10 minutes."""
+    s, n = Spec(), 300
+    cases = [
+        Case(s, n, keep=(30, 100)),  # along training, and healthy seed 0
+        Case(s, n, seed=1),
+        Case(s, n, "lr100", 1),
+        Case(s, n, "reinit", 0),
+        Case(s, n, "reinit", 2, seed=1),
+        Case(s, n, "mlp_frozen", 2),
+        Case(s, n, quant="ternary"),
+        Case(s, n, "bad_scale", 1, quant="ternary"),
+    ]
+    return cases, Settings(OracleConfig(max_steps=150, eval_every=25))
+
+
+def full_suite(hf: bool) -> tuple[list[Case], Settings]:
+    """Byte GPTs of 4 blocks, 600 steps: every fault at two positions and two seeds.
+
+    Along training in three formats, healthy models of four seeds; with `hf`, small Hugging Face
+    Llama and GPT-2 models on GPT-2 BPE as well.
+    """
+    s, n = Spec(), 600
+    along = (25, 75, 200)
+    cases = [Case(s, n, quant=q, keep=along) for q in ("none", "ternary", "binary-global")]
+    cases += [Case(s, n, quant=q, seed=seed) for q in ("none", "ternary") for seed in (1, 2, 3)]
+    for fault in ("lr10", "lr100", "stall", "reinit", "attn_frozen", "mlp_frozen"):
+        cases += [Case(s, n, fault, b, seed=seed) for b in (0, 2) for seed in (0, 1)]
+    cases += [Case(s, n, "bad_scale", b, "ternary", seed) for b in (1, 2) for seed in (0, 1)]
+    cases += [Case(s, n, "reinit", 0, "binary-global", seed) for seed in (0, 1)]
+    if hf:
+        for arch in ("llama", "gpt2"):
+            h = Spec(arch=arch, d_model=64, lr=2e-3)
+            cases += [Case(h, 300), Case(h, 300, "lr100", 1), Case(h, 300, "reinit", 0)]
+    return cases, Settings(OracleConfig(max_steps=300, eval_every=25, patience=3))
+
+
+def _result_path(cache: Path, case: Case, step: int, settings: Settings) -> Path:
+    return cache / "results" / f"{case.name}@{step}-{settings.digest()}.json"
+
+
+def train_job(case: Case, cache: Path) -> str:
+    """Train `case` into the cache (a no-op when it is there); for a worker process."""
+    torch.set_num_threads(1)
+    t0 = time.perf_counter()
+    train_cached(case, cache, load_corpus(case.spec))
+    return f"trained {case.name} in {time.perf_counter() - t0:.0f} s"
+
+
+def evaluate(case: Case, step: int, cache: Path, settings: Settings) -> dict[str, Any]:
+    """The oracle and every detector on the snapshot of `case` at `step` (cached)."""
+    torch.set_num_threads(1)
+    path = _result_path(cache, case, step, settings)
+    if path.exists():
+        return dict(json.loads(path.read_text()))
+    corpus = load_corpus(case.spec)
+    model = load_snapshot(case, cache, step)
+    n = model_view(model).n_blocks
+    t0 = time.perf_counter()
+    pick = np.linspace(0, len(corpus.val_ids) - 1, settings.held).round().astype(np.int64)
+    held = corpus.data.batch(corpus.val_ids[pick])
+    base = sequence_ce(model, *held)
+
+    def oracle(block: int, part: str) -> dict[str, Any]:
+        run = oracle_gap(
+            model, block, part, corpus.data, corpus.train_ids, held, settings.oracle, base
+        )
+        return run.to_dict()
+
+    runs = [oracle(b, "block") for b in range(n)]
+    # the oracle's own noise: the most improvable block again, on other windows
+    top = int(np.argmax([r["gain"] for r in runs]))
+    again = OracleConfig(
+        **{**dataclasses.asdict(settings.oracle), "seed": settings.oracle.seed + 1}
+    )
+    repeat = oracle_gap(model, top, "block", corpus.data, corpus.train_ids, held, again, base)
+    sub = []
+    if case.fault in SUB_BLOCK_FAULTS:
+        sub = [oracle(b, part) for b in range(n) for part in ("attn", "mlp")]
+    t_oracle = time.perf_counter() - t0
+    picks = np.linspace(0, len(corpus.train_ids) - 1, settings.monitoring).round()
+    mset = monitoring_set(corpus.data.windows(corpus.train_ids[picks.astype(np.int64)]))
+    t0 = time.perf_counter()
+    detections, rows = run_detectors(model, mset, settings.parts)
+    result = {
+        "name": case.name,
+        "step": step,
+        "case": dataclasses.asdict(case),
+        "settings": dataclasses.asdict(settings),
+        "ce": float(base.mean()),
+        "oracle": runs,
+        "oracle_sub": sub,
+        "oracle_repeat": repeat.to_dict(),
+        "detections": [d.to_dict() for d in detections],
+        "rows": rows,
+        "seconds": {"oracle": t_oracle, "detectors": time.perf_counter() - t0},
+    }
+    atomic_write_json(path, result)
+    return result
