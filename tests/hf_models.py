@@ -11,7 +11,7 @@ VOCAB = 64
 
 
 def tiny_config(arch: str, n_layer: int = 2):
-    """A tiny config of `arch` (a model class name in `layerpeel.arch.views.ARCHITECTURES`)."""
+    """A tiny config of `arch` (a model class name in `layerpeel.arch.table.ARCHITECTURES`)."""
     t = transformers
     common = dict(vocab_size=VOCAB, num_hidden_layers=n_layer, num_attention_heads=4)
     llama_like = dict(common, hidden_size=32, intermediate_size=48, max_position_embeddings=64)

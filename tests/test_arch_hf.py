@@ -7,7 +7,7 @@ import torch
 
 from hf_models import ARCHS, VOCAB, tiny_model
 from layerpeel.arch.capture import hooks, residual_stream
-from layerpeel.arch.views import ARCHITECTURES, model_view
+from layerpeel.arch.table import ARCHITECTURES, model_view
 from layerpeel.errors import ConfigError
 from layerpeel.solvers.closed import BlockProblem, ClosedFormOptions, peel_block
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from layerpeel import GPT, GPTConfig
-from layerpeel.arch.views import model_view
+from layerpeel.arch.table import model_view
 from layerpeel.data.monitoring import monitoring_set
 from layerpeel.errors import ConfigError
 from layerpeel.peel.analysis import PeelConfig, peel

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 
 from hf_models import VOCAB, tiny_model
 from layerpeel.arch.capture import residual_stream
-from layerpeel.arch.views import model_view
+from layerpeel.arch.table import model_view
 from layerpeel.data.monitoring import monitoring_set
 from layerpeel.peel.config import PeelConfig
 from layerpeel.peel.context import build_context

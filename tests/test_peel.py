@@ -11,7 +11,7 @@ from torch import nn
 
 from layerpeel import GPT, GPTConfig
 from layerpeel.arch.capture import NonFiniteError
-from layerpeel.arch.views import model_view
+from layerpeel.arch.table import model_view
 from layerpeel.data.monitoring import monitoring_set
 from layerpeel.peel.analysis import PeelConfig, peel
 from layerpeel.peel.report import PeelReport

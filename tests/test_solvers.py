@@ -3,7 +3,7 @@ import torch
 
 from layerpeel import GPT, GPTConfig
 from layerpeel.arch.capture import residual_stream
-from layerpeel.arch.views import model_view
+from layerpeel.arch.table import model_view
 from layerpeel.solvers.closed import peel_block
 from layerpeel.solvers.lstsq import Gram, sample_space_solve
 from layerpeel.solvers.quantized import refit_scales

@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from layerpeel.arch.views import model_view
+from layerpeel.arch.table import model_view
 from layerpeel.data import SequenceDataset, get_tokenizer, prepare_tokens, split_sequences
 from layerpeel.errors import ConfigError
 from layerpeel.models import GPTConfig

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from layerpeel.arch.views import model_view
+from layerpeel.arch.table import model_view
 from layerpeel.data.monitoring import MonitoringSet
 from layerpeel.peel.analysis import PeelConfig, peel
 

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from layerpeel.arch.views import model_view
+from layerpeel.arch.table import model_view
 from layerpeel.data.monitoring import monitoring_set
 from layerpeel.io import atomic_write_json
 

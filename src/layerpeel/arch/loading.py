@@ -4,7 +4,7 @@ Nothing is downloaded and nothing is unpickled: folders must hold `config.json` 
 weights (one file, or shards listed in `model.safetensors.index.json`); GGUF files are read by
 `gguf` and dequantized by transformers. Every problem a user can fix -- no weights, a missing
 shard, a config whose shapes disagree with the weights, an architecture outside
-`layerpeel.arch.views.ARCHITECTURES`, a tokenizer larger than the model's vocabulary -- is a one-line
+`layerpeel.arch.table.ARCHITECTURES`, a tokenizer larger than the model's vocabulary -- is a one-line
 `CheckpointError` or `DataError` before any model is built.
 
 `load_hf(path) -> (model, tokenizer)`; `hf_monitoring_set(tokenizer, data, n_tokens, seq_len)`
@@ -133,7 +133,7 @@ def _header(path: Path) -> dict[str, tuple[int, ...]]:
 
 
 def _architecture(config: Any) -> str:
-    from layerpeel.arch.views import ARCHITECTURES
+    from layerpeel.arch.table import ARCHITECTURES
 
     names = list(getattr(config, "architectures", None) or [])
     if not names:

@@ -18,7 +18,6 @@ from typing import Any, cast
 import torch
 from torch import nn
 
-from layerpeel.errors import ConfigError
 from layerpeel.models.gpt import GPT, Block
 
 
@@ -248,7 +247,7 @@ class ModelView:
         return block
 
 
-def _gpt_view(model: nn.Module) -> ModelView:
+def gpt_view(model: nn.Module) -> ModelView:
     assert isinstance(model, GPT)
     return ModelView(
         model=model,
@@ -259,40 +258,3 @@ def _gpt_view(model: nn.Module) -> ModelView:
         unembed_weight=lambda: effective_weight(model.head),
         final_norm=model.ln_f,
     )
-
-
-def _hf(family: str) -> Callable[[nn.Module], ModelView]:
-    """View builder of a Hugging Face family (imported on use: transformers is optional)."""
-
-    def build(model: nn.Module) -> ModelView:
-        from layerpeel.arch.hf_views import hf_view
-
-        return hf_view(model, family)
-
-    return build
-
-
-# The table of supported architectures: model class name -> view builder. The Hugging Face
-# families are described piece by piece in `layerpeel.arch.hf_views.FAMILIES`.
-ARCHITECTURES: dict[str, Callable[[nn.Module], ModelView]] = {
-    "GPT": _gpt_view,
-    "GPT2LMHeadModel": _hf("gpt2"),
-    "LlamaForCausalLM": _hf("llama"),
-    "MistralForCausalLM": _hf("llama"),
-    "Qwen2ForCausalLM": _hf("llama"),
-    "GemmaForCausalLM": _hf("llama"),
-    "GPTNeoXForCausalLM": _hf("gpt_neox"),
-    "OPTForCausalLM": _hf("opt"),
-    "PhiForCausalLM": _hf("phi"),
-}
-
-
-def model_view(model: nn.Module) -> ModelView:
-    """The `ModelView` of a supported model; anything else is a clear error."""
-    builder = ARCHITECTURES.get(type(model).__name__)
-    if builder is None:
-        raise ConfigError(
-            f"unsupported model class {type(model).__name__}; supported: "
-            + ", ".join(sorted(ARCHITECTURES))
-        )
-    return builder(model)

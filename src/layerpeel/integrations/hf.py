@@ -3,7 +3,7 @@
     trainer = Trainer(model=model, args=args, train_dataset=ds,
                       callbacks=[LayerpeelCallback(mset, "runs/hf", model=model)])
 
-The model must be in layerpeel's architecture table (`layerpeel.arch.views.ARCHITECTURES`); the
+The model must be in layerpeel's architecture table (`layerpeel.arch.table.ARCHITECTURES`); the
 monitoring set must use the model's tokenizer and fit its context. Given `model`, everything is
 checked when the callback is built; otherwise at `on_train_begin`, before the first step.
 """

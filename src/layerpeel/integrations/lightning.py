@@ -16,7 +16,7 @@ from typing import Any
 
 from torch import nn
 
-from layerpeel.arch.views import ARCHITECTURES
+from layerpeel.arch.table import ARCHITECTURES
 from layerpeel.errors import ConfigError
 
 try:

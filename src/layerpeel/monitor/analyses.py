@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from layerpeel.arch.views import model_view
+from layerpeel.arch.table import model_view
 from layerpeel.data.monitoring import MonitoringSet
 from layerpeel.errors import ConfigError, DataError
 from layerpeel.peel.analysis import PeelConfig, peel

@@ -21,7 +21,8 @@ from typing import Any
 
 from torch import nn
 
-from layerpeel.arch.views import ModelView, model_view, set_submodule
+from layerpeel.arch.table import model_view
+from layerpeel.arch.views import ModelView, set_submodule
 from layerpeel.data.monitoring import MonitoringSet
 from layerpeel.peel.context import build_context
 from layerpeel.peel.gap import block_gaps

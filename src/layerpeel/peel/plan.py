@@ -30,7 +30,8 @@ from typing import Any
 
 from torch import nn
 
-from layerpeel.arch.views import ModelView, model_view
+from layerpeel.arch.table import model_view
+from layerpeel.arch.views import ModelView
 from layerpeel.data.monitoring import MonitoringSet
 from layerpeel.errors import ConfigError
 from layerpeel.peel.cascade import anchor_subsets
