@@ -12,6 +12,7 @@ from layerpeel.peel.verdict import (
     Answer,
     BlockEvidence,
     Trend,
+    bigram_ce,
     loss_trend,
     weight_spike,
     whole_model_verdict,
@@ -158,10 +159,16 @@ def test_report_carries_the_verdict_and_a_ranking_of_every_row(tmp_path):
     report = peel(model, _mset(), PeelConfig(n_boot=20, search_sequences=4), trend=trend)
     report.save(tmp_path / "r.json")
     data = json.loads((tmp_path / "r.json").read_text())
-    # a fresh model: every block looks untrained, and the loss is falling
-    assert data["verdict"]["colour"] == "red"
-    assert data["verdict"]["answers"] == ["still training", "block behind"]
-    assert data["verdict"]["behind"] == [0, 1, 2]
+    # a fresh model: every block looks untrained and the loss is falling: the whole model is
+    # still training, not one block behind
+    assert data["verdict"]["colour"] == "yellow"
+    assert data["verdict"]["answers"] == ["still training"]
+    assert data["verdict"]["behind"] == []
+    assert (
+        "3 of 3 blocks' weights still look like their random initialization"
+        in (data["verdict"]["sentence"])
+    )
+    assert data["verdict"]["ce_bigram"] > 0 and data["verdict"]["ce_trained"] > 0
     assert data["verdict"]["question"].startswith("Can more training")
     ranked = [(r["block"], r["part"]) for r in data["ranking"]]
     assert sorted(ranked) == sorted((r.block, r.part) for r in report.layers)
@@ -217,3 +224,38 @@ def test_a_trained_block_in_a_real_model_is_not_flagged_untrained():
         opt.step()
     assert all(torch.equal(a, b) for a, b in zip(frozen, model.blocks[1].parameters(), strict=True))
     assert weight_spike(model.blocks[0]) > UNTRAINED_SPIKE > weight_spike(model.blocks[1])
+
+
+def test_bigram_ce_matches_counting_by_hand():
+    gen = torch.Generator().manual_seed(3)
+    fit = torch.randint(0, 5, (4, 9), generator=gen)
+    held = torch.randint(0, 5, (3, 9), generator=gen)
+    vocab, alpha = 7, 1.0
+    flat = fit.reshape(-1).tolist()
+    uni = [(flat.count(v) + 1) / (len(flat) + vocab) for v in range(vocab)]
+    pairs = [(w[i], w[i + 1]) for w in fit.tolist() for i in range(len(w) - 1)]
+    total = 0.0
+    held_pairs = [(w[i], w[i + 1]) for w in held.tolist() for i in range(len(w) - 1)]
+    for a, b in held_pairs:
+        c_ab = pairs.count((a, b))
+        c_a = sum(1 for x, _ in pairs if x == a)
+        total -= math.log((c_ab + alpha * uni[b]) / (c_a + alpha))
+    assert bigram_ce(fit, held, vocab, alpha) == pytest.approx(total / len(held_pairs), rel=1e-12)
+
+
+def test_a_model_that_does_not_beat_a_bigram_table_is_still_training():
+    blocks = [ev(0, 0.001), ev(1, 0.0), ev(2, 0.002)]
+    v = whole_model_verdict(blocks, trend=FLAT, ce_trained=2.52, ce_bigram=2.53)
+    assert v.answers == (Answer.STILL_TRAINING,) and v.colour is Verdict.YELLOW
+    assert "bigram table" in v.sentence
+    beats = whole_model_verdict(blocks, trend=FLAT, ce_trained=1.53, ce_bigram=2.53)
+    assert beats.colour is Verdict.GREEN
+
+
+def test_one_untrained_block_is_behind_but_most_untrained_is_the_whole_model():
+    one = [ev(0, 0.0, spike=1.9), ev(1, 0.0, spike=1.0), ev(2, 0.0, spike=2.1), ev(3, 0.0)]
+    v = whole_model_verdict(one, trend=FLAT)
+    assert v.behind == (1,) and v.colour is Verdict.RED
+    most = [ev(0, 0.0, spike=1.0), ev(1, 0.0, spike=1.0), ev(2, 0.0, spike=2.1), ev(3, 0.0)]
+    v = whole_model_verdict(most, trend=FLAT)
+    assert v.behind == () and v.answers == (Answer.STILL_TRAINING,)

@@ -50,6 +50,10 @@ class MonitoringSet:
     def n_tokens(self) -> int:
         return int(self.windows.shape[0] * self.seq_len)
 
+    def part(self, part: str) -> torch.Tensor:
+        """The whole windows (S, T+1) of one part: "fit", "held" or "all"."""
+        return self.windows[self._ids(part)]
+
     def inputs(self, part: str) -> torch.Tensor:
         return self.windows[self._ids(part), :-1]
 

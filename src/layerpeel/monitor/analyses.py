@@ -20,7 +20,7 @@ from layerpeel.errors import ConfigError, DataError
 from layerpeel.peel.analysis import PeelConfig, peel
 from layerpeel.peel.rows import Cascade, GapRow
 from layerpeel.peel.scoring import Thresholds, block_works, mark_idle
-from layerpeel.peel.verdict import Trend, judge, weight_spike
+from layerpeel.peel.verdict import Trend, bigram_ce, judge, weight_spike
 from layerpeel.yes.bounds import YesTracker, to_db
 
 # What each preset computes, cheapest first (docs/monitor.md has the measured costs).
@@ -89,6 +89,7 @@ class PeelAnalysis:
         # whole-model verdict of an event judges all of them, not only this unit's
         self.latest: dict[tuple[int, str], GapRow] = {}
         self.latest_cascade: Cascade | None = None
+        self.bigram: float | None = None  # held-out CE of a bigram table of the fit tokens
         self.works: dict[int, float] = {}  # latest work of each block: peers of the idle verdict
 
     def next_unit(self) -> Unit:
@@ -139,7 +140,11 @@ class PeelAnalysis:
         self.latest_cascade = report.cascade or self.latest_cascade
         view = model_view(model)
         spikes = {i: weight_spike(b) for i, b in enumerate(view.blocks)}
-        whole = judge(list(self.latest.values()), self.latest_cascade, thresholds, spikes, trend)
+        if self.bigram is None:  # the monitoring set is fixed: its bigram baseline once
+            vocab = int(view.unembed_weight().shape[0])
+            self.bigram = bigram_ce(self.mset.part("fit"), self.mset.part("held"), vocab)
+        latest = list(self.latest.values())
+        whole = judge(latest, self.latest_cascade, thresholds, spikes, trend, self.bigram)
         return {
             "event": "analysis",
             "unit": unit.kind,

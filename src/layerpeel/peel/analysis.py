@@ -22,7 +22,7 @@ from layerpeel.peel.report import PeelReport
 from layerpeel.peel.rows import Cascade, GapRow, LadderRow
 from layerpeel.peel.run import Shard, merge, run_units
 from layerpeel.peel.scoring import mark_idle
-from layerpeel.peel.verdict import Trend, judge, weight_spike
+from layerpeel.peel.verdict import Trend, bigram_ce, judge, weight_spike
 from layerpeel.peel.world import World, env_world_size
 
 log = logging.getLogger(__name__)
@@ -160,7 +160,9 @@ def make_report(
 
     mark_idle(rows, a.thresholds)
     spikes = {i: weight_spike(b) for i, b in enumerate(a.view.blocks)}
-    verdict = judge(rows, casc, a.thresholds, spikes, trend)
+    vocab = int(a.view.unembed_weight().shape[0])
+    bigram = bigram_ce(data.part("fit"), data.part("held"), vocab)
+    verdict = judge(rows, casc, a.thresholds, spikes, trend, bigram)
 
     return PeelReport(
         layers=rows,

@@ -124,6 +124,28 @@ def weight_spike(block: nn.Module, iters: int = 50) -> float | None:
     return max(ratios) if ratios else None
 
 
+def bigram_ce(fit: torch.Tensor, held: torch.Tensor, vocab: int, alpha: float = 1.0) -> float:
+    """Held-out CE (nats/token) of a bigram table counted on the fit windows.
+
+    fit, held: (S, T+1) token windows. p(b | a) = (c(a, b) + alpha p(b)) / (c(a) + alpha), with
+    p(b) the add-one unigram of the fit tokens over the whole vocabulary: a real model of the
+    text that uses no block at all, so a transformer that does not beat it clearly has blocks
+    that have not learned much yet. Pairs are counted sparsely, so a 50,000-word vocabulary costs
+    no more than bytes.
+    """
+    fit, held = fit.long().cpu(), held.long().cpu()
+    uni = torch.bincount(fit.reshape(-1), minlength=vocab).double() + 1.0
+    uni /= uni.sum()
+    keys, counts = torch.unique((fit[:, :-1] * vocab + fit[:, 1:]).reshape(-1), return_counts=True)
+    ctx = torch.bincount(fit[:, :-1].reshape(-1), minlength=vocab).double()
+    a, b = held[:, :-1].reshape(-1), held[:, 1:].reshape(-1)
+    pair = a * vocab + b
+    at = torch.searchsorted(keys, pair).clamp(max=len(keys) - 1)
+    seen = torch.where(keys[at] == pair, counts[at].double(), torch.zeros((), dtype=torch.float64))
+    p = (seen + alpha * uni[b]) / (ctx[a] + alpha)
+    return float(-p.log().mean())
+
+
 @dataclass(frozen=True)
 class BlockEvidence:
     """What the analysis measured of one whole block."""
@@ -152,6 +174,8 @@ class WholeVerdict:
     improvable: tuple[int, ...] = ()  # blocks whose gap interval clears the yellow line
     trend: Trend | None = None
     reasons: tuple[str, ...] = field(default=())
+    ce_trained: float | None = None  # the trained model's held-out CE
+    ce_bigram: float | None = None  # held-out CE of a bigram table of the fit tokens
 
     @property
     def question(self) -> str:
@@ -167,6 +191,8 @@ class WholeVerdict:
             "improvable": list(self.improvable),
             "trend": None if self.trend is None else self.trend.to_dict(),
             "reasons": list(self.reasons),
+            "ce_trained": self.ce_trained,
+            "ce_bigram": self.ce_bigram,
         }
 
     @classmethod
@@ -180,6 +206,8 @@ class WholeVerdict:
             improvable=tuple(int(b) for b in data.get("improvable", [])),
             trend=None if trend is None else Trend(**trend),
             reasons=tuple(str(r) for r in data.get("reasons", [])),
+            ce_trained=data.get("ce_trained"),
+            ce_bigram=data.get("ce_bigram"),
         )
 
 
@@ -198,20 +226,30 @@ def whole_model_verdict(
     trend: Trend | None = None,
     ce_trained: float | None = None,
     yes0: float | None = None,
+    ce_bigram: float | None = None,
 ) -> WholeVerdict:
     """Combine the per-block evidence, the loss trend and YES-0 into one verdict.
 
     Red: a block is behind (idle, never trained, or clearly the most improvable), or the trained
-    CE is above YES-0. Yellow: the model is still training (the loss fell by more than the red
-    line over the last doubling of steps, or at least half the blocks have gap intervals above
-    the yellow line with none standing out), or some gap is above the yellow line. Green
-    otherwise: no block improvable and no falling loss.
+    CE is above YES-0. Yellow: the model is still training -- the loss falls by more than the red
+    line per doubling of steps; or the trained CE does not beat a bigram table of the fit tokens
+    by more than the red line; or at least half the blocks still look like their initialization,
+    or have gap intervals above the yellow line with none standing out -- or some gap is above
+    the yellow line. Green otherwise: no block improvable and no falling loss.
     """
     t = thresholds or Thresholds()
     reasons: list[str] = []
     improvable = tuple(b.block for b in blocks if b.ci_low > t.yellow)
     idle = [b.block for b in blocks if b.idle]
     untrained = [b.block for b in blocks if b.untrained]
+    # most blocks still at their initialization: the whole model is, not one block behind
+    barely = len(blocks) >= 2 and len(untrained) * 2 >= len(blocks)
+    if barely:
+        reasons.append(
+            f"{len(untrained)} of {len(blocks)} blocks' weights still look like their random "
+            "initialization"
+        )
+        untrained = []
     standout = _standout(blocks, t)
     behind = tuple(
         dict.fromkeys([*untrained, *idle, *([standout] if standout is not None else [])])
@@ -229,7 +267,15 @@ def whole_model_verdict(
         )
     falling = trend is not None and trend.falling_by > t.red
     everywhere = len(blocks) >= 2 and len(improvable) * 2 >= len(blocks) and standout is None
-    still = falling or everywhere
+    above_bigram = (
+        ce_trained is not None and ce_bigram is not None and ce_trained > ce_bigram - t.red
+    )
+    if above_bigram:
+        reasons.append(
+            f"the model's held-out CE {ce_trained:.3f} does not clearly beat a bigram table of the "
+            f"fit tokens ({ce_bigram:.3f}), which uses no block at all"
+        )
+    still = falling or everywhere or above_bigram or barely
     if falling:
         assert trend is not None
         reasons.append(
@@ -270,6 +316,8 @@ def whole_model_verdict(
         improvable=improvable,
         trend=trend,
         reasons=tuple(reasons),
+        ce_trained=ce_trained,
+        ce_bigram=ce_bigram,
     )
 
 
@@ -325,14 +373,19 @@ def judge(
     thresholds: Thresholds,
     spikes: dict[int, float | None] | None = None,
     trend: Trend | None = None,
+    ce_bigram: float | None = None,
 ) -> WholeVerdict:
     """The whole-model verdict of a report's rows and cascade (see `whole_model_verdict`)."""
+    ce_trained = cascade.ce_trained if cascade is not None else None
+    if ce_trained is None and rows:
+        ce_trained = rows[0].ce_trained
     return whole_model_verdict(
         block_evidence(rows, spikes),
         thresholds,
         trend,
-        ce_trained=None if cascade is None else cascade.ce_trained,
+        ce_trained=ce_trained,
         yes0=None if cascade is None else cascade.yes0,
+        ce_bigram=ce_bigram,
     )
 
 
