@@ -228,7 +228,10 @@ class Trainer:
         check_output_dir(out, "--out")
         run = RunFolder(out)
         if run.config_path.exists():
-            raise CheckpointError(f"{out} already holds a run; use --resume or another --out")
+            raise CheckpointError(
+                f"{out} already holds a run; continue it with --resume {out} (a run stopped "
+                "before its first checkpoint starts over) or give another --out"
+            )
         tokenizer = get_tokenizer(cfg.tokenizer)
         if model_cfg.vocab_size < tokenizer.vocab_size:
             model_cfg = dataclasses.replace(model_cfg, vocab_size=tokenizer.vocab_size)
