@@ -33,6 +33,7 @@ from validity.tables import (  # noqa: E402
     calibration_pairs,
     case_table,
     judge,
+    short_solve_lines,
     summary_table,
     training_table,
 )
@@ -83,6 +84,7 @@ def main() -> None:
     pairs = calibration_pairs(results)
     print("\n== calibration: layerpeel gap vs oracle gain")
     print("\n".join(calibration_lines(pairs)))
+    print("\n".join(short_solve_lines(results)))
     if args.figure:
         calibration_figure(pairs, args.figure)
         print(f"figure: {args.figure}")

@@ -268,3 +268,22 @@ def calibration_figure(pairs: dict[str, list[tuple[float, float]]], path: Path) 
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def short_solve_lines(results: list[dict[str, Any]], step: int = 25) -> list[str]:
+    """How the oracle's gain after `step` steps ranks the blocks, next to its best gain."""
+    rhos = []
+    for r in results:
+        early = []
+        for o in r["oracle"]:
+            at = {int(s): g for s, g in o["curve"]}
+            early.append(at.get(step, o["gain"]))  # a run that stopped earlier keeps its best
+        rhos.append(_spearman(early, [o["gain"] for o in r["oracle"]]))
+    found = [v for v in rhos if not math.isnan(v)]
+    if not found:
+        return []
+    return [
+        f"oracle gain after {step} steps vs best gain, Spearman per snapshot: "
+        + " ".join(f"{v:+.2f}" for v in found)
+        + f"  (mean {np.mean(found):+.2f})"
+    ]
