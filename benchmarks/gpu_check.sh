@@ -28,22 +28,24 @@ windows = torch.randint(0, 256, (64, 65), generator=torch.Generator().manual_see
 settings = PeelConfig(ladder=False, cascade=False)  # P1 with work: the parity that matters
 
 
-def gaps(where: str) -> list[tuple[int, str, float]]:
+def rows(where: str) -> list[tuple[int, str, float, float]]:
     torch.manual_seed(0)
-    model = GPT(cfg).eval().to(where)
-    report = peel(model, monitoring_set(windows), settings)
-    return [(r.block, r.part, r.gap) for r in report.layers]
+    model = GPT(cfg).eval()
+    with torch.no_grad():  # a planted fault, so that some gaps are well above zero
+        model.blocks[2].mlp.proj.weight.mul_(4.0)
+    report = peel(model.to(where), monitoring_set(windows), settings)
+    return [(r.block, r.part, r.gap, r.ce_reference) for r in report.layers]
 
 
-cpu, dev = gaps("cpu"), gaps(device)
+cpu, dev = rows("cpu"), rows(device)
 worst = 0.0
-for (b, part, g_cpu), (_, _, g_dev) in zip(cpu, dev, strict=True):
-    diff = abs(g_dev - g_cpu)
+for (b, part, g_cpu, ce_cpu), (_, _, g_dev, ce_dev) in zip(cpu, dev, strict=True):
+    diff = max(abs(g_dev - g_cpu), abs(ce_dev - ce_cpu))
     worst = max(worst, diff)
-    ok = diff <= 1e-3 + 0.05 * abs(g_cpu)
+    ok = diff <= 2e-4 + 0.01 * abs(g_cpu)  # float32 on both; the kernels sum in other orders
     print(f"block {b} {part:<5} gap cpu {g_cpu:+.5f}  {device} {g_dev:+.5f}  {'ok' if ok else 'DIFFERS'}")
     if not ok:
-        sys.exit(f"P1 gaps on {device} and cpu differ by {diff:.2e} at block {b} {part}")
+        sys.exit(f"P1 rows on {device} and cpu differ by {diff:.2e} at block {b} {part}")
 print(f"P1 parity {device} vs cpu: {len(cpu)} rows, largest difference {worst:.2e} nats/token")
 PYTHON
 
