@@ -31,7 +31,7 @@ settings = PeelConfig(ladder=False, cascade=False)  # P1 with work: the parity t
 def rows(where: str) -> list[tuple[int, str, float, float]]:
     torch.manual_seed(0)
     model = GPT(cfg).eval()
-    with torch.no_grad():  # a planted fault, so that some gaps are well above zero
+    with torch.no_grad():  # a planted fault: block 2's MLP output scaled up
         model.blocks[2].mlp.proj.weight.mul_(4.0)
     report = peel(model.to(where), monitoring_set(windows), settings)
     return [(r.block, r.part, r.gap, r.ce_reference) for r in report.layers]
