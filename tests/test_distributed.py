@@ -8,6 +8,7 @@ analysis here.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 import math
@@ -221,6 +222,24 @@ def test_plan_gives_every_unit_to_one_rank_within_the_greedy_bound():
     plan = make_plan([Unit("p1", (i,), c) for i, c in enumerate(costs)], 3)
     assert max(plan.load(r) for r in range(3)) <= (4 / 3) * best_makespan(costs, 3)
     assert plan.balance < 1.2
+
+
+@pytest.mark.parametrize(
+    ("n_layer", "flag", "cascade"),
+    [(8, None, True), (9, None, False), (9, "--cascade", True), (8, "--no-cascade", False)],
+)
+def test_the_cascade_is_off_by_default_above_eight_blocks(n_layer, flag, cascade, caplog):
+    from layerpeel.cli import build_parser
+    from layerpeel.peel.config import from_args
+
+    args = build_parser().parse_args(["analyze", "run", *([flag] if flag else [])])
+    cfg = dataclasses.replace(from_args(args), n_boot=64, search_sequences=4, batch=4)
+    model = GPT(GPTConfig(vocab_size=48, n_layer=n_layer, n_head=2, d_model=16))
+    with caplog.at_level("INFO", logger="layerpeel.peel.plan"):
+        _, plan = plan_analysis(model, tiny_data(), cfg, 1)
+    assert any(u.phase == "p3" for u in plan.units) == cascade
+    said = [r for r in caplog.records if "cascade off" in r.getMessage()]
+    assert len(said) == (flag is None and not cascade)  # the reason, once, when it was not asked
 
 
 def test_plan_costs_follow_the_work_each_unit_does():

@@ -57,7 +57,7 @@ class Activations:
     nbytes: int = 0
 
     def add(self, store: dict[int, list[torch.Tensor]], key: int, t: torch.Tensor) -> None:
-        t = t.detach().float().cpu()
+        t = t.detach().float()  # kept on the model's device, where the analysis runs
         self.nbytes += t.numel() * t.element_size()
         if self.nbytes > self.budget_bytes:
             raise MemoryBudgetError(
@@ -123,8 +123,10 @@ def residual_stream(
 ) -> list[torch.Tensor]:
     """G_0..G_L of the model on token windows (S, T): a list of L+1 tensors (S, T, C), float32.
 
+    The tokens go to the device of the model's parameters, and the streams stay there.
     Raises `NonFiniteError` naming the first block whose output holds NaN or Inf.
     """
+    tokens = tokens.to(model_device(view.model))
     with capture(view, budget_bytes=budget_bytes) as acts:
         for start in range(0, tokens.shape[0], batch_size):
             view.forward(tokens[start : start + batch_size])
@@ -132,6 +134,12 @@ def residual_stream(
     out = [res[i] for i in range(view.n_blocks + 1)]
     check_finite(out)
     return out
+
+
+def model_device(model: nn.Module) -> torch.device:
+    """The device of the model's first parameter (the CPU for a model without any)."""
+    first = next(iter(model.parameters()), None)
+    return first.device if first is not None else torch.device("cpu")
 
 
 def check_finite(stream: list[torch.Tensor]) -> None:

@@ -32,12 +32,12 @@ def plain_linear(linear: nn.Module) -> nn.Linear:
     """A plain nn.Linear holding `linear`'s effective weights (quantized values stay quantized)."""
     w = effective_weight(linear)
     bias = getattr(linear, "bias", None)
-    out = nn.Linear(w.shape[1], w.shape[0], bias=bias is not None)
+    out = nn.Linear(w.shape[1], w.shape[0], bias=bias is not None, device=w.device)
     with torch.no_grad():
         out.weight.copy_(w)
         if bias is not None:
             out.bias.copy_(bias.detach())
-    return out.to(w.device)
+    return out
 
 
 def get_submodule(root: nn.Module, name: str) -> nn.Module:

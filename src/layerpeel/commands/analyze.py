@@ -20,6 +20,7 @@ from layerpeel.peel.analysis import (
 from layerpeel.peel.config import add_arguments, from_args
 from layerpeel.peel.report import PeelReport
 from layerpeel.peel.verdict import loss_trend
+from layerpeel.peel.world import one_line
 
 HF_SEQ_LEN = 256  # default monitoring sequence length of a Hugging Face model
 
@@ -61,6 +62,11 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
         help="monitoring tokens (half fit, half held out)",
     )
     p.add_argument("--json", type=Path, metavar="FILE", help="also write the report JSON here")
+    p.add_argument(
+        "--device",
+        metavar="DEV",
+        help="where the analysis runs, e.g. cpu, cuda, cuda:1 (default: the model's device)",
+    )
     add_arguments(p)  # one flag per PeelConfig setting
     p.add_argument(
         "--fail-on",
@@ -203,6 +209,7 @@ def run_hf(args: argparse.Namespace, cfg: PeelConfig, sharded: bool = False) -> 
     if args.seq_len is not None and args.seq_len < 1:
         raise ConfigError(f"--seq-len must be at least 1, got {args.seq_len}")
     model, tokenizer = load_hf(args.hf)
+    model = to_device(model, args.device)
     context = context_length(model)
     seq_len = args.seq_len or min(HF_SEQ_LEN, context or HF_SEQ_LEN)
     if context is not None and seq_len > context:
@@ -218,6 +225,20 @@ def run_hf(args: argparse.Namespace, cfg: PeelConfig, sharded: bool = False) -> 
     if args.json is not None:
         print(f"\nreport: {args.json}")
     return _exit_code(args, report)
+
+
+def to_device(model: Any, device: str | None) -> Any:
+    """The model on `device` (None: where it is); a device this machine lacks is a `ConfigError`."""
+    if device is None:
+        return model
+    import torch
+
+    try:
+        dev = torch.device(device)
+        torch.empty(0, device=dev)  # fails at once for a device type this machine lacks
+    except (RuntimeError, AssertionError) as exc:
+        raise ConfigError(f"--device {device}: not usable here ({one_line(exc)})") from None
+    return model.to(dev)
 
 
 def _exit_code(args: argparse.Namespace, report: PeelReport) -> int:
@@ -256,6 +277,7 @@ def _run(args: argparse.Namespace, sharded: bool) -> int:
     if args.target is None:
         raise ConfigError("give a run folder or checkpoint, or --hf DIR")
     target = load_target(args.target)
+    target.model = to_device(target.model, args.device)
     if target.run is None:
         raise ConfigError(
             f"{args.target} is not in a run folder, so its tokenizer is unknown; "

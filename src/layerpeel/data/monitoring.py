@@ -62,7 +62,7 @@ class MonitoringSet:
 
     def _ids(self, part: str) -> torch.Tensor:
         ids = {"fit": self.fit_ids, "held": self.held_ids, "all": np.arange(len(self.windows))}
-        return torch.as_tensor(ids[part], dtype=torch.long)
+        return torch.as_tensor(ids[part], dtype=torch.long, device=self.windows.device)
 
     def digest(self) -> str:
         """sha256 of the windows and the split: the same set always gives the same hash."""

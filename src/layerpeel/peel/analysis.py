@@ -115,7 +115,7 @@ def peel(
     shards = world.gather(work, Shard.reader(plan), signature)
     t0 = time.perf_counter()
     rows, ladder_rows, casc = merge(plan, shards, cfg, a.n_blocks)
-    phases = ["capture", "p1"] + ["p2"] * cfg.ladder + ["p3"] * cfg.cascade
+    phases = ["capture", "p1"] + ["p2"] * cfg.ladder + ["p3"] * cfg.cascade_on(a.n_blocks)
     timings = {ph: max(s.timings.get(ph, 0.0) for s in shards) for ph in phases}
     if world.sharded:
         timings["gather"] = time.perf_counter() - t0

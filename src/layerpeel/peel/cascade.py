@@ -46,7 +46,9 @@ def preimage_target(ctx: PeelContext, part: str, ridge: float = 1e-3) -> torch.T
     g_last = ctx.fit[-1] if part == "fit" else ctx.held[-1]
     gram = w.T @ w
     rho = ridge * float(torch.diagonal(gram).mean())
-    solve = torch.linalg.solve(gram + rho * torch.eye(gram.shape[0], dtype=gram.dtype), w.T)
+    solve = torch.linalg.solve(
+        gram + rho * torch.eye(gram.shape[0], dtype=gram.dtype, device=gram.device), w.T
+    )
     z = solve.T[targets]  # (S, T, C): row y of W (W^T W + rho I)^-1
     # the final norm adds its bias after normalising, so only the direction before it can be
     # chosen: divide by its gain and remove the mean, which the normalisation discards anyway

@@ -18,6 +18,9 @@ from layerpeel.errors import ConfigError
 
 SOLVERS = ("closed", "adam")  # P1 solvers; `peel.gap.P1_SOLVERS` dispatches by these names
 PARTS = ("block", "attn", "mlp")
+# up to this many blocks P3 runs by default and tries every anchor subset; above it the cascade's
+# singleton paths come out worse than a uniform guess and cost the most, so it is off unless asked
+CASCADE_BLOCKS = 8
 
 
 def setting(default: Any, text: str, **extra: Any) -> Any:
@@ -35,9 +38,14 @@ class PeelConfig(ConfigBase):
     parts: tuple[str, ...] = setting(PARTS, "P1 parts per block, of block, attn, mlp")
     blocks: tuple[int, ...] | None = setting(None, "P1 blocks, 0-based")
     ladder: bool = setting(True, "P2, the projection ladder")
-    cascade: bool = setting(True, "P3, the YES cascade")
+    cascade: bool | None = setting(
+        None,
+        f"P3, the YES cascade (default: on for L <= {CASCADE_BLOCKS} blocks; on a deeper model "
+        "its paths are worse than a uniform guess)",
+    )
     max_anchors: int | None = setting(
-        None, "P3 anchor subsets up to this size (default: all for L <= 8 blocks, else 2)"
+        None,
+        f"P3 anchor subsets up to this size (default: all for L <= {CASCADE_BLOCKS} blocks, else 2)",
     )
     cascade_target: str = setting(
         "preimage", "P3 final target: preimage or trained", choices=("preimage", "trained")
@@ -73,6 +81,10 @@ class PeelConfig(ConfigBase):
         "re-check the reds after the first red block with its reference in place; those it "
         "explains turn yellow",
     )
+
+    def cascade_on(self, n_blocks: int) -> bool:
+        """Whether P3 runs on a model of `n_blocks` blocks: as asked, else up to `CASCADE_BLOCKS`."""
+        return self.cascade if self.cascade is not None else n_blocks <= CASCADE_BLOCKS
 
     def validate(self) -> None:
         for f in dataclasses.fields(self):
@@ -115,6 +127,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         kind, text = _kind(f), f.metadata["help"]
         default: Any = f.default
         flag = _flag(f.name, default)
+        if kind is bool and default is None:  # chosen by the model unless asked: both flags
+            parser.add_argument(
+                flag, action=argparse.BooleanOptionalAction, default=None, dest=f.name, help=text
+            )
+            continue
         if kind is bool:  # on by default: `--no-name` skips it; off: `--name` turns it on
             action = "store_false" if default else "store_true"
             shown = f"skip {text}" if default else text

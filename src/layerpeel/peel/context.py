@@ -94,8 +94,8 @@ def build_context(
 ) -> PeelContext:
     fit = residual_stream(view, mset.inputs("fit"), batch, budget_bytes)
     held = residual_stream(view, mset.inputs("held"), batch, budget_bytes)
-    held_targets = mset.targets("held")
+    device = fit[0].device  # the model's: every tensor of the analysis lives there
+    held_targets = mset.targets("held").to(device)
+    fit_targets = mset.targets("fit").to(device)
     ce = sequence_ce(view, view.n_blocks, held[-1], held_targets, None, batch)
-    return PeelContext(
-        view, mset, fit, held, mset.targets("fit"), held_targets, ce, batch, score_dtype
-    )
+    return PeelContext(view, mset, fit, held, fit_targets, held_targets, ce, batch, score_dtype)

@@ -26,6 +26,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import logging
 from typing import Any
 
 from torch import nn
@@ -35,9 +36,11 @@ from layerpeel.arch.views import ModelView
 from layerpeel.data.monitoring import MonitoringSet
 from layerpeel.errors import ConfigError
 from layerpeel.peel.cascade import anchor_subsets
-from layerpeel.peel.config import PeelConfig
+from layerpeel.peel.config import CASCADE_BLOCKS, PeelConfig
 from layerpeel.peel.scoring import Thresholds
 from layerpeel.quant import model_scheme
+
+log = logging.getLogger(__name__)
 
 GRAM = 2.0  # block passes per sequence to accumulate one block's Gram matrices (attention + MLP)
 
@@ -115,7 +118,7 @@ def units(
     ]
     if cfg.ladder:
         out += [Unit("p2", (i,), p2_cost(s, i)) for i in range(s.n_blocks)]
-    if cfg.cascade:
+    if cfg.cascade_on(s.n_blocks):
         groups: dict[tuple[int, ...], list[tuple[int, ...]]] = {}
         for subset in anchor_subsets(s.n_blocks, cap):
             groups.setdefault(subset[:1], []).append(subset)
@@ -199,7 +202,15 @@ def prepare(model: nn.Module, cfg: PeelConfig) -> Analysis:
     blocks = tuple(range(n)) if cfg.blocks is None else tuple(cfg.blocks)
     if any(not 0 <= b < n for b in blocks):
         raise ConfigError(f"blocks must be in 0..{n - 1}, got {list(blocks)}")
-    cap = cfg.max_anchors if cfg.max_anchors is not None else (None if n <= 8 else 2)
+    deep = n > CASCADE_BLOCKS
+    cap = cfg.max_anchors if cfg.max_anchors is not None else (2 if deep else None)
+    if cfg.cascade is None and deep:
+        log.info(
+            "P3 cascade off for %d blocks (> %d): on a deep model its paths are worse than a "
+            "uniform guess and cost the most; --cascade runs it",
+            n,
+            CASCADE_BLOCKS,
+        )
     return Analysis(view, scheme, blocks, cap, cfg, Thresholds.of(cfg))
 
 

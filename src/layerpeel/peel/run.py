@@ -170,7 +170,7 @@ def merge(
         else:
             subsets.update({tuple(row.anchors): row for row in by_unit[i]})
     casc = None
-    if cfg.cascade:
+    if cfg.cascade_on(n_blocks):
         alphas = [s.alpha for s in shards if s.alpha is not None]
         if len(set(alphas)) > 1:
             log.warning(

@@ -115,7 +115,9 @@ def weight_spike(block: nn.Module, iters: int = 50) -> float | None:
         std = float(w.std())
         if not std > 0.0 or not math.isfinite(std):
             continue
-        v = torch.randn(w.shape[1], 1, generator=gen, dtype=torch.float64).to(w.device)
+        v = torch.randn(w.shape[1], 1, generator=gen, dtype=torch.float64, device="cpu").to(
+            w.device
+        )
         for _ in range(iters):  # (n, 1): v <- W^T W v, normalised
             v = w.T @ (w @ v)
             v = v / v.norm()

@@ -83,7 +83,7 @@ def adam_reference(
 
     best_ce, best_state = check(), [p.detach().clone() for p in params]
     for step in range(opts.steps):
-        ids = torch.randint(n, (min(opts.batch, n),), generator=gen)
+        ids = torch.randint(n, (min(opts.batch, n),), generator=gen, device="cpu").to(x.device)
         with torch.enable_grad():
             logits = view.run_from(index, x[ids], {index: ref})
             loss = F.cross_entropy(logits.transpose(1, 2), targets[ids])

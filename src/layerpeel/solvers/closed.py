@@ -54,7 +54,9 @@ def _slot_params(slot: WeightSlot) -> tuple[torch.Tensor, torch.Tensor]:
     """The (w (in, out), b (out,)) of a slot, in float64 (b = 0 without a bias)."""
     w, b = slot.get()
     w = w.to(DTYPE)
-    return w, (b.to(DTYPE) if b is not None else torch.zeros(w.shape[1], dtype=DTYPE))
+    return w, (
+        b.to(DTYPE) if b is not None else torch.zeros(w.shape[1], dtype=DTYPE, device=w.device)
+    )
 
 
 def group_to_heads(bv: BlockView, t: torch.Tensor) -> torch.Tensor:
@@ -90,7 +92,7 @@ def factor_value_maps(m: torch.Tensor, bv: BlockView) -> torch.Tensor:
     h, hd, h_kv = bv.n_head, bv.head_dim, bv.kv_heads
     c = m.shape[0] // h
     rep = h // h_kv
-    wv = torch.zeros(c, h_kv * hd, dtype=DTYPE)
+    wv = torch.zeros(c, h_kv * hd, dtype=DTYPE, device=m.device)
     for g in range(h_kv):
         group = torch.cat([m[(g * rep + j) * c : (g * rep + j + 1) * c] for j in range(rep)], 1)
         # left singular pairs from the (C, C) eigenproblem of group group^T: the same factor
@@ -153,7 +155,7 @@ class BlockProblem:
         self._joint_maps: torch.Tensor | None = None  # joint solutions per direction, on demand
         # features [A_h xn]_h with a constant column; right-hand sides: the K directions, then
         # the offset x + mlp(x + attn(x)) that the attention output does not have to produce
-        self.joint = Gram(self.h * self.c, (k + 1) * self.c, bias=True)
+        self.joint = Gram(self.h * self.c, (k + 1) * self.c, bias=True, device=x.device)
         # with fewer samples than half the features (a line search's few sequences), the joint
         # solve is cheaper in sample space: keep the samples for it (less memory than the Gram)
         few = x.shape[0] * x.shape[1] * 2 < self.h * self.c and self.opts.ridge > 0
@@ -178,7 +180,7 @@ class BlockProblem:
     def _coef(self, coef: Sequence[float]) -> torch.Tensor:
         if len(coef) != len(self.directions):
             raise ValueError(f"need {len(self.directions)} coefficients, got {len(coef)}")
-        return torch.tensor([*coef, -1.0], dtype=DTYPE)
+        return torch.tensor([*coef, -1.0], dtype=DTYPE, device=self.x.device)
 
     def _value_gram(self, wv: torch.Tensor, bv_: torch.Tensor, joint: Gram) -> Gram:
         """Gram of the mixed values A_h (xn W_v + 1 b_v) from the joint Gram: a change of features.
@@ -243,7 +245,7 @@ class BlockProblem:
         wv = factor_value_maps(m, self.bv)  # (C, H_kv*hd)
         if scheme not in (None, "none"):
             wv = project_weight(wv, str(scheme))  # the value map has no target of its own
-        bv_zero = torch.zeros(wv.shape[1], dtype=DTYPE)
+        bv_zero = torch.zeros(wv.shape[1], dtype=DTYPE, device=wv.device)
         g2 = self._value_gram(wv, bv_zero, joint)
         w2, b2 = constrained_solve(g2, scheme, self.opts.ridge)
         candidates.append(("value-out", _partial_sse(g2, w2, b2), ((wv, bv_zero), (w2, b2))))
@@ -258,7 +260,12 @@ class BlockProblem:
         """MLP Gram of the re-solved attention in `ref`: one pass over the inputs."""
         bv = self.view.block_view(ref)
         proj = bv.proj
-        g = Gram(proj.in_features, (len(self.directions) + 1) * self.c, bias=proj.has_bias)
+        g = Gram(
+            proj.in_features,
+            (len(self.directions) + 1) * self.c,
+            bias=proj.has_bias,
+            device=self.x.device,
+        )
         with torch.no_grad():
             for xb, ds in self._batches():
                 base = xb + bv.attn(xb)  # the MLP adds to this

@@ -15,12 +15,14 @@ DTYPE = torch.float64
 class Gram:
     """Accumulates X~^T X~, X~^T Y and ||Y||^2 batch by batch (X~ = [X, 1] when `bias`)."""
 
-    def __init__(self, p: int, q: int, bias: bool = True) -> None:
+    def __init__(
+        self, p: int, q: int, bias: bool = True, device: torch.device | str | None = None
+    ) -> None:
         self.p, self.q, self.bias = p, q, bias
         k = p + int(bias)
-        self.xx = torch.zeros(k, k, dtype=DTYPE)  # (p+1, p+1)
-        self.xy = torch.zeros(k, q, dtype=DTYPE)  # (p+1, q)
-        self.yy = torch.zeros((), dtype=DTYPE)  # sum of squared targets
+        self.xx = torch.zeros(k, k, dtype=DTYPE, device=device)  # (p+1, p+1)
+        self.xy = torch.zeros(k, q, dtype=DTYPE, device=device)  # (p+1, q)
+        self.yy = torch.zeros((), dtype=DTYPE, device=device)  # sum of squared targets
         self.n = 0
 
     @classmethod
@@ -31,7 +33,7 @@ class Gram:
         g = cls.__new__(cls)  # no zero-filled (p+1)^2 buffers that are replaced at once
         g.p, g.q, g.bias = xx.shape[0] - int(bias), xy.shape[1], bias
         g.xx, g.xy, g.n = xx.to(DTYPE), xy.to(DTYPE), n
-        g.yy = torch.as_tensor(yy, dtype=DTYPE)
+        g.yy = torch.as_tensor(yy, dtype=DTYPE, device=xx.device)
         return g
 
     def update(self, x: torch.Tensor, y: torch.Tensor) -> None:
@@ -43,7 +45,9 @@ class Gram:
         x = x.reshape(-1, self.p)
         y = y.reshape(-1, self.q).to(x.dtype)
         if self.bias:
-            x = torch.cat([x, torch.ones(x.shape[0], 1, dtype=x.dtype)], dim=1)  # (n, p+1)
+            x = torch.cat(
+                [x, torch.ones(x.shape[0], 1, dtype=x.dtype, device=x.device)], dim=1
+            )  # (n, p+1)
         self.xx += (x.T @ x).to(DTYPE)
         self.xy += (x.T @ y).to(DTYPE)
         self.yy += (y.to(DTYPE) ** 2).sum()
@@ -62,13 +66,13 @@ class Gram:
         a = self.xx.clone()
         lam = ridge * float(torch.diagonal(self.xx)[: self.p].sum()) / max(self.p, 1)
         if lam > 0:
-            idx = torch.arange(self.p)
+            idx = torch.arange(self.p, device=a.device)
             a[idx, idx] += lam
             sol = _spd_solve(a, rhs)
         else:
             sol = torch.linalg.pinv(a, hermitian=True) @ rhs
         w = sol[: self.p]
-        b = sol[self.p] if self.bias else torch.zeros(self.q, dtype=DTYPE)
+        b = sol[self.p] if self.bias else torch.zeros(self.q, dtype=DTYPE, device=sol.device)
         return w, b
 
     def sse(self, w: torch.Tensor, b: torch.Tensor) -> float:
@@ -98,7 +102,7 @@ def sample_space_solve(
     k = x @ x.T
     k.diagonal().add_(lam)
     w = x.T @ _spd_solve(k, y)
-    b = my - mx @ w if bias else torch.zeros(y.shape[1], dtype=DTYPE)
+    b = my - mx @ w if bias else torch.zeros(y.shape[1], dtype=DTYPE, device=y.device)
     return w, b
 
 

@@ -50,7 +50,7 @@ def refit_scales(
     if gram.bias:
         bias = (one_y - x1 @ weight) / float(gram.n)
     else:
-        bias = torch.zeros(gram.q, dtype=DTYPE)
+        bias = torch.zeros(gram.q, dtype=DTYPE, device=gram.xy.device)
     return weight, bias
 
 
