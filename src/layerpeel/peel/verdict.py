@@ -143,7 +143,8 @@ def bigram_ce(fit: torch.Tensor, held: torch.Tensor, vocab: int, alpha: float = 
     a, b = held[:, :-1].reshape(-1), held[:, 1:].reshape(-1)
     pair = a * vocab + b
     at = torch.searchsorted(keys, pair).clamp(max=len(keys) - 1)
-    seen = torch.where(keys[at] == pair, counts[at].double(), torch.zeros((), dtype=torch.float64))
+    zero = torch.zeros((), dtype=torch.float64, device=counts.device)
+    seen = torch.where(keys[at] == pair, counts[at].double(), zero)
     p = (seen + alpha * uni[b]) / (ctx[a] + alpha)
     return float(-p.log().mean())
 
