@@ -80,10 +80,10 @@ def layerpeel_detections(
     seconds = time.perf_counter() - t0
     n = model_view(model).n_blocks
     order: list[int] = []
-    for r in report.ranked():
-        if r["block"] not in order:
-            order.append(int(r["block"]))
-    rows = sorted(report.layers, key=lambda r: (r["block"], r["part"]))
+    for row in report.ranked():
+        if row.block not in order:
+            order.append(int(row.block))
+    rows = sorted((r.to_dict() for r in report.layers), key=lambda r: (r["block"], r["part"]))
     values: dict[str, list[float]] = {}
     for part in parts:
         values[f"gap_{part}"] = [r["gap"] for r in rows if r["part"] == part]
@@ -94,14 +94,13 @@ def layerpeel_detections(
     out = [Detection(label, _order_scores(order, n), order[0], reds, values, seconds)]
     if solver == "closed":
         out[0].verdict = report.whole().to_dict()
-    if solver == "closed":
         gaps = values["gap_block"]
         by_gap = sorted(range(n), key=lambda b: -gaps[b])
         gap_reds = sorted(
             {int(r["block"]) for r in rows if r["ci_low"] > float(report.config["red"])}
         )
         out.append(Detection("lp-gap", list(gaps), by_gap[0], gap_reds, {"gap_block": gaps}))
-    return out, report.layers
+    return out, rows
 
 
 @contextlib.contextmanager

@@ -234,12 +234,12 @@ def verdict_table(judged: list[Judged]) -> list[str]:
     rows = [(j, v) for j, v in rows if v is not None]
     if not rows:
         return ["no lp-default detection records a whole-model verdict"]
-    lines = [f"{'snapshot':<44} {'fault':<14} {'oracle':<8} {'colour':<7} {'answers':<36} behind"]
+    lines = [f"{'snapshot':<46} {'fault':<14} {'oracle':<8} {'colour':<7} {'answers':<36} behind"]
     for j, v in rows:
         fault = "none" if j.block < 0 else f"{j.fault} b{j.block}"
         behind = ",".join(map(str, v["behind"])) or "none"
         lines.append(
-            f"{j.name:<44} {fault:<14} {_state(j):<8} {v['colour']:<7}"
+            f"{j.name:<46} {fault:<14} {_state(j):<8} {v['colour']:<7}"
             f" {' + '.join(v['answers']) or '-':<36} {behind}"
         )
     uniform = [v for j, v in rows if j.uniform]
