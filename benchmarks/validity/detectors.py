@@ -4,7 +4,7 @@ Every detector returns a `Detection`: one score per block, larger = more suspect
 ranks first, and, for a detector with a line of its own, the blocks it marks red.
 - lp-default: layerpeel's default analysis (closed-form P1 on block, attention and MLP, with
   each block's work); its order is the report's ranking (`PeelReport.ranked`), its reds the
-  blocks with a red row.
+  blocks with a red row; it also records the report's whole-model verdict (`PeelReport.whole`).
 - lp-gap: the same report's whole-block P1 gaps alone, ranked by gap (reds: red by gap).
 - lp-adam: layerpeel with its other solver (local Adam), whole blocks, ranked like lp-default.
 - loo: leave-one-out ablation (SLEB's metric): held-out CE without the block minus with it;
@@ -52,6 +52,7 @@ class Detection:
     reds: list[int] | None  # blocks marked red; None for a detector without a line
     values: dict[str, list[float]] = field(default_factory=dict)  # raw numbers, by what they are
     seconds: float = 0.0
+    verdict: dict[str, Any] | None = None  # lp-default: the report's whole-model verdict
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -68,16 +69,21 @@ def _order_scores(order: list[int], n: int) -> list[float]:
 def layerpeel_detections(
     model: nn.Module, mset: MonitoringSet, solver: str, parts: tuple[str, ...]
 ) -> tuple[list[Detection], list[dict[str, Any]]]:
-    """Run layerpeel's analysis with `solver`: its ranking (and, for closed, its gaps alone); rows."""
+    """Run layerpeel's analysis with `solver`: its ranking (and, for closed, its gaps alone); rows.
+
+    The benchmark's training loop keeps no loss history, so the whole-model verdict is judged
+    without a loss trend (on the gaps, work and weights alone).
+    """
     t0 = time.perf_counter()
-    report = peel(model, mset, PeelConfig(solver=solver, parts=parts, ladder=False, cascade=False))
+    cfg = PeelConfig(solver=solver, parts=parts, ladder=False, cascade=False)
+    report = peel(model, mset, cfg, trend=None)
     seconds = time.perf_counter() - t0
     n = model_view(model).n_blocks
     order: list[int] = []
-    for r in report.ranked():
-        if r["block"] not in order:
-            order.append(int(r["block"]))
-    rows = sorted(report.layers, key=lambda r: (r["block"], r["part"]))
+    for row in report.ranked():
+        if row.block not in order:
+            order.append(int(row.block))
+    rows = sorted((r.to_dict() for r in report.layers), key=lambda r: (r["block"], r["part"]))
     values: dict[str, list[float]] = {}
     for part in parts:
         values[f"gap_{part}"] = [r["gap"] for r in rows if r["part"] == part]
@@ -87,13 +93,14 @@ def layerpeel_detections(
     label = "lp-default" if solver == "closed" else f"lp-{solver}"
     out = [Detection(label, _order_scores(order, n), order[0], reds, values, seconds)]
     if solver == "closed":
+        out[0].verdict = report.whole().to_dict()
         gaps = values["gap_block"]
         by_gap = sorted(range(n), key=lambda b: -gaps[b])
         gap_reds = sorted(
             {int(r["block"]) for r in rows if r["ci_low"] > float(report.config["red"])}
         )
         out.append(Detection("lp-gap", list(gaps), by_gap[0], gap_reds, {"gap_block": gaps}))
-    return out, report.layers
+    return out, rows
 
 
 @contextlib.contextmanager

@@ -36,6 +36,7 @@ from validity.tables import (  # noqa: E402
     short_solve_lines,
     summary_table,
     training_table,
+    verdict_table,
 )
 
 DETECTORS = ["lp-default", "lp-gap", "lp-adam", "loo", "shortgpt", "gradnorm", "update-ratio", "ww"]
@@ -81,6 +82,8 @@ def main() -> None:
         print("WeightWatcher alpha: skipped (weightwatcher is not installed)")
     print("\n== along training")
     print("\n".join(training_table(judged, results)))
+    print("\n== whole-model verdict (lp-default) against the oracle")
+    print("\n".join(verdict_table(judged)))
     pairs = calibration_pairs(results)
     print("\n== calibration: layerpeel gap vs oracle gain")
     print("\n".join(calibration_lines(pairs)))

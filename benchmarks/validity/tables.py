@@ -12,6 +12,8 @@ Definitions used by every table:
 - "whole model still training" (uniform): every block's gap is above twice its own standard
   error and the smallest is at least half the largest: the blocks are about equally improvable.
 - a false red is a red block other than the faulty one; on a healthy model every red is false.
+- the whole-model verdict is lp-default's report's (`PeelReport.whole`), judged without a loss
+  trend; a false "behind" is a block behind on a healthy model.
 """
 
 from __future__ import annotations
@@ -103,6 +105,7 @@ def judge(result: dict[str, Any]) -> Judged:
             "reds": reds,
             "faulty_red": None if reds is None or j.block < 0 else j.block in reds,
             "false_reds": false_reds,
+            "verdict": d.get("verdict"),
         }
     return j
 
@@ -208,13 +211,50 @@ def training_table(judged: list[Judged], results: list[dict[str, Any]]) -> list[
             r = by_name[j.name]
             det = next(d for d in r["detections"] if d["name"] == "lp-default")
             gaps = det["values"]["gap_block"]
-            state = "uniform" if j.uniform else ("top " + str(j.top) if j.identifiable else "-")
+            state = _state(j)
             reds = ",".join(map(str, det["reds"])) or "none"
             lines.append(
                 f"  {j.step:>5} {j.ce:7.4f}  {' '.join(f'{g:+.4f}' for g in j.gains):<32}"
                 f" {' '.join(f'{g:+.4f}' for g in gaps):<32} {state:<10}"
                 f" first {det['first']}, reds {reds}"
             )
+    return lines
+
+
+def _state(j: Judged) -> str:
+    """The oracle's state: the whole model still training, an identifiable top, or neither."""
+    return "uniform" if j.uniform else (f"top {j.top}" if j.identifiable else "-")
+
+
+def verdict_table(judged: list[Judged]) -> list[str]:
+    """Per snapshot the oracle's state next to lp-default's whole-model verdict; a summary."""
+    rows = [
+        (j, j.detectors["lp-default"]["verdict"]) for j in judged if "lp-default" in j.detectors
+    ]
+    rows = [(j, v) for j, v in rows if v is not None]
+    if not rows:
+        return ["no lp-default detection records a whole-model verdict"]
+    lines = [f"{'snapshot':<46} {'fault':<14} {'oracle':<8} {'colour':<7} {'answers':<36} behind"]
+    for j, v in rows:
+        fault = "none" if j.block < 0 else f"{j.fault} b{j.block}"
+        behind = ",".join(map(str, v["behind"])) or "none"
+        lines.append(
+            f"{j.name:<46} {fault:<14} {_state(j):<8} {v['colour']:<7}"
+            f" {' + '.join(v['answers']) or '-':<36} {behind}"
+        )
+    uniform = [v for j, v in rows if j.uniform]
+    faults = [(j, v) for j, v in rows if j.fault != "none" and j.final]
+    healthy = [v for j, v in rows if j.fault == "none" and j.final]
+    still = sum("still training" in v["answers"] for v in uniform)
+    lines += [
+        f"uniform snapshots with 'still training': {still}/{len(uniform)}",
+        f"fault cases with the faulty block behind: "
+        f"{sum(j.block in v['behind'] for j, v in faults)}/{len(faults)}",
+        f"healthy models with a block behind (false 'behind'): "
+        f"{sum(bool(v['behind']) for v in healthy)}/{len(healthy)}",
+        f"green verdicts on uniform snapshots: "
+        f"{sum(v['colour'] == 'green' for v in uniform)}/{len(uniform)}",
+    ]
     return lines
 
 
