@@ -158,7 +158,7 @@ def case_table(judged: list[Judged], names: list[str]) -> list[str]:
 
 
 def summary_table(judged: list[Judged], names: list[str]) -> list[str]:
-    """Floors of the issue per detector: first-ranked hit rate, Spearman, false reds."""
+    """The verdict-quality floors per detector: first-ranked hit rate, Spearman, false reds."""
     faults = [j for j in judged if j.fault != "none" and j.final]
     costly = [j for j in faults if j.identifiable]
     spread = [j for j in judged if j.spread_sig]
