@@ -3,11 +3,15 @@
 A per-layer table answers "which row has the largest gap"; a user acts on a different question,
 and the answers to it are kept apart [design, docs/peeling.md]:
 
-- *still training*: the loss is still falling (the run's own history), or every block can still
-  lower held-out CE by about as much as the others: keep training, no one block is to blame;
+- *still training*: the loss is still falling (the run's own history), the model does not beat
+  a bigram table of its data, most blocks still look like their initialization, or every block
+  can still lower held-out CE by about as much as the others: keep training, no one block is to
+  blame;
 - *block behind*: a block does no work next to the others, or its weights still look like their
-  random initialization (never trained), or its gap clears every other block's interval;
+  random initialization (never trained) while most blocks' do not;
 - *no block improvable*: no gap above the yellow line and no falling loss.
+
+A block whose gap clears every other block's interval is named the most improvable, not behind.
 
 Every rule is a comparison that can come out either way. The P3 cascade enters only through
 YES-0 (a network fitted block by block onto the targets, no anchors): its CE below the trained
