@@ -169,6 +169,8 @@ def test_report_carries_the_verdict_and_a_ranking_of_every_row(tmp_path):
         in (data["verdict"]["sentence"])
     )
     assert data["verdict"]["ce_bigram"] > 0 and data["verdict"]["ce_trained"] > 0
+    spikes = data["verdict"]["weight_spikes"]
+    assert sorted(spikes) == ["0", "1", "2"] and all(v < UNTRAINED_SPIKE for v in spikes.values())
     assert data["verdict"]["question"].startswith("Can more training")
     ranked = [(r["block"], r["part"]) for r in data["ranking"]]
     assert sorted(ranked) == sorted((r.block, r.part) for r in report.layers)

@@ -20,7 +20,7 @@ from layerpeel.errors import ConfigError, DataError
 from layerpeel.peel.analysis import PeelConfig, peel
 from layerpeel.peel.rows import Cascade, GapRow
 from layerpeel.peel.scoring import Thresholds, block_works, mark_idle
-from layerpeel.peel.verdict import Trend, bigram_ce, judge, weight_spike
+from layerpeel.peel.verdict import Trend, judge
 from layerpeel.yes.bounds import YesTracker, to_db
 
 # What each preset computes, cheapest first (docs/monitor.md has the measured costs).
@@ -89,7 +89,6 @@ class PeelAnalysis:
         # whole-model verdict of an event judges all of them, not only this unit's
         self.latest: dict[tuple[int, str], GapRow] = {}
         self.latest_cascade: Cascade | None = None
-        self.bigram: float | None = None  # held-out CE of a bigram table of the fit tokens
         self.works: dict[int, float] = {}  # latest work of each block: peers of the idle verdict
 
     def next_unit(self) -> Unit:
@@ -138,13 +137,13 @@ class PeelAnalysis:
         mark_idle(report.layers, thresholds, peers=self.works)
         self.latest.update({(r.block, r.part): r for r in report.layers})
         self.latest_cascade = report.cascade or self.latest_cascade
-        view = model_view(model)
-        spikes = {i: weight_spike(b) for i, b in enumerate(view.blocks)}
-        if self.bigram is None:  # the monitoring set is fixed: its bigram baseline once
-            vocab = int(view.unembed_weight().shape[0])
-            self.bigram = bigram_ce(self.mset.part("fit"), self.mset.part("held"), vocab)
+        # the unit's report already weighed every block's weights and the bigram baseline
+        unit_verdict = report.whole()
         latest = list(self.latest.values())
-        whole = judge(latest, self.latest_cascade, thresholds, spikes, trend, self.bigram)
+        whole = judge(
+            latest, self.latest_cascade, thresholds, unit_verdict.spikes, trend,
+            unit_verdict.ce_bigram,
+        )  # fmt: skip
         return {
             "event": "analysis",
             "unit": unit.kind,

@@ -183,6 +183,7 @@ class WholeVerdict:
     reasons: tuple[str, ...] = field(default=())
     ce_trained: float | None = None  # the trained model's held-out CE
     ce_bigram: float | None = None  # held-out CE of a bigram table of the fit tokens
+    spikes: dict[int, float | None] = field(default_factory=dict)  # weight_spike per block
 
     @property
     def question(self) -> str:
@@ -200,6 +201,7 @@ class WholeVerdict:
             "reasons": list(self.reasons),
             "ce_trained": self.ce_trained,
             "ce_bigram": self.ce_bigram,
+            "weight_spikes": {str(b): v for b, v in self.spikes.items()},
         }
 
     @classmethod
@@ -215,6 +217,7 @@ class WholeVerdict:
             reasons=tuple(str(r) for r in data.get("reasons", [])),
             ce_trained=data.get("ce_trained"),
             ce_bigram=data.get("ce_bigram"),
+            spikes={int(b): v for b, v in data.get("weight_spikes", {}).items()},
         )
 
 
@@ -234,6 +237,7 @@ def whole_model_verdict(
     ce_trained: float | None = None,
     yes0: float | None = None,
     ce_bigram: float | None = None,
+    spikes: dict[int, float | None] | None = None,
 ) -> WholeVerdict:
     """Combine the per-block evidence, the loss trend and YES-0 into one verdict.
 
@@ -326,6 +330,7 @@ def whole_model_verdict(
         reasons=tuple(reasons),
         ce_trained=ce_trained,
         ce_bigram=ce_bigram,
+        spikes=dict(spikes or {}),
     )
 
 
@@ -394,6 +399,7 @@ def judge(
         ce_trained=ce_trained,
         yes0=None if cascade is None else cascade.yes0,
         ce_bigram=ce_bigram,
+        spikes=spikes,
     )
 
 
