@@ -290,13 +290,13 @@ def _run(args: argparse.Namespace, sharded: bool) -> int:
         check_output_file(args.json, "--json")
         outputs.append(args.json)
     mset = monitoring_from_run(target.run, args.data, args.tokens)
-    trend = loss_trend(target.run.loss_history(), target.step)
     weights = file_sha256(target.weights)
     report = None if sharded else _reusable(outputs[0], weights, cfg, mset)
     fresh = report is None
     if report is not None:
         print(f"{outputs[0]} holds this checkpoint's analysis with these settings: reused\n")
     else:
+        trend = loss_trend(target.run.loss_history(), target.step)
         report = peel(
             target.model, mset, cfg, progress=not args.no_progress, sharded=sharded, trend=trend
         )
