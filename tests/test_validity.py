@@ -9,16 +9,22 @@ import torch
 from torch import nn
 
 from validity.cases import BAD_SCALE, Case, Spec, load_corpus, new_model, part_parameters, train
-from validity.detectors import gradient_norms, loo_and_influence
+from validity.detectors import gain_rates, gradient_norms, loo_and_influence
 from validity.oracle import OracleConfig, oracle_gap, sequence_ce
 
 SPEC = Spec(n_layer=3, d_model=32, n_head=4, seq_len=32, warmup=5)
 ORACLE = OracleConfig(max_steps=60, eval_every=15, patience=2)
 
 
-def _trained(case: Case) -> nn.Module:
+def _trained(case: Case, losses: dict[int, list] | None = None) -> nn.Module:
     kept: dict[int, nn.Module] = {}
-    train(case, load_corpus(case.spec), lambda step, m: kept.setdefault(step, copy.deepcopy(m)))
+
+    def keep(step: int, model: nn.Module, history: list) -> None:
+        kept.setdefault(step, copy.deepcopy(model))
+        if losses is not None:
+            losses[step] = history
+
+    train(case, load_corpus(case.spec), keep)
     return kept[case.steps]
 
 
@@ -115,3 +121,41 @@ def test_bad_scale_is_held_through_training():
     assert torch.allclose(levels, torch.stack([torch.zeros(()), layer.weight_scale.detach()]))
     # the other blocks keep the scale ternary recomputes from their weights
     assert not hasattr(model.blocks[0].attn.q, "weight_scale")
+
+
+def test_gain_rate_matches_per_batch_gradients_and_leaves_the_model_as_it_was(damaged):
+    model, corpus, held = damaged
+    x, y = held[0][:64], held[1][:64]
+    flags = [p.requires_grad for p in model.parameters()]
+    rate = gain_rates(model, x, y)
+    assert [p.requires_grad for p in model.parameters()] == flags
+    assert all(p.grad is None for p in model.parameters())
+    # by hand, on a copy: .backward() of each batch of 16 windows, then the formula in float64
+    ref = copy.deepcopy(model)
+    batches = []
+    for s in range(0, 64, 16):
+        ref.zero_grad()
+        logits = ref(x[s : s + 16])
+        torch.nn.functional.cross_entropy(
+            logits.reshape(-1, logits.shape[-1]), y[s : s + 16].reshape(-1)
+        ).backward()
+        batches.append([p.grad.double().clone() for p in ref.parameters()])
+    names = [n for n, _ in ref.named_parameters()]
+    for b in range(3):
+        total = 0.0
+        for i, n in enumerate(names):
+            if not n.startswith(f"blocks.{b}."):
+                continue
+            g = torch.stack([batch[i] for batch in batches])
+            a, c, v = g[0::2].mean(0), g[1::2].mean(0), g.pow(2).mean(0)
+            total += float((a / (v.sqrt() + 1e-8) * c).sum())
+        assert rate.values["rate"][b] == pytest.approx(1e-3 * total, rel=1e-4)
+
+
+def test_training_records_the_loss_of_every_step():
+    losses: dict[int, list] = {}
+    _trained(Case(SPEC, 12, keep=(5,)), losses)
+    assert sorted(losses) == [5, 12]
+    assert [s for s, _ in losses[12]] == list(range(1, 13))
+    assert losses[12][:5] == losses[5]
+    assert all(0.0 < v < 10.0 for _, v in losses[12])

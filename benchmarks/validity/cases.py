@@ -209,7 +209,10 @@ def _groups(model: nn.Module, case: Case) -> list[dict[str, Any]]:
 
 
 def train(case: Case, corpus: Corpus, on_snapshot: Any) -> None:
-    """Train `case`'s model, calling `on_snapshot(step, model)` at each of its snapshots."""
+    """Train `case`'s model, calling `on_snapshot(step, model, losses)` at each of its snapshots.
+
+    `losses` is the training loss of every step so far, as (step, loss) pairs.
+    """
     case.validate()
     s = case.spec
     model = new_model(case)
@@ -220,6 +223,7 @@ def train(case: Case, corpus: Corpus, on_snapshot: Any) -> None:
     opt = torch.optim.AdamW(_groups(model, case), lr=s.lr, betas=(0.9, 0.95))
     block_params = part_parameters(model, case.block, "block") if case.block >= 0 else []
     model.train()
+    losses: list[tuple[int, float]] = []
     for step in range(case.steps):
         if case.fault == "stall" and step == case.steps // 2:
             for p in block_params:
@@ -236,8 +240,9 @@ def train(case: Case, corpus: Corpus, on_snapshot: Any) -> None:
         loss.backward()
         nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
+        losses.append((step + 1, float(loss.detach())))
         if step + 1 in case.snapshots:
-            on_snapshot(step + 1, model.eval())
+            on_snapshot(step + 1, model.eval(), list(losses))
             model.train()
 
 
@@ -262,7 +267,11 @@ def _meta_path(cache: Path, case: Case, step: int) -> Path:
 
 
 def is_cached(cache: Path, case: Case) -> bool:
-    return all(_meta_path(cache, case, s).exists() for s in case.snapshots)
+    """Every snapshot of `case` is in the cache, with its loss history."""
+    return all(
+        _meta_path(cache, case, s).exists() and "losses" in _meta_path(cache, case, s).read_text()
+        for s in case.snapshots
+    )
 
 
 def train_cached(case: Case, cache: Path, corpus: Corpus) -> None:
@@ -271,8 +280,8 @@ def train_cached(case: Case, cache: Path, corpus: Corpus) -> None:
         return
     folder = _folder(cache, case)
 
-    def save(step: int, model: nn.Module) -> None:
-        meta = {"step": step, "case": case_dict(case)}
+    def save(step: int, model: nn.Module, losses: list[tuple[int, float]]) -> None:
+        meta = {"step": step, "case": case_dict(case), "losses": losses}
         if case.spec.arch == "gpt":
             model_cfg = model.config  # type: ignore[union-attr]
             meta.update(model=model_cfg.to_dict(), quant=QuantConfig(case.quant).to_dict())
@@ -296,6 +305,12 @@ def load_snapshot(case: Case, cache: Path, step: int) -> nn.Module:
         model = t.AutoModelForCausalLM.from_pretrained(path.with_suffix(""))
         model.config.use_cache = False
     return model.eval()
+
+
+def load_losses(case: Case, cache: Path, step: int) -> list[tuple[int, float]]:
+    """The training loss of every step of `case` up to `step`, as (step, loss) pairs."""
+    meta = json.loads(_meta_path(cache, case, step).read_text())
+    return [(int(s), float(v)) for s, v in meta["losses"]]
 
 
 def case_dict(case: Case) -> dict[str, Any]:

@@ -4,7 +4,8 @@ Every detector returns a `Detection`: one score per block, larger = more suspect
 ranks first, and, for a detector with a line of its own, the blocks it marks red.
 - lp-default: layerpeel's default analysis (closed-form P1 on block, attention and MLP, with
   each block's work); its order is the report's ranking (`PeelReport.ranked`), its reds the
-  blocks with a red row; it also records the report's whole-model verdict (`PeelReport.whole`).
+  blocks with a red row; it also records the report's whole-model verdict (`PeelReport.whole`),
+  judged with the run's loss trend.
 - lp-gap: the same report's whole-block P1 gaps alone, ranked by gap (reds: red by gap).
 - lp-adam: layerpeel with its other solver (local Adam), whole blocks, ranked like lp-default.
 - loo: leave-one-out ablation (SLEB's metric): held-out CE without the block minus with it;
@@ -13,6 +14,11 @@ ranks first, and, for a detector with a line of its own, the blocks it marks red
   that changes its input least is the most suspect.
 - gradnorm / update-ratio: norm of the loss gradient of the block's parameters, and that norm
   over the parameters' norm; the largest is the most suspect.
+- gain-rate: the first-order drop in held-out CE of one Adam step (lr 1e-3) on the block alone,
+  cross-fitted: the Adam direction from the even batches of 16 monitoring windows, the CE
+  gradient it is judged by from the odd ones, so noise the halves do not share averages out;
+  the largest is the most improvable.
+- depth: a baseline that knows nothing of the model, the earliest block first.
 - ww: WeightWatcher's mean power-law alpha of the block's Linear layers (largest = least
   trained; red above 6), only when `weightwatcher` is installed.
 """
@@ -33,6 +39,7 @@ from torch import nn
 from layerpeel.arch.table import model_view
 from layerpeel.data.monitoring import MonitoringSet
 from layerpeel.peel.analysis import PeelConfig, peel
+from layerpeel.peel.verdict import Trend
 
 from .cases import lm_loss, part_parameters
 from .oracle import sequence_ce
@@ -67,31 +74,36 @@ def _order_scores(order: list[int], n: int) -> list[float]:
 
 
 def layerpeel_detections(
-    model: nn.Module, mset: MonitoringSet, solver: str, parts: tuple[str, ...]
+    model: nn.Module,
+    mset: MonitoringSet,
+    solver: str,
+    parts: tuple[str, ...],
+    trend: Trend | None = None,
 ) -> tuple[list[Detection], list[dict[str, Any]]]:
     """Run layerpeel's analysis with `solver`: its ranking (and, for closed, its gaps alone); rows.
 
-    The benchmark's training loop keeps no loss history, so the whole-model verdict is judged
-    without a loss trend (on the gaps, work and weights alone).
+    `trend` is the training loss trend the whole-model verdict is judged with (from the run's
+    loss history).
     """
     t0 = time.perf_counter()
     cfg = PeelConfig(solver=solver, parts=parts, ladder=False, cascade=False)
-    report = peel(model, mset, cfg, trend=None)
+    report = peel(model, mset, cfg, trend=trend)
     seconds = time.perf_counter() - t0
     n = model_view(model).n_blocks
-    order: list[int] = []
-    for row in report.ranked():
-        if row.block not in order:
-            order.append(int(row.block))
     rows = sorted((r.to_dict() for r in report.layers), key=lambda r: (r["block"], r["part"]))
     values: dict[str, list[float]] = {}
     for part in parts:
         values[f"gap_{part}"] = [r["gap"] for r in rows if r["part"] == part]
         values[f"ci_low_{part}"] = [r["ci_low"] for r in rows if r["part"] == part]
     values["work"] = [r.get("work") or 0.0 for r in rows if r["part"] == "block"]
+    order: list[int] = []
+    for row in report.ranked():
+        if row.block not in order:
+            order.append(int(row.block))
+    scores = _order_scores(order, n)
     reds = sorted({int(r["block"]) for r in rows if r["verdict"] == "red"})
     label = "lp-default" if solver == "closed" else f"lp-{solver}"
-    out = [Detection(label, _order_scores(order, n), order[0], reds, values, seconds)]
+    out = [Detection(label, list(scores), order[0], reds, values, seconds)]
     if solver == "closed":
         out[0].verdict = report.whole().to_dict()
         gaps = values["gap_block"]
@@ -181,6 +193,42 @@ def gradient_norms(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> list[D
     ]
 
 
+def gain_rates(model: nn.Module, x: torch.Tensor, y: torch.Tensor, lr: float = 1e-3) -> Detection:
+    """Each block's cross-fitted first-order gain of one Adam step at `lr`, on windows x, y.
+
+    rate = lr * sum_i a_i b_i / (sqrt(v_i) + 1e-8): a and b the mean gradients of the even and
+    of the odd batches of 16 windows, v the mean square of the batch gradients (Adam's second
+    moment at that batch size).
+    """
+    t0 = time.perf_counter()
+    n = model_view(model).n_blocks
+    rates = []
+    for b in range(n):
+        params = part_parameters(model, b, "block")
+        was = [p.requires_grad for p in params]
+        for p in params:
+            p.requires_grad_(True)
+        try:
+            batches = []
+            for s in range(0, x.shape[0], 16):
+                gs = torch.autograd.grad(lm_loss(model, x[s : s + 16], y[s : s + 16]), params)
+                batches.append(torch.cat([g.flatten() for g in gs]).double())
+        finally:
+            for p, w in zip(params, was, strict=True):
+                p.requires_grad_(w)
+        g = torch.stack(batches)
+        a, c, v = g[0::2].mean(0), g[1::2].mean(0), g.pow(2).mean(0)
+        rates.append(lr * float((a / (v.sqrt() + 1e-8) * c).sum()))
+    seconds = time.perf_counter() - t0
+    return Detection("gain-rate", rates, int(np.argmax(rates)), None, {"rate": rates}, seconds)
+
+
+def depth_order(n: int) -> Detection:
+    """The baseline that ranks the earliest block first, knowing nothing of the model."""
+    scores = [float(n - b) for b in range(n)]
+    return Detection("depth", scores, 0, None, {})
+
+
 def weightwatcher_alpha(model: nn.Module) -> Detection | None:
     """WeightWatcher's mean alpha per block, or None when weightwatcher is not installed."""
     try:
@@ -203,16 +251,17 @@ def weightwatcher_alpha(model: nn.Module) -> Detection | None:
 
 
 def run_detectors(
-    model: nn.Module, mset: MonitoringSet, parts: tuple[str, ...]
+    model: nn.Module, mset: MonitoringSet, parts: tuple[str, ...], trend: Trend | None = None
 ) -> tuple[list[Detection], dict[str, list[dict[str, Any]]]]:
     """Every detector on `model`, its data-driven ones on the monitoring set's windows.
 
-    Returns the detections and layerpeel's rows by solver.
+    Returns the detections and layerpeel's rows by solver; `trend` is the run's loss trend.
     """
-    dets, rows = layerpeel_detections(model, mset, "closed", parts)
-    adam, adam_rows = layerpeel_detections(model, mset, "adam", ("block",))
+    dets, rows = layerpeel_detections(model, mset, "closed", parts, trend)
+    adam, adam_rows = layerpeel_detections(model, mset, "adam", ("block",), trend)
     x, y = mset.inputs("all"), mset.targets("all")
     dets += adam + loo_and_influence(model, x, y) + gradient_norms(model, x, y)
+    dets += [gain_rates(model, x, y), depth_order(model_view(model).n_blocks)]
     ww = weightwatcher_alpha(model)
     if ww is not None:
         dets.append(ww)

@@ -39,7 +39,10 @@ from validity.tables import (  # noqa: E402
     verdict_table,
 )
 
-DETECTORS = ["lp-default", "lp-gap", "lp-adam", "loo", "shortgpt", "gradnorm", "update-ratio", "ww"]
+DETECTORS = [
+    "lp-default", "lp-gap", "lp-adam", "loo", "shortgpt", "gradnorm", "update-ratio", "gain-rate",
+    "ww", "depth",
+]  # fmt: skip
 
 
 def main() -> None:
@@ -91,7 +94,7 @@ def main() -> None:
     if args.figure:
         calibration_figure(pairs, args.figure)
         print(f"figure: {args.figure}")
-    spent = sum(sum(r["seconds"].values()) for r in results)
+    spent = sum(r["seconds"]["oracle"] + r["detector_seconds"] for r in results)
     print(
         f"\n{len(cases)} runs, {len(snapshots)} snapshots; {seconds:.0f} s wall "
         f"({spent:.0f} s of evaluation recorded in the results, cached ones included)"

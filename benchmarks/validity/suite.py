@@ -1,9 +1,8 @@
 """The suites (quick and full) and the evaluation of one snapshot: oracle and detectors, cached.
 
 An evaluation's result is a JSON file in `<cache>/results/`, named by the snapshot and a hash
-of every setting that changes it, so a rerun with the same settings only prints. The lp-default
-detection is cached again beside it under a key of its own (the settings and `LP_DEFAULT`), so
-a change to what it records re-runs layerpeel's default analysis alone, not the oracle.
+of every setting that changes the oracle, so a rerun with the same settings only prints; a
+change to the detectors (`DETECTORS_VERSION`) runs them again, not the oracle.
 """
 
 from __future__ import annotations
@@ -23,15 +22,27 @@ import torch
 from layerpeel.arch.table import model_view
 from layerpeel.data.monitoring import MonitoringSet, monitoring_set
 from layerpeel.io import atomic_write_json
+from layerpeel.peel.verdict import loss_trend
 
-from .cases import SUB_BLOCK_FAULTS, Case, Corpus, Spec, load_corpus, load_snapshot, train_cached
-from .detectors import layerpeel_detections, run_detectors
+from .cases import (
+    SUB_BLOCK_FAULTS,
+    Case,
+    Corpus,
+    Spec,
+    load_corpus,
+    load_losses,
+    load_snapshot,
+    train_cached,
+)
+from .detectors import run_detectors
 from .oracle import OracleConfig, oracle_gap, sequence_ce
 
 log = logging.getLogger(__name__)
 
-# What the lp-default detection records; bump it when that changes (2: the whole-model verdict).
-LP_DEFAULT = 2
+# What the detections record; bump it when a detector changes: a cached result then runs its
+# detectors again, not its oracle (4: the verdict judged with the run's loss trend, gain-rate
+# and depth).
+DETECTORS_VERSION = 4
 
 
 @dataclass(frozen=True)
@@ -89,11 +100,6 @@ def _result_path(cache: Path, case: Case, step: int, settings: Settings) -> Path
     return cache / "results" / f"{case.name}@{step}-{settings.digest()}.json"
 
 
-def _lp_default_path(cache: Path, case: Case, step: int, settings: Settings) -> Path:
-    key = hashlib.sha256(f"{settings.digest()}-lp-default-{LP_DEFAULT}".encode()).hexdigest()
-    return cache / "results" / f"{case.name}@{step}-lp-default-{key[:10]}.json"
-
-
 def _monitoring(corpus: Corpus, settings: Settings) -> MonitoringSet:
     """The monitoring set of layerpeel and the data-driven detectors: training windows."""
     picks = np.linspace(0, len(corpus.train_ids) - 1, settings.monitoring).round()
@@ -111,33 +117,39 @@ def train_job(case: Case, cache: Path) -> str:
 def evaluate(case: Case, step: int, cache: Path, settings: Settings) -> dict[str, Any]:
     """The oracle and every detector on the snapshot of `case` at `step` (cached).
 
-    The lp-default detection comes from its own cache file; when that is missing but the rest
-    is cached, layerpeel's default analysis alone runs again and replaces the cached one.
+    A cached result whose detections are of another `DETECTORS_VERSION` keeps its oracle and
+    runs its detectors again.
     """
     torch.set_num_threads(1)
     path = _result_path(cache, case, step, settings)
-    lp_path = _lp_default_path(cache, case, step, settings)
-    fresh = not path.exists()
-    if fresh:
+    if not path.exists():
         result = _evaluate(case, step, cache, settings)
-        atomic_write_json(path, result)
     else:
         result = dict(json.loads(path.read_text()))
-    if lp_path.exists():
-        lp = json.loads(lp_path.read_text())
-    elif fresh:
-        lp = next(d for d in result["detections"] if d["name"] == "lp-default")
-    else:
+        if result.get("detectors_version") == DETECTORS_VERSION:
+            return result
         corpus = load_corpus(case.spec)
-        model = load_snapshot(case, cache, step)
-        dets, _ = layerpeel_detections(
-            model, _monitoring(corpus, settings), "closed", settings.parts
+        result["seconds"] = {"oracle": result["seconds"]["oracle"]}
+        result.update(
+            _detect(case, step, cache, settings, load_snapshot(case, cache, step), corpus)
         )
-        lp = dets[0].to_dict()
-    if not lp_path.exists():
-        atomic_write_json(lp_path, lp)
-    result["detections"] = [lp if d["name"] == "lp-default" else d for d in result["detections"]]
+    atomic_write_json(path, result)
     return result
+
+
+def _detect(
+    case: Case, step: int, cache: Path, settings: Settings, model: torch.nn.Module, corpus: Corpus
+) -> dict[str, Any]:
+    """Every detector on the snapshot, on the suite's monitoring set, with the run's loss trend."""
+    t0 = time.perf_counter()
+    trend = loss_trend(load_losses(case, cache, step))
+    detections, rows = run_detectors(model, _monitoring(corpus, settings), settings.parts, trend)
+    return {
+        "detections": [d.to_dict() for d in detections],
+        "rows": rows,
+        "detectors_version": DETECTORS_VERSION,
+        "detector_seconds": time.perf_counter() - t0,
+    }
 
 
 def _evaluate(case: Case, step: int, cache: Path, settings: Settings) -> dict[str, Any]:
@@ -167,10 +179,7 @@ def _evaluate(case: Case, step: int, cache: Path, settings: Settings) -> dict[st
     if case.fault in SUB_BLOCK_FAULTS:
         sub = [oracle(b, part) for b in range(n) for part in ("attn", "mlp")]
     t_oracle = time.perf_counter() - t0
-    mset = _monitoring(corpus, settings)
-    t0 = time.perf_counter()
-    detections, rows = run_detectors(model, mset, settings.parts)
-    result = {
+    return {
         "name": case.name,
         "step": step,
         "case": dataclasses.asdict(case),
@@ -179,8 +188,6 @@ def _evaluate(case: Case, step: int, cache: Path, settings: Settings) -> dict[st
         "oracle": runs,
         "oracle_sub": sub,
         "oracle_repeat": repeat.to_dict(),
-        "detections": [d.to_dict() for d in detections],
-        "rows": rows,
-        "seconds": {"oracle": t_oracle, "detectors": time.perf_counter() - t0},
+        "seconds": {"oracle": t_oracle},
+        **_detect(case, step, cache, settings, model, corpus),
     }
-    return result
