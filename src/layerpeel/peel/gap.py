@@ -78,6 +78,7 @@ class _TargetPropagation:
             tuple[str, float, str | None], float
         ] = {}  # search CE by (move, eta, scheme)
         self._trained_ce: float | None = None  # the trained block's search score, on demand
+        self._refs: dict[tuple[str, float, str | None], nn.Module] = {}  # full solves, by key
 
     @property
     def full(self) -> BlockProblem:
@@ -87,6 +88,13 @@ class _TargetPropagation:
             out, g = ctx.fit[i + 1], ctx.grads()[i]
             self._full = BlockProblem(ctx.view, i, ctx.fit[i], [out, g], self.copts)
         return self._full
+
+    def _solve_full(self, move: str, eta: float, scheme: str | None) -> nn.Module:
+        """The reference of `move` at step eta on the whole fit part, solved once per key."""
+        key = (move, eta, scheme)
+        if key not in self._refs:
+            self._refs[key] = self._solve(self.full, move, eta, scheme)
+        return self._refs[key]
 
     def _solve(self, problem: BlockProblem, move: str, eta: float, scheme: str | None) -> nn.Module:
         """The reference of `move` at step eta; at eta 0, the trained block itself.
@@ -130,12 +138,12 @@ class _TargetPropagation:
                 ce = self._scores[key]
                 if ce < best_ce:
                     best_eta, best_move, best_ce = eta, move, ce
-        return self._solve(self.full, best_move, best_eta, scheme), best_eta, best_move
+        return self._solve_full(best_move, best_eta, scheme), best_eta, best_move
 
     @torch.no_grad()
     def twin(self, part: str, eta: float | None, move: str) -> nn.Module:
         """The full-precision reference of the same peel: the maps `move` re-solved at step eta."""
-        return self._solve(self.full, move, eta or 0.0, None)
+        return self._solve_full(move, eta or 0.0, None)
 
 
 class _LocalAdam:
@@ -194,13 +202,23 @@ def block_gaps(
             return trained
         return ctx.held_ce(index, ctx.held[index], {index: ref})
 
+    # A whole-block search often settles on re-solving one sub-block at the step that sub-block's
+    # own search takes: the solver returns the same reference, which is scored once.
+    scored: dict[int, tuple[nn.Module, torch.Tensor]] = {}
+
+    def held_ce_once(ref: nn.Module) -> torch.Tensor:
+        seen = scored.get(id(ref))
+        if seen is None or seen[0] is not ref:
+            seen = scored[id(ref)] = (ref, held_ce(ref))
+        return seen[1]
+
     rows: list[GapRow] = []
     for part in parts:
         t0 = time.perf_counter()
         ref, eta, moved = solver.reference(part, scheme)
         if keep is not None:
             keep[(index, part)] = _kept(ctx, index, ref)
-        ce_ref = held_ce(ref)
+        ce_ref = held_ce_once(ref)
         diff = trained - ce_ref
         gap = float(diff.mean())
         lo, hi = bootstrap_interval(diff, opts.n_boot, seed=opts.seed)
@@ -224,7 +242,7 @@ def block_gaps(
             ref_fp = solver.twin(part, eta, moved)
             if keep_fp is not None:
                 keep_fp[(index, part)] = _kept(ctx, index, ref_fp)
-            ce_fp = float(held_ce(ref_fp).mean())
+            ce_fp = float(held_ce_once(ref_fp).mean())
             row.ce_reference_fp = ce_fp
             row.opt_part = gap  # quantized reference vs trained: what optimization left
             row.quant_part = row.ce_reference - ce_fp  # full precision vs quantized reference
