@@ -6,6 +6,7 @@ import json
 
 from layerpeel.cli import main
 from layerpeel.monitor import analyze_checkpoints, read_events
+from layerpeel.peel.verdict import loss_trend
 
 
 def train_cli(tmp_path, corpus, *extra):
@@ -66,8 +67,18 @@ def test_train_monitors_by_default_and_checkpoints_fill_the_series(tmp_path, tin
     config = json.loads((run / "config.json").read_text())
     assert config["monitor"]["preset"] == "economy"
 
-    new = analyze_checkpoints(run)
+    # the run's loss log replaced by one row per step, falling as 1/step
+    rows = [(step, 3.0 + 6.0 / step) for step in range(1, 13)]
+    (run / "metrics.jsonl").write_text(
+        "".join(json.dumps({"step": s, "train_loss": v}) + "\n" for s, v in rows)
+    )
+    new = analyze_checkpoints(run, device="cpu")
     assert [e["step"] for e in new] == [6, 12]
+    # judged, as `analyze` judges a checkpoint, with the loss trend up to its step
+    trends = [e["report"]["verdict"]["trend"] for e in new]
+    assert trends == [loss_trend(rows, 6).to_dict(), loss_trend(rows, 12).to_dict()]
+    assert all(t["drop_per_doubling"] > 0.4 for t in trends)
+    assert all("still training" in e["report"]["verdict"]["answers"] for e in new)
     assert all(e["source"] == "checkpoint" for e in new)
     assert {(r["block"], r["part"]) for r in new[0]["report"]["layers"]} == {
         (b, p) for b in (0, 1) for p in ("block", "attn", "mlp")

@@ -4,6 +4,7 @@
     python benchmarks/validity/run.py --full --jobs 2         # the full suite (HF models too,
                                                               # when transformers is installed)
     options: --cache runs/validity/  --figure docs/img/validation_calibration.png  --only REGEX
+             --along-figure docs/img/validation_along.png
 
 Trains (or loads from the cache) every model of the suite, measures the oracle gap of every
 block (and of every attention / MLP sub-block in sub-block fault cases), runs every detector on
@@ -28,6 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/, for
 from validity.suite import evaluate, full_suite, quick_suite, train_job  # noqa: E402
 from validity.tables import (  # noqa: E402
     add_costs,
+    along_figure,
     calibration_figure,
     calibration_lines,
     calibration_pairs,
@@ -54,6 +56,7 @@ def main() -> None:
     ap.add_argument("--jobs", type=int, default=1, help="worker processes (one thread each)")
     ap.add_argument("--only", default=None, help="only cases whose name matches this regex")
     ap.add_argument("--figure", type=Path, default=None, help="calibration figure (PNG)")
+    ap.add_argument("--along-figure", type=Path, default=None, help="along-training figure (PNG)")
     args = ap.parse_args()
     hf = importlib.util.find_spec("transformers") is not None
     cases, settings = full_suite(hf) if args.full else quick_suite()
@@ -94,6 +97,8 @@ def main() -> None:
     if args.figure:
         calibration_figure(pairs, args.figure)
         print(f"figure: {args.figure}")
+    if args.along_figure and along_figure(judged, results, args.along_figure):
+        print(f"figure: {args.along_figure}")
     spent = sum(r["seconds"]["oracle"] + r["detector_seconds"] for r in results)
     print(
         f"\n{len(cases)} runs, {len(snapshots)} snapshots; {seconds:.0f} s wall "

@@ -327,3 +327,54 @@ def short_solve_lines(results: list[dict[str, Any]], step: int = 25) -> list[str
         + " ".join(f"{v:+.2f}" for v in found)
         + f"  (mean {np.mean(found):+.2f})"
     ]
+
+
+def along_figure(judged: list[Judged], results: list[dict[str, Any]], path: Path) -> bool:
+    """Along training, per run: held-out CE, and how far below it the best references reach.
+
+    Top: the trained model's held-out CE at each checkpoint. Bottom: the largest P1 block gap
+    (the best reference layerpeel finds, below the trained CE) and the largest oracle gain (the
+    best block trained alone). False when no run of the suite has checkpoints along training.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    by_name = {f"{r['name']}@{r['step']}": r for r in results}
+    runs = sorted({j.name.split("@")[0] for j in judged if not j.final})
+    if not runs:
+        return False
+    fig, axes = plt.subplots(2, 1, figsize=(6.0, 5.6), sharex=True)
+    for run, colour in zip(runs, ("C0", "C1", "C2", "C3", "C4"), strict=False):
+        points = sorted((j for j in judged if j.name.startswith(run + "@")), key=lambda j: j.step)
+        steps = [j.step for j in points]
+        p1 = [
+            max(
+                next(d for d in by_name[j.name]["detections"] if d["name"] == "lp-default")[
+                    "values"
+                ]["gap_block"]
+            )
+            for j in points
+        ]
+        label = by_name[points[0].name]["case"]["quant"]
+        label = "full precision" if label == "none" else label
+        axes[0].plot(steps, [j.ce for j in points], "o-", color=colour, label=label)
+        axes[1].plot(steps, [max(j.gains) for j in points], "o-", color=colour,
+                     label=f"{label}: oracle, best block alone")  # fmt: skip
+        axes[1].plot(steps, p1, "s--", color=colour, label=f"{label}: P1, largest block gap")
+    axes[0].set_ylabel("held-out CE (nats/token)")
+    axes[0].legend(fontsize=8)
+    axes[1].axhline(0.0, color="grey", lw=0.8)
+    axes[1].set_ylabel("below the trained CE (nats/token)")
+    axes[1].set_xlabel("training step")
+    axes[1].set_xscale("log")
+    axes[1].legend(fontsize=7)
+    axes[0].set_title(
+        "Along training: the trained loss, and the best references below it", fontsize=10
+    )
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return True

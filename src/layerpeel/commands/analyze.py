@@ -231,6 +231,11 @@ def to_device(model: Any, device: str | None) -> Any:
     """The model on `device` (None: where it is); a device this machine lacks is a `ConfigError`."""
     if device is None:
         return model
+    return model.to(check_device(device))
+
+
+def check_device(device: str) -> Any:
+    """`device` as a torch device, or a `ConfigError` when this machine lacks it."""
     import torch
 
     try:
@@ -238,7 +243,7 @@ def to_device(model: Any, device: str | None) -> Any:
         torch.empty(0, device=dev)  # fails at once for a device type this machine lacks
     except (RuntimeError, AssertionError) as exc:
         raise ConfigError(f"--device {device}: not usable here ({one_line(exc)})") from None
-    return model.to(dev)
+    return dev
 
 
 def _exit_code(args: argparse.Namespace, report: PeelReport) -> int:
@@ -344,7 +349,9 @@ def _all_checkpoints(args: argparse.Namespace) -> int:
         if not args.no_progress:
             print(f"checkpoint {done}/{total}", file=sys.stderr)
 
-    events = analyze_checkpoints(args.target, progress=progress)
+    if args.device is not None:
+        check_device(args.device)
+    events = analyze_checkpoints(args.target, progress=progress, device=args.device)
     for event in events:
         layers = event["report"]["layers"]
         red = [f"block{r['block']:02d}/{r['part']}" for r in layers if r["verdict"] == "red"]

@@ -68,16 +68,28 @@ def pending_checkpoints(run_path: str | Path, config: Any = None) -> Pending:
     return Pending(run, config, mset, checkpoints, todo)
 
 
-def checkpoint_event(path: str | Path, mset: MonitoringSet, config: Any) -> dict[str, Any]:
-    """The `source: checkpoint` event of one checkpoint: the preset's full analysis of it."""
+def checkpoint_event(
+    path: str | Path, mset: MonitoringSet, config: Any, device: str | None = None
+) -> dict[str, Any]:
+    """The `source: checkpoint` event of one checkpoint: the preset's full analysis of it.
+
+    The analysis runs on `device` (default: where the checkpoint loads); its whole-model
+    verdict is judged with the run's training-loss trend up to the checkpoint's step, as
+    `layerpeel analyze` judges one checkpoint.
+    """
     from layerpeel.monitor.analyses import PeelAnalysis
     from layerpeel.peel.analysis import peel
-    from layerpeel.training.run_folder import load_model
+    from layerpeel.peel.verdict import loss_trend
+    from layerpeel.training.run_folder import load_model, open_run
 
     model, ckpt = load_model(path)
+    if device is not None:
+        model = model.to(device)
+    run_dir = Path(path).resolve().parent.parent
+    history = open_run(run_dir).loss_history() if (run_dir / "config.json").exists() else []
     analysis = PeelAnalysis(model, mset, config.preset, config.peel)
     t0 = time.perf_counter()
-    report = peel(model, mset, analysis.full_config())
+    report = peel(model, mset, analysis.full_config(), trend=loss_trend(history, ckpt.step))
     report.model["step"] = ckpt.step
     return {
         "event": "analysis",
@@ -97,12 +109,14 @@ def analyze_checkpoints(
     run_path: str | Path,
     config: Any = None,
     progress: Callable[[int, int], None] | None = None,
+    device: str | None = None,
 ) -> list[dict[str, Any]]:
     """Analyse every saved checkpoint of a layerpeel run; append `source: checkpoint` events.
 
     Each checkpoint gets everything the preset computes over every block (no budget, no
     rotation), on the same monitoring set the training monitor used. Checkpoints that already
-    have a checkpoint event in monitor.jsonl are skipped. Returns the new events.
+    have a checkpoint event in monitor.jsonl are skipped. Each is analysed on `device` (default:
+    where it loads). Returns the new events.
     (`layerpeel.distributed.sweep` does the same with one Ray task per checkpoint.)
     """
     from layerpeel.monitor.loggers import make_loggers
@@ -115,7 +129,7 @@ def analyze_checkpoints(
         for i, path in enumerate(work.checkpoints):
             if path not in todo:
                 continue
-            event = checkpoint_event(path, work.mset, work.config)
+            event = checkpoint_event(path, work.mset, work.config, device)
             for logger in loggers:
                 logger.log(event)
             events.append(event)
