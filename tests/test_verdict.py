@@ -261,3 +261,28 @@ def test_one_untrained_block_is_behind_but_most_untrained_is_the_whole_model():
     most = [ev(0, 0.0, spike=1.0), ev(1, 0.0, spike=1.0), ev(2, 0.0, spike=2.1), ev(3, 0.0)]
     v = whole_model_verdict(most, trend=FLAT)
     assert v.behind == () and v.answers == (Answer.STILL_TRAINING,)
+
+
+def _row(block, verdict):
+    from layerpeel.peel.rows import GapRow
+
+    return GapRow(block=block, part="block", gap=0.01, ci_low=0.0, ci_high=0.02,
+                  verdict=Verdict(verdict), ce_trained=2.0, ce_reference=1.99, solver="closed",
+                  eta=0.1, moved="block", quant=None)  # fmt: skip
+
+
+def test_the_summary_names_no_block_while_the_whole_model_is_still_training():
+    from layerpeel.commands.analyze import first_to_look_at
+
+    falling = Trend(step=100, drop_per_doubling=0.3, stderr=0.01, points=50)
+    still = whole_model_verdict([ev(0, 0.01), ev(1, 0.001)], Thresholds(), trend=falling)
+    assert Answer.STILL_TRAINING in still.answers and still.behind == ()
+    settled = whole_model_verdict([ev(0, 0.01), ev(1, 0.001)], Thresholds())
+    assert Answer.STILL_TRAINING not in settled.answers
+    assert not first_to_look_at(_row(0, "yellow"), still)  # keep training: no block to blame
+    assert first_to_look_at(_row(0, "yellow"), settled)
+    assert first_to_look_at(_row(0, "red"), still)
+    assert not first_to_look_at(_row(1, "green"), settled)
+    behind = whole_model_verdict([ev(0, 0.0, idle=True), ev(1, 0.001), ev(2, 0.001)],
+                                 Thresholds(), trend=falling)  # fmt: skip
+    assert behind.behind == (0,) and first_to_look_at(_row(0, "green"), behind)
