@@ -182,7 +182,8 @@ def test_every_setting_is_a_flag_and_reads_back():
     args = ["--solver", "adam", "--parts", "block,mlp", "--blocks", "0,2", "--no-ladder"]
     args += ["--no-cascade", "--max-anchors", "1", "--cascade-target", "trained", "--red", "0.1"]
     args += ["--yellow", "0.01", "--no-work", "--idle", "0", "--etas", "0,0.5"]
-    args += ["--search-sequences", "8", "--ridge", "0.01", "--adam-steps", "5", "--adam-lr", "0.1"]
+    args += ["--search-sequences", "8", "--search-stride", "2", "--ridge", "0.01"]
+    args += ["--adam-steps", "5", "--adam-lr", "0.1"]
     args += ["--n-boot", "10", "--batch", "2", "--score-dtype", "bfloat16", "--budget-mb", "64"]
     args += ["--seed", "3", "--attribute"]
     cfg = from_args(parser.parse_args(args))

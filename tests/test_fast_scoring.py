@@ -38,6 +38,11 @@ def test_chunked_ce_matches_the_models_own_logits():
         torch.testing.assert_close(
             per_seq, want.view(targets.shape).mean(1).double(), atol=1e-5, rtol=0
         )
+        # every 3rd position: the mean of the model's own CE at positions 0, 3, ..., 15
+        strided = sequence_ce(view, 1, stream[1], targets, None, batch=2, stride=3)
+        torch.testing.assert_close(
+            strided, want.view(targets.shape)[:, ::3].mean(1).double(), atol=1e-5, rtol=0
+        )
 
 
 def test_bfloat16_scoring_is_close_to_float32_and_paired_with_its_own_baseline():

@@ -64,6 +64,11 @@ class PeelConfig(ConfigBase):
     search_sequences: int = setting(
         64, "fit sequences of the eta line search (half fitted, half scored)"
     )
+    search_stride: int = setting(
+        4,
+        "the eta line search scores every k-th position (the head's cost, which dominates with "
+        "a large vocabulary, divided by k; the reported gaps score every position)",
+    )
     ridge: float = setting(1e-3, "ridge of closed-form solves, relative to feature energy")
     adam_steps: int = setting(200, "steps of the Adam solver")
     adam_lr: float = setting(1e-3, "learning rate of the Adam solver")
@@ -98,8 +103,10 @@ class PeelConfig(ConfigBase):
             raise ConfigError(f"unknown part(s) {sorted(bad)}; known: {', '.join(PARTS)}")
         if not self.budget_mb > 0:
             raise ConfigError(f"the memory budget must be positive, got {self.budget_mb} MiB")
-        if self.search_sequences < 1 or not self.etas:
-            raise ConfigError("the eta line search needs at least one step and one sequence")
+        if self.search_sequences < 1 or self.search_stride < 1 or not self.etas:
+            raise ConfigError(
+                "the eta line search needs at least one step, one sequence and a stride >= 1"
+            )
         if not self.idle >= 0:
             raise ConfigError(f"idle must be a fraction >= 0, got {self.idle}")
         if self.batch < 1 or self.n_boot < 1:

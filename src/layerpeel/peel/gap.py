@@ -114,7 +114,7 @@ class _TargetPropagation:
         if same and self._trained_ce is not None:
             return self._trained_ce
         per_seq = sequence_ce(ctx.view, i, ctx.fit[i][b], ctx.fit_targets[b], {i: ref},
-                              ctx.batch, ctx.score_dtype)  # fmt: skip
+                              ctx.batch, ctx.score_dtype, self.opts.search_stride)  # fmt: skip
         if same:
             self._trained_ce = float(per_seq.mean())
         return float(per_seq.mean())
