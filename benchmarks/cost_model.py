@@ -24,6 +24,7 @@ a trained one (a trained model whose eta search takes steps costs more).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import time
 
 import numpy as np
@@ -156,6 +157,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--device", default="cpu", help="where the models and the analysis run")
     ap.add_argument("--p1-only", action="store_true", help="the P1 report alone (no P2, no P3)")
+    ap.add_argument("--search-stride", type=int, default=PeelConfig.search_stride,
+                    help="positions between those the P1 line search scores")  # fmt: skip
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -168,7 +171,9 @@ def main() -> None:
         label, model, mset = CASES[name](args.tokens)
         model = model.to(args.device)
         fwd0 = forward_seconds(model, mset)
-        cfg = PeelConfig(ladder=False, cascade=False) if args.p1_only else PeelConfig()
+        cfg = PeelConfig(search_stride=args.search_stride)
+        if args.p1_only:
+            cfg = dataclasses.replace(cfg, ladder=False, cascade=False)
         t0 = time.perf_counter()
         report = peel(model, mset, cfg)
         total = time.perf_counter() - t0
