@@ -113,6 +113,23 @@ def test_idle_and_never_trained_blocks_are_behind_while_the_model_still_trains()
     assert "random initialization" in v.sentence and "no work" in v.sentence
 
 
+def test_idleness_counts_only_once_the_model_beats_a_bigram_table():
+    """Early in training work sits in the blocks that learned the pair statistics; a block that
+    looks idle then is not behind, while one whose weights never moved still is."""
+    blocks = [
+        ev(0, 0.01),
+        ev(1, 0.01, spike=1.01),  # never trained
+        ev(2, 0.01, idle=True, work_ratio=0.02),
+        ev(3, 0.01, spike=1.9),
+    ]
+    early = whole_model_verdict(blocks, ce_trained=3.4, ce_bigram=2.7, trend=FLAT)
+    assert early.behind == (1,)
+    assert early.answers == (Answer.STILL_TRAINING, Answer.BLOCK_BEHIND)
+    assert "block 2" not in early.sentence and "bigram" in early.sentence
+    later = whole_model_verdict(blocks, ce_trained=2.5, ce_bigram=2.7, trend=FLAT)
+    assert later.behind == (1, 2)
+
+
 def test_trained_model_above_yes0_is_red_and_yes_last_is_not_consulted():
     blocks = [ev(0, 0.0), ev(1, 0.0)]
     v = whole_model_verdict(blocks, trend=FLAT, ce_trained=2.0, yes0=1.9)
@@ -263,10 +280,10 @@ def test_one_untrained_block_is_behind_but_most_untrained_is_the_whole_model():
     assert v.behind == () and v.answers == (Answer.STILL_TRAINING,)
 
 
-def _row(block, verdict):
+def _row(block, verdict, ci_low=0.0):
     from layerpeel.peel.rows import GapRow
 
-    return GapRow(block=block, part="block", gap=0.01, ci_low=0.0, ci_high=0.02,
+    return GapRow(block=block, part="block", gap=0.01, ci_low=ci_low, ci_high=0.04,
                   verdict=Verdict(verdict), ce_trained=2.0, ce_reference=1.99, solver="closed",
                   eta=0.1, moved="block", quant=None)  # fmt: skip
 
@@ -279,10 +296,12 @@ def test_the_summary_names_no_block_while_the_whole_model_is_still_training():
     assert Answer.STILL_TRAINING in still.answers and still.behind == ()
     settled = whole_model_verdict([ev(0, 0.01), ev(1, 0.001)], Thresholds())
     assert Answer.STILL_TRAINING not in settled.answers
-    assert not first_to_look_at(_row(0, "yellow"), still)  # keep training: no block to blame
-    assert first_to_look_at(_row(0, "yellow"), settled)
-    assert first_to_look_at(_row(0, "red"), still)
-    assert not first_to_look_at(_row(1, "green"), settled)
+    t = Thresholds()
+    assert not first_to_look_at(_row(0, "yellow"), still, t)  # keep training: none to blame
+    assert first_to_look_at(_row(0, "yellow"), settled, t)
+    assert first_to_look_at(_row(0, "red", ci_low=0.03), still, t)  # red by its gap
+    assert not first_to_look_at(_row(0, "red"), still, t)  # red as idle, not behind
+    assert not first_to_look_at(_row(1, "green"), settled, t)
     behind = whole_model_verdict([ev(0, 0.0, idle=True), ev(1, 0.001), ev(2, 0.001)],
                                  Thresholds(), trend=falling)  # fmt: skip
-    assert behind.behind == (0,) and first_to_look_at(_row(0, "green"), behind)
+    assert behind.behind == (0,) and first_to_look_at(_row(0, "green"), behind, t)

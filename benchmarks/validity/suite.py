@@ -41,8 +41,9 @@ log = logging.getLogger(__name__)
 
 # What the detections record; bump it when a detector changes: a cached result then runs its
 # detectors again, not its oracle (4: the verdict judged with the run's loss trend, gain-rate
-# and depth; 5: P1's line search scores every 4th position).
-DETECTORS_VERSION = 5
+# and depth; 5: P1's line search scores every 4th position; 6: idleness counts once the model
+# beats a bigram table).
+DETECTORS_VERSION = 6
 
 
 @dataclass(frozen=True)

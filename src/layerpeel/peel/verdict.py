@@ -7,8 +7,9 @@ and the answers to it are kept apart [design, docs/peeling.md]:
   a bigram table of its data, most blocks still look like their initialization, or every block
   can still lower held-out CE by about as much as the others: keep training, no one block is to
   blame;
-- *block behind*: a block does no work next to the others, or its weights still look like their
-  random initialization (never trained) while most blocks' do not;
+- *block behind*: a block does no work next to the others (once the model beats a bigram table;
+  before, work is uneven while every block is still learning), or its weights still look like
+  their random initialization (never trained) while most blocks' do not;
 - *no block improvable*: no gap above the yellow line and no falling loss.
 
 A block whose gap clears every other block's interval is named the most improvable, not behind.
@@ -265,6 +266,15 @@ def whole_model_verdict(
     # which is another answer (docs/validation.md: a planted fault seldom makes its block the
     # most improvable), shown but not called behind.
     standout = _standout(blocks, t)
+    above_bigram = (
+        ce_trained is not None and ce_bigram is not None and ce_trained > ce_bigram - t.red
+    )
+    # Before the model beats a bigram table its work sits in the blocks that learned the pair
+    # statistics and the others look idle while every block is still learning
+    # (docs/validation.md: healthy runs at steps 25 and 75), so idleness says nothing yet;
+    # weights still at their initialization do.
+    if above_bigram:
+        idle = []
     behind = tuple(dict.fromkeys([*untrained, *idle]))
     for b in untrained:
         reasons.append(f"block {b}'s weights still look like their random initialization")
@@ -279,9 +289,6 @@ def whole_model_verdict(
         )
     falling = trend is not None and trend.falling_by > t.red
     everywhere = len(blocks) >= 2 and len(improvable) * 2 >= len(blocks) and standout is None
-    above_bigram = (
-        ce_trained is not None and ce_bigram is not None and ce_trained > ce_bigram - t.red
-    )
     if above_bigram:
         reasons.append(
             f"the model's held-out CE {ce_trained:.3f} does not clearly beat a bigram table of the "
