@@ -114,8 +114,10 @@ def test_idle_and_never_trained_blocks_are_behind_while_the_model_still_trains()
 
 
 def test_idleness_counts_only_once_the_model_beats_a_bigram_table():
-    """Early in training work sits in the blocks that learned the pair statistics; a block that
-    looks idle then is not behind, while one whose weights never moved still is."""
+    """Idle says nothing before the model beats a bigram table; untrained weights still do.
+
+    Early in training the work sits in the blocks that learned the pair statistics.
+    """
     blocks = [
         ev(0, 0.01),
         ev(1, 0.01, spike=1.01),  # never trained
