@@ -369,6 +369,9 @@ def along_figure(judged: list[Judged], results: list[dict[str, Any]], path: Path
     axes[1].set_ylabel("below the trained CE (nats/token)")
     axes[1].set_xlabel("training step")
     axes[1].set_xscale("log")
+    ticks = sorted({j.step for j in judged if j.name.split("@")[0] in runs})
+    axes[1].set_xticks(ticks, [str(t) for t in ticks])
+    axes[1].xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
     axes[1].legend(fontsize=7)
     axes[0].set_title(
         "Along training: the trained loss, and the best references below it", fontsize=10
