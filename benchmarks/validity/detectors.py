@@ -193,32 +193,45 @@ def gradient_norms(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> list[D
     ]
 
 
+def adam_halves(
+    model: nn.Module, block: int, x: torch.Tensor, y: torch.Tensor
+) -> tuple[list[nn.Parameter], list[torch.Tensor], list[torch.Tensor]]:
+    """A block's parameters, an Adam direction fitted on half the windows, the other half's gradient.
+
+    Over batches of 16 of windows x, y: direction = a / (sqrt(v) + 1e-8), with a the mean
+    gradient of the even batches and v the mean square of every batch gradient (Adam's second
+    moment at that batch size); check = the mean gradient of the odd batches. Float64, one
+    tensor per parameter; the parameters' `requires_grad` are left as they were.
+    """
+    params = part_parameters(model, block, "block")
+    was = [p.requires_grad for p in params]
+    for p in params:
+        p.requires_grad_(True)
+    try:
+        batches = [
+            [g.double() for g in torch.autograd.grad(lm_loss(model, x[s : s + 16], y[s : s + 16]), params)]
+            for s in range(0, x.shape[0], 16)
+        ]  # fmt: skip
+    finally:
+        for p, w in zip(params, was, strict=True):
+            p.requires_grad_(w)
+    per_param = [torch.stack(g) for g in zip(*batches, strict=True)]
+    direction = [g[0::2].mean(0) / (g.pow(2).mean(0).sqrt() + 1e-8) for g in per_param]
+    check = [g[1::2].mean(0) for g in per_param]
+    return params, direction, check
+
+
 def gain_rates(model: nn.Module, x: torch.Tensor, y: torch.Tensor, lr: float = 1e-3) -> Detection:
     """Each block's cross-fitted first-order gain of one Adam step at `lr`, on windows x, y.
 
-    rate = lr * sum_i a_i b_i / (sqrt(v_i) + 1e-8): a and b the mean gradients of the even and
-    of the odd batches of 16 windows, v the mean square of the batch gradients (Adam's second
-    moment at that batch size).
+    rate = lr * sum_i d_i b_i, with d the Adam direction fitted on the even batches of 16
+    windows and b the mean gradient of the odd ones (`adam_halves`).
     """
     t0 = time.perf_counter()
-    n = model_view(model).n_blocks
     rates = []
-    for b in range(n):
-        params = part_parameters(model, b, "block")
-        was = [p.requires_grad for p in params]
-        for p in params:
-            p.requires_grad_(True)
-        try:
-            batches = []
-            for s in range(0, x.shape[0], 16):
-                gs = torch.autograd.grad(lm_loss(model, x[s : s + 16], y[s : s + 16]), params)
-                batches.append(torch.cat([g.flatten() for g in gs]).double())
-        finally:
-            for p, w in zip(params, was, strict=True):
-                p.requires_grad_(w)
-        g = torch.stack(batches)
-        a, c, v = g[0::2].mean(0), g[1::2].mean(0), g.pow(2).mean(0)
-        rates.append(lr * float((a / (v.sqrt() + 1e-8) * c).sum()))
+    for b in range(model_view(model).n_blocks):
+        _, direction, check = adam_halves(model, b, x, y)
+        rates.append(lr * float(sum((d * c).sum() for d, c in zip(direction, check, strict=True))))
     seconds = time.perf_counter() - t0
     return Detection("gain-rate", rates, int(np.argmax(rates)), None, {"rate": rates}, seconds)
 

@@ -36,7 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/, for
 from layerpeel import GPT, GPTConfig  # noqa: E402
 from layerpeel.arch.table import model_view  # noqa: E402
 from validity.cases import lm_loss, load_corpus, load_snapshot, part_parameters  # noqa: E402
-from validity.detectors import gain_rates  # noqa: E402
+from validity.detectors import adam_halves, gain_rates  # noqa: E402
 from validity.oracle import sequence_ce  # noqa: E402
 from validity.suite import _monitoring, _result_path, quick_suite  # noqa: E402
 
@@ -90,20 +90,8 @@ def newton_gains(
     out = []
     odd = torch.cat([torch.arange(s, min(s + 16, len(x))) for s in range(16, len(x), 32)])
     for b in range(model_view(model).n_blocks):
-        params = part_parameters(model, b, "block")
-        for p in params:
-            p.requires_grad_(True)
-        batches = [
-            [g.detach() for g in torch.autograd.grad(lm_loss(model, x[s : s + 16], y[s : s + 16]), params)]
-            for s in range(0, len(x), 16)
-        ]  # fmt: skip
-        for p in params:
-            p.requires_grad_(False)
-        a = [torch.stack(z[0::2]).mean(0) for z in zip(*batches, strict=True)]
-        c = [torch.stack(z[1::2]).mean(0) for z in zip(*batches, strict=True)]
-        v = [torch.stack(z).pow(2).mean(0) for z in zip(*batches, strict=True)]
-        d = [ai / (vi.sqrt() + 1e-8) for ai, vi in zip(a, v, strict=True)]
-        rate = float(sum((di * ci).double().sum() for di, ci in zip(d, c, strict=True)))
+        params, d, c = adam_halves(model, b, x, y)
+        rate = float(sum((di * ci).sum() for di, ci in zip(d, c, strict=True)))
         start = [p.detach().clone() for p in params]
         loss = {}
         with torch.no_grad():

@@ -196,6 +196,11 @@ def summary_table(judged: list[Judged], names: list[str]) -> list[str]:
     return lines
 
 
+def _lp_default(result: dict[str, Any]) -> dict[str, Any]:
+    """The lp-default detection of an evaluation's result."""
+    return next(d for d in result["detections"] if d["name"] == "lp-default")
+
+
 def training_table(judged: list[Judged], results: list[dict[str, Any]]) -> list[str]:
     """Along training: CE, oracle gaps, P1 gaps and the default's verdict per checkpoint."""
     by_name = {f"{r['name']}@{r['step']}": r for r in results}
@@ -209,7 +214,7 @@ def training_table(judged: list[Judged], results: list[dict[str, Any]]) -> list[
         )
         for j in sorted((j for j in judged if j.name.startswith(run + "@")), key=lambda j: j.step):
             r = by_name[j.name]
-            det = next(d for d in r["detections"] if d["name"] == "lp-default")
+            det = _lp_default(r)
             gaps = det["values"]["gap_block"]
             state = _state(j)
             reds = ",".join(map(str, det["reds"])) or "none"
@@ -349,14 +354,7 @@ def along_figure(judged: list[Judged], results: list[dict[str, Any]], path: Path
     for run, colour in zip(runs, ("C0", "C1", "C2", "C3", "C4"), strict=False):
         points = sorted((j for j in judged if j.name.startswith(run + "@")), key=lambda j: j.step)
         steps = [j.step for j in points]
-        p1 = [
-            max(
-                next(d for d in by_name[j.name]["detections"] if d["name"] == "lp-default")[
-                    "values"
-                ]["gap_block"]
-            )
-            for j in points
-        ]
+        p1 = [max(_lp_default(by_name[j.name])["values"]["gap_block"]) for j in points]
         label = by_name[points[0].name]["case"]["quant"]
         label = "full precision" if label == "none" else label
         axes[0].plot(steps, [j.ce for j in points], "o-", color=colour, label=label)
