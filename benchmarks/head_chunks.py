@@ -6,7 +6,7 @@
 Every P1 reference, the work of each block and the line search end in `token_ce`: the head's
 product and the cross-entropy on (rows, V) logits, a chunk of token rows at a time. Each chunk
 size runs in turn, `--repeats` rounds in all; the table gives each one's median seconds and its
-ratio to the default (about `HEAD_ELEMENTS` logits per chunk on a CPU). The plain product alone
+ratio to the default (`head_rows`: about 4M logits per chunk on a CPU). The plain product alone
 (no cross-entropy, chunks of the default size) is the floor.
 """
 
@@ -18,7 +18,7 @@ import time
 
 import torch
 
-from layerpeel.peel.scoring import HEAD_ELEMENTS, token_ce
+from layerpeel.peel.scoring import head_rows, token_ce
 
 
 def main() -> None:
@@ -35,7 +35,7 @@ def main() -> None:
     head = torch.nn.Linear(args.width, args.vocab, bias=False)
     x = torch.randn(1, args.tokens, args.width, generator=gen)
     targets = torch.randint(0, args.vocab, (1, args.tokens), generator=gen)
-    default_rows = max(64, HEAD_ELEMENTS // args.vocab)
+    default_rows = head_rows(args.vocab, x.device)
 
     def product_only() -> None:
         flat = x.reshape(-1, args.width)

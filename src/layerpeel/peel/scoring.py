@@ -21,6 +21,11 @@ HEAD_ELEMENTS = 1 << 22  # logits per head chunk on a CPU (16 MB in float32): th
 HEAD_ROWS = 2048  # token rows per head chunk on an accelerator, which wants large products
 
 
+def head_rows(vocab: int, device: torch.device) -> int:
+    """Token rows per head chunk: about `HEAD_ELEMENTS` logits on a CPU, `HEAD_ROWS` elsewhere."""
+    return max(64, HEAD_ELEMENTS // vocab) if device.type == "cpu" else HEAD_ROWS
+
+
 def token_ce(
     head: Callable[[torch.Tensor], torch.Tensor],
     x: torch.Tensor,
@@ -30,20 +35,19 @@ def token_ce(
     """Next-token CE (nats) of each position: the head on the final residual x (B,T,C), (B,T).
 
     The logits are formed a chunk of `rows` tokens at a time, and the CE is taken on contiguous
-    (rows, V) logits. By default a chunk holds about `HEAD_ELEMENTS` logits on a CPU (the first
-    chunk, of 64 rows, tells the vocabulary size): logits that stay in cache between the head's
-    product and the CE make the two about 1.6x faster at a 50k vocabulary than chunks of
-    thousands of rows, whose logits go through memory twice (docs/benchmarks.md).
+    (rows, V) logits. By default the chunks after the first (64 rows, which tell the vocabulary
+    size) are `head_rows` long: on a CPU, logits that stay in cache between the head's product
+    and the CE make the two faster at a 50k vocabulary than chunks of thousands of rows, whose
+    logits go through memory twice (docs/benchmarks.md).
     """
     flat_x, flat_t = x.reshape(-1, 1, x.shape[-1]), targets.reshape(-1)
     out: list[torch.Tensor] = []
-    on_cpu = x.device.type == "cpu"
-    s, step = 0, rows or (64 if on_cpu else HEAD_ROWS)
+    s, step = 0, rows or 64
     while s < flat_t.numel():
         logits = head(flat_x[s : s + step]).flatten(0, 1).float()  # (step, V)
         out.append(F.cross_entropy(logits, flat_t[s : s + step], reduction="none"))
         s += step
-        step = rows or (max(64, HEAD_ELEMENTS // logits.shape[-1]) if on_cpu else HEAD_ROWS)
+        step = rows or head_rows(logits.shape[-1], x.device)
     return torch.cat(out).view(targets.shape)
 
 
