@@ -56,13 +56,11 @@ def test_analyze_writes_the_report_and_prints_the_table(run_dir, tmp_path, capsy
     report = PeelReport.from_dict(data)
     top = report.in_order()[0]
     first = f"first to look at: block {top.block} {top.part} ({top.verdict};"
-    # the first row is named when its block is behind or it is red by its gap, or it is not
-    # green while the whole model is not still training (then no one block is to blame)
+    # the first row is named when its block is behind, or it is not green while the whole model
+    # is not still training (while it is, no one block is to blame)
     whole = report.whole()
-    named = (
-        top.block in whole.behind
-        or top.ci_low > data["config"]["red"]
-        or (top.verdict != "green" and "still training" not in whole.answers)
+    named = top.block in whole.behind or (
+        top.verdict != "green" and "still training" not in whole.answers
     )
     assert (first in text) == named
     assert [(r["block"], r["part"]) for r in data["ranking"]][0] == (top.block, top.part)

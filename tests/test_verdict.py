@@ -100,6 +100,19 @@ def test_a_block_whose_gap_clears_every_other_interval_is_named_most_improvable_
     assert "most improvable" not in whole_model_verdict(close, trend=FLAT).sentence
 
 
+def test_while_the_whole_model_still_trains_no_gap_names_the_most_improvable_block():
+    blocks = [ev(0, 0.004), ev(1, 0.006), ev(2, 0.008), ev(3, 0.030)]  # block 3 stands out
+    assert "block 3 is the most improvable" in whole_model_verdict(blocks, trend=FLAT).sentence
+    falling = Trend(step=20, drop_per_doubling=0.9, stderr=0.05, points=10)
+    for v in (
+        whole_model_verdict(blocks, trend=falling),  # the loss still falls steeply
+        whole_model_verdict(blocks, trend=FLAT, ce_trained=3.0, ce_bigram=2.5),  # above bigram
+    ):
+        assert v.answers == (Answer.STILL_TRAINING,) and v.behind == ()
+        assert "most improvable" not in v.sentence and "keep training" in v.sentence
+        assert "none clearly more" not in v.sentence  # block 3 does stand out; it is not named
+
+
 def test_idle_and_never_trained_blocks_are_behind_while_the_model_still_trains():
     blocks = [
         ev(0, 0.03, 0.004),
@@ -298,12 +311,12 @@ def test_the_summary_names_no_block_while_the_whole_model_is_still_training():
     assert Answer.STILL_TRAINING in still.answers and still.behind == ()
     settled = whole_model_verdict([ev(0, 0.01), ev(1, 0.001)], Thresholds())
     assert Answer.STILL_TRAINING not in settled.answers
-    t = Thresholds()
-    assert not first_to_look_at(_row(0, "yellow"), still, t)  # keep training: none to blame
-    assert first_to_look_at(_row(0, "yellow"), settled, t)
-    assert first_to_look_at(_row(0, "red", ci_low=0.03), still, t)  # red by its gap
-    assert not first_to_look_at(_row(0, "red"), still, t)  # red as idle, not behind
-    assert not first_to_look_at(_row(1, "green"), settled, t)
+    assert not first_to_look_at(_row(0, "yellow"), still)  # keep training: none to blame
+    assert first_to_look_at(_row(0, "yellow"), settled)
+    assert not first_to_look_at(_row(0, "red", ci_low=0.03), still)  # red by its gap
+    assert first_to_look_at(_row(0, "red", ci_low=0.03), settled)
+    assert not first_to_look_at(_row(0, "red"), still)  # red as idle, not behind
+    assert not first_to_look_at(_row(1, "green"), settled)
     behind = whole_model_verdict([ev(0, 0.0, idle=True), ev(1, 0.001), ev(2, 0.001)],
                                  Thresholds(), trend=falling)  # fmt: skip
-    assert behind.behind == (0,) and first_to_look_at(_row(0, "green"), behind, t)
+    assert behind.behind == (0,) and first_to_look_at(_row(0, "green"), behind)

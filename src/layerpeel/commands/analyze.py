@@ -20,7 +20,6 @@ from layerpeel.peel.analysis import (
 from layerpeel.peel.config import add_arguments, from_args
 from layerpeel.peel.report import PeelReport
 from layerpeel.peel.rows import GapRow
-from layerpeel.peel.scoring import Thresholds
 from layerpeel.peel.verdict import Answer, WholeVerdict, loss_trend
 from layerpeel.peel.world import one_line
 
@@ -177,7 +176,7 @@ def print_verdict(report: PeelReport, out: TextIO, color: bool) -> None:
     whole = report.whole()
     order = report.in_order()
     top = order[0] if order else None
-    if top is not None and first_to_look_at(top, whole, Thresholds.of(report.config)):
+    if top is not None and first_to_look_at(top, whole):
         why = f"gap {top.gap:+.4f}"
         if top.work_ratio is not None:
             why += f", work {top.work_ratio:.2f} of the other blocks' median"
@@ -196,13 +195,14 @@ def print_verdict(report: PeelReport, out: TextIO, color: bool) -> None:
     print(f"{verdict_text(whole.colour, color).strip()}: {whole.sentence}", file=out)
 
 
-def first_to_look_at(top: GapRow, whole: WholeVerdict, thresholds: Thresholds) -> bool:
+def first_to_look_at(top: GapRow, whole: WholeVerdict) -> bool:
     """Whether the summary names the report's first row as the one to look at.
 
-    A block behind or a row red by its gap, always; another red or yellow row unless the
-    whole model is still training, where no one block is to blame and the verdict says so.
+    A block behind, always. Another red or yellow row only when the whole model is not still
+    training: while it is, every block can still gain and P1's gaps do not say which gains most
+    (docs/validation.md), so no one block is to blame and the verdict says so.
     """
-    if top.block in whole.behind or top.ci_low > thresholds.red:
+    if top.block in whole.behind:
         return True
     return top.verdict != "green" and Answer.STILL_TRAINING not in whole.answers
 

@@ -12,7 +12,8 @@ and the answers to it are kept apart [design, docs/peeling.md]:
   their random initialization (never trained) while most blocks' do not;
 - *no block improvable*: no gap above the yellow line and no falling loss.
 
-A block whose gap clears every other block's interval is named the most improvable, not behind.
+A block whose gap clears every other block's interval is named the most improvable, not behind,
+and only once the model has stopped training as a whole.
 
 Every rule is a comparison that can come out either way. The P3 cascade enters only through
 YES-0 (a network fitted block by block onto the targets, no anchors): its CE below the trained
@@ -281,14 +282,18 @@ def whole_model_verdict(
     for b in idle:
         if b not in untrained:
             reasons.append(f"block {b} does almost no work next to the other blocks")
-    if standout is not None:
-        top = next(b for b in blocks if b.block == standout)
+    falling = trend is not None and trend.falling_by > t.red
+    # While the whole model still trains, P1's gaps order the blocks against what training each
+    # alone wins (docs/validation.md, along training: P1 grows with depth, the oracle shrinks),
+    # so a gap that stands out then names no block.
+    named = None if falling or above_bigram or barely else standout
+    if named is not None:
+        top = next(b for b in blocks if b.block == named)
         reasons.append(
-            f"block {standout} is the most improvable by a clear margin "
+            f"block {named} is the most improvable by a clear margin "
             f"(gap {top.gap:+.3f} nats/token, interval above every other block's)"
         )
-    falling = trend is not None and trend.falling_by > t.red
-    everywhere = len(blocks) >= 2 and len(improvable) * 2 >= len(blocks) and standout is None
+    everywhere = len(blocks) >= 2 and len(improvable) * 2 >= len(blocks) and named is None
     if above_bigram:
         reasons.append(
             f"the model's held-out CE {ce_trained:.3f} does not clearly beat a bigram table of the "
@@ -303,8 +308,8 @@ def whole_model_verdict(
         )
     if everywhere:
         reasons.append(
-            f"{len(improvable)} of {len(blocks)} blocks can each still lower held-out CE, "
-            "none clearly more than the others"
+            f"{len(improvable)} of {len(blocks)} blocks can each still lower held-out CE"
+            + (", none clearly more than the others" if standout is None else "")
         )
     worse_than_yes0 = (
         ce_trained is not None and yes0 is not None and math.isfinite(yes0) and ce_trained > yes0
