@@ -439,7 +439,7 @@ def test_fsdp_training_ends_bit_identical_and_the_monitor_sees_whole_parameters(
     )
     assert not unexpected and len(missing) <= 1  # at most the tied unembedding's second name
     last = events[2]["report"]
-    from layerpeel.peel.verdict import Trend
+    from layerpeel.peel.evidence import Trend
 
     trend = Trend(**last["verdict"]["trend"])  # the loss trend the monitor saw up to step 6
     ref = peel(model, tiny_data(), PeelConfig.from_dict(last["config"]), trend=trend).to_dict()

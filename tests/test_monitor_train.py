@@ -6,7 +6,7 @@ import json
 
 from layerpeel.cli import main
 from layerpeel.monitor import analyze_checkpoints, read_events
-from layerpeel.peel.verdict import loss_trend
+from layerpeel.peel.evidence import loss_trend
 
 
 def train_cli(tmp_path, corpus, *extra):

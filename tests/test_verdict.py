@@ -6,17 +6,9 @@ import pytest
 import torch
 
 from layerpeel import GPT, GPTConfig
+from layerpeel.peel.evidence import UNTRAINED_SPIKE, Trend, bigram_ce, loss_trend, weight_spike
 from layerpeel.peel.scoring import Thresholds
-from layerpeel.peel.verdict import (
-    UNTRAINED_SPIKE,
-    Answer,
-    BlockEvidence,
-    Trend,
-    bigram_ce,
-    loss_trend,
-    weight_spike,
-    whole_model_verdict,
-)
+from layerpeel.peel.verdict import Answer, BlockEvidence, whole_model_verdict
 from layerpeel.verdict import Verdict
 
 
@@ -126,6 +118,29 @@ def test_idle_and_never_trained_blocks_are_behind_while_the_model_still_trains()
     assert "random initialization" in v.sentence and "no work" in v.sentence
 
 
+TRAINED = {"attn": 2.3, "mlp": 2.1}
+
+
+def test_a_sub_block_that_never_trained_puts_its_block_behind():
+    """A frozen MLP leaves its block's attention trained: only the part's weights tell."""
+    fresh_mlp = {"attn": 2.4, "mlp": 1.02}
+    blocks = [ev(b, 0.01, spike=2.4, part_spikes=TRAINED) for b in (0, 1, 3)]
+    blocks.insert(2, ev(2, 0.01, spike=2.4, part_spikes=fresh_mlp))
+    v = whole_model_verdict(blocks, trend=FLAT)
+    assert v.behind == (2,) and v.behind_parts == ((2, "mlp"),) and v.colour is Verdict.RED
+    assert "block 2's MLP weights still look like their random initialization" in v.sentence
+    assert v.to_dict()["behind_parts"] == [[2, "mlp"]]
+    # the same sub-block fresh in most blocks: the model, not one block, is at its start
+    most = [ev(b, 0.01, spike=2.4, part_spikes=fresh_mlp) for b in range(3)]
+    most.append(ev(3, 0.01, spike=2.4, part_spikes=TRAINED))
+    assert whole_model_verdict(most, trend=FLAT).behind == ()
+    # a whole block never trained is named once, as a block
+    whole = [ev(b, 0.01, spike=2.4, part_spikes=TRAINED) for b in range(3)]
+    whole.append(ev(3, 0.01, spike=1.01, part_spikes={"attn": 1.01, "mlp": 0.99}))
+    w = whole_model_verdict(whole, trend=FLAT)
+    assert w.behind == (3,) and w.behind_parts == () and "block 3's weights" in w.sentence
+
+
 def test_idleness_counts_only_once_the_model_beats_a_bigram_table():
     """Idle says nothing before the model beats a bigram table; untrained weights still do.
 
@@ -208,6 +223,28 @@ def test_report_carries_the_verdict_and_a_ranking_of_every_row(tmp_path):
     assert sorted(ranked) == sorted((r.block, r.part) for r in report.layers)
     again = PeelReport.load(tmp_path / "r.json")
     assert again.verdict == report.verdict and again.to_dict() == report.to_dict()
+
+
+def test_a_report_finds_the_one_mlp_that_kept_its_initialization_and_ranks_its_row_first():
+    from layerpeel.peel.analysis import PeelConfig, peel
+
+    torch.manual_seed(0)
+    model = GPT(TINY).eval()
+    with torch.no_grad():  # "training": a learned outlier in every matrix but block 1's MLP
+        for b, block in enumerate(model.blocks):
+            for name, w in block.named_parameters():
+                if w.ndim != 2 or (b == 1 and name.startswith("mlp.")):
+                    continue
+                u, v = torch.randn(w.shape[0], 1), torch.randn(1, w.shape[1])
+                edge = float(w.std()) * (math.sqrt(w.shape[0]) + math.sqrt(w.shape[1]))
+                w += 2.0 * edge * (u / u.norm()) @ (v / v.norm())
+    report = peel(model, _mset(), PeelConfig(n_boot=20, search_sequences=4), trend=FLAT)
+    whole = report.whole()
+    assert whole.behind == (1,) and whole.behind_parts == ((1, "mlp"),)
+    assert whole.part_spikes[1]["mlp"] < UNTRAINED_SPIKE < whole.part_spikes[1]["attn"]
+    assert all(whole.part_spikes[b]["mlp"] > UNTRAINED_SPIKE for b in (0, 2))
+    top = report.in_order()[0]
+    assert (top.block, top.part) == (1, "mlp")
 
 
 def test_reports_without_a_recorded_verdict_are_judged_from_their_rows():

@@ -39,7 +39,7 @@ from torch import nn
 from layerpeel.arch.table import model_view
 from layerpeel.data.monitoring import MonitoringSet
 from layerpeel.peel.analysis import PeelConfig, peel
-from layerpeel.peel.verdict import Trend
+from layerpeel.peel.evidence import Trend
 
 from .cases import lm_loss, part_parameters
 from .oracle import sequence_ce

@@ -22,7 +22,7 @@ import torch
 from layerpeel.arch.table import model_view
 from layerpeel.data.monitoring import MonitoringSet, monitoring_set
 from layerpeel.io import atomic_write_json
-from layerpeel.peel.verdict import loss_trend
+from layerpeel.peel.evidence import loss_trend
 
 from .cases import (
     SUB_BLOCK_FAULTS,
@@ -42,8 +42,8 @@ log = logging.getLogger(__name__)
 # What the detections record; bump it when a detector changes: a cached result then runs its
 # detectors again, not its oracle (4: the verdict judged with the run's loss trend, gain-rate
 # and depth; 5: P1's line search scores every 4th position; 6: idleness counts once the model
-# beats a bigram table).
-DETECTORS_VERSION = 6
+# beats a bigram table; 7: a sub-block that never trained puts its block behind).
+DETECTORS_VERSION = 7
 
 
 @dataclass(frozen=True)

@@ -18,9 +18,10 @@ from layerpeel.peel.analysis import (
     peel,
 )
 from layerpeel.peel.config import add_arguments, from_args
+from layerpeel.peel.evidence import loss_trend
 from layerpeel.peel.report import PeelReport
 from layerpeel.peel.rows import GapRow
-from layerpeel.peel.verdict import Answer, WholeVerdict, loss_trend
+from layerpeel.peel.verdict import Answer, WholeVerdict
 from layerpeel.peel.world import one_line
 
 HF_SEQ_LEN = 256  # default monitoring sequence length of a Hugging Face model

@@ -18,9 +18,10 @@ from layerpeel.arch.table import model_view
 from layerpeel.data.monitoring import MonitoringSet
 from layerpeel.errors import ConfigError, DataError
 from layerpeel.peel.analysis import PeelConfig, peel
+from layerpeel.peel.evidence import Trend
 from layerpeel.peel.rows import Cascade, GapRow
 from layerpeel.peel.scoring import Thresholds, block_works, mark_idle
-from layerpeel.peel.verdict import Trend, judge
+from layerpeel.peel.verdict import judge
 from layerpeel.yes.bounds import YesTracker, to_db
 
 # What each preset computes, cheapest first (docs/monitor.md has the measured costs).
@@ -142,7 +143,7 @@ class PeelAnalysis:
         latest = list(self.latest.values())
         whole = judge(
             latest, self.latest_cascade, thresholds, unit_verdict.spikes, trend,
-            unit_verdict.ce_bigram,
+            unit_verdict.ce_bigram, unit_verdict.part_spikes,
         )  # fmt: skip
         return {
             "event": "analysis",

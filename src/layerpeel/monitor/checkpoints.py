@@ -79,7 +79,7 @@ def checkpoint_event(
     """
     from layerpeel.monitor.analyses import PeelAnalysis
     from layerpeel.peel.analysis import peel
-    from layerpeel.peel.verdict import loss_trend
+    from layerpeel.peel.evidence import loss_trend
     from layerpeel.training.run_folder import load_model, open_run
 
     model, ckpt = load_model(path)

@@ -40,7 +40,7 @@ from layerpeel.monitor.loggers import LOGGER_NAMES, Logger, main_rank, make_logg
 from layerpeel.monitor.schedules import Schedule, always
 from layerpeel.monitor.state import ShadowModel, is_sharded, preserved_rng
 from layerpeel.peel.analysis import PeelConfig
-from layerpeel.peel.verdict import Trend, loss_trend
+from layerpeel.peel.evidence import Trend, loss_trend
 
 log = logging.getLogger(__name__)
 

@@ -17,12 +17,13 @@ from layerpeel.errors import ConfigError, DataError
 from layerpeel.peel.attribution import attribute
 from layerpeel.peel.config import PeelConfig
 from layerpeel.peel.context import build_context
+from layerpeel.peel.evidence import Trend, bigram_ce, weight_spike
 from layerpeel.peel.plan import Analysis, plan_analysis
 from layerpeel.peel.report import PeelReport
 from layerpeel.peel.rows import Cascade, GapRow, LadderRow
 from layerpeel.peel.run import Shard, merge, run_units
 from layerpeel.peel.scoring import mark_idle
-from layerpeel.peel.verdict import Trend, bigram_ce, judge, weight_spike
+from layerpeel.peel.verdict import PART_NAMES, judge
 from layerpeel.peel.world import World, env_world_size
 
 log = logging.getLogger(__name__)
@@ -160,9 +161,13 @@ def make_report(
 
     mark_idle(rows, a.thresholds)
     spikes = {i: weight_spike(b) for i, b in enumerate(a.view.blocks)}
+    part_spikes = {
+        i: {part: weight_spike(a.view.block_view(b).part_parameters(part)) for part in PART_NAMES}
+        for i, b in enumerate(a.view.blocks)
+    }
     vocab = int(a.view.unembed_weight().shape[0])
     bigram = bigram_ce(data.part("fit"), data.part("held"), vocab)
-    verdict = judge(rows, casc, a.thresholds, spikes, trend, bigram)
+    verdict = judge(rows, casc, a.thresholds, spikes, trend, bigram, part_spikes)
 
     return PeelReport(
         layers=rows,

@@ -24,26 +24,19 @@ the trained blocks are among the candidates, so it cannot be worse than the trai
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
-import numpy as np
-import torch
-from torch import nn
-
+from layerpeel.peel.evidence import UNTRAINED_SPIKE, Trend
 from layerpeel.peel.rows import Cascade, GapRow
 from layerpeel.peel.scoring import Thresholds, severity
 from layerpeel.verdict import Verdict
 
 QUESTION = "Can more training still lower this model's held-out loss, and is one block to blame?"
 
-# A random Gaussian matrix's largest singular value sits at the Marchenko-Pastur edge
-# std * (sqrt(m) + sqrt(n)); training grows outliers above it. Below this ratio in every matrix
-# of a block, the block's weights still look like their initialization.
-UNTRAINED_SPIKE = 1.15
-MIN_SPIKE_DIM = 16  # smaller matrices fluctuate too much around the edge to tell
+PART_NAMES = {"attn": "attention", "mlp": "MLP"}  # sub-blocks whose weights are checked apart
 
 
 class Answer(StrEnum):
@@ -52,107 +45,6 @@ class Answer(StrEnum):
     STILL_TRAINING = "still training"
     BLOCK_BEHIND = "block behind"
     NONE_IMPROVABLE = "no block improvable"
-
-
-@dataclass(frozen=True)
-class Trend:
-    """How fast the training loss still falls: its drop per doubling of steps, from the history."""
-
-    step: int  # the step the trend ends at
-    drop_per_doubling: float  # nats/token: minus the slope of loss against log2(step)
-    stderr: float  # the slope's standard error
-    points: int  # loss values it was fitted on
-
-    @property
-    def falling_by(self) -> float:
-        """A lower bound on the drop per doubling (two standard errors below the estimate)."""
-        return self.drop_per_doubling - 2.0 * self.stderr
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "step": self.step,
-            "drop_per_doubling": self.drop_per_doubling,
-            "stderr": self.stderr,
-            "points": self.points,
-        }
-
-
-def loss_trend(history: Iterable[tuple[int, float]], step: int | None = None) -> Trend | None:
-    """The loss drop per doubling of steps over the second half of training up to `step`.
-
-    A least-squares line of loss against log2(step) through the losses logged in [step/2, step]
-    (default step: the last one): one noisy batch does not decide, and its standard error says
-    how sure the drop is. None with fewer than three finite values in that range.
-    """
-    pts = [(int(s), float(v)) for s, v in history if s > 0 and math.isfinite(float(v))]
-    if step is None:
-        if not pts:
-            return None
-        step = max(s for s, _ in pts)
-    sel = [(math.log2(s), v) for s, v in pts if step / 2 <= s <= step]
-    if len(sel) < 3:
-        return None
-    x = np.array([a for a, _ in sel])
-    y = np.array([b for _, b in sel])
-    xc = x - x.mean()
-    sxx = float(xc @ xc)
-    if sxx == 0.0:
-        return None
-    slope = float(xc @ (y - y.mean())) / sxx
-    resid = y - y.mean() - slope * xc
-    stderr = math.sqrt(float(resid @ resid) / (len(sel) - 2) / sxx) if len(sel) > 2 else math.inf
-    return Trend(step, -slope, stderr, len(sel))
-
-
-def weight_spike(block: nn.Module, iters: int = 50) -> float | None:
-    """The largest ratio, over a block's weight matrices, of sigma_max to the random-matrix edge.
-
-    About 1 for weights still at a random Gaussian initialization; trained weights grow outliers
-    (1.3-2.7 in a small GPT after 150 steps). sigma_max by power iteration from a fixed start
-    (it can only come out low, which errs towards "looks untrained" by a percent or two). None
-    when the block has no matrix large enough to tell.
-    """
-    gen = torch.Generator().manual_seed(0)
-    ratios = []
-    for p in block.parameters():
-        if p.ndim != 2 or min(p.shape) < MIN_SPIKE_DIM:
-            continue
-        w = p.detach().to(torch.float64)
-        std = float(w.std())
-        if not std > 0.0 or not math.isfinite(std):
-            continue
-        v = torch.randn(w.shape[1], 1, generator=gen, dtype=torch.float64, device="cpu").to(
-            w.device
-        )
-        for _ in range(iters):  # (n, 1): v <- W^T W v, normalised
-            v = w.T @ (w @ v)
-            v = v / v.norm()
-        edge = std * (math.sqrt(w.shape[0]) + math.sqrt(w.shape[1]))
-        ratios.append(float((w @ v).norm()) / edge)
-    return max(ratios) if ratios else None
-
-
-def bigram_ce(fit: torch.Tensor, held: torch.Tensor, vocab: int, alpha: float = 1.0) -> float:
-    """Held-out CE (nats/token) of a bigram table counted on the fit windows.
-
-    fit, held: (S, T+1) token windows. p(b | a) = (c(a, b) + alpha p(b)) / (c(a) + alpha), with
-    p(b) the add-one unigram of the fit tokens over the whole vocabulary: a real model of the
-    text that uses no block at all, so a transformer that does not beat it clearly has blocks
-    that have not learned much yet. Pairs are counted sparsely, so a 50,000-word vocabulary costs
-    no more than bytes.
-    """
-    fit, held = fit.long().cpu(), held.long().cpu()
-    uni = torch.bincount(fit.reshape(-1), minlength=vocab).double() + 1.0
-    uni /= uni.sum()
-    keys, counts = torch.unique((fit[:, :-1] * vocab + fit[:, 1:]).reshape(-1), return_counts=True)
-    ctx = torch.bincount(fit[:, :-1].reshape(-1), minlength=vocab).double()
-    a, b = held[:, :-1].reshape(-1), held[:, 1:].reshape(-1)
-    pair = a * vocab + b
-    at = torch.searchsorted(keys, pair).clamp(max=len(keys) - 1)
-    zero = torch.zeros((), dtype=torch.float64, device=counts.device)
-    seen = torch.where(keys[at] == pair, counts[at].double(), zero)
-    p = (seen + alpha * uni[b]) / (ctx[a] + alpha)
-    return float(-p.log().mean())
 
 
 @dataclass(frozen=True)
@@ -166,10 +58,15 @@ class BlockEvidence:
     idle: bool = False  # does no work next to its peers (scoring.Thresholds.is_idle)
     work_ratio: float | None = None  # its work over the other blocks' median
     spike: float | None = None  # weight_spike; below UNTRAINED_SPIKE: never trained
+    part_spikes: dict[str, float | None] = field(default_factory=dict)  # "attn" / "mlp" -> spike
 
     @property
     def untrained(self) -> bool:
         return self.spike is not None and self.spike < UNTRAINED_SPIKE
+
+    def untrained_part(self, part: str) -> bool:
+        spike = self.part_spikes.get(part)
+        return spike is not None and spike < UNTRAINED_SPIKE
 
 
 @dataclass(frozen=True)
@@ -186,6 +83,9 @@ class WholeVerdict:
     ce_trained: float | None = None  # the trained model's held-out CE
     ce_bigram: float | None = None  # held-out CE of a bigram table of the fit tokens
     spikes: dict[int, float | None] = field(default_factory=dict)  # weight_spike per block
+    # (block, "attn" / "mlp"): a sub-block that never trained while most blocks' did
+    behind_parts: tuple[tuple[int, str], ...] = ()
+    part_spikes: dict[int, dict[str, float | None]] = field(default_factory=dict)
 
     @property
     def question(self) -> str:
@@ -204,6 +104,8 @@ class WholeVerdict:
             "ce_trained": self.ce_trained,
             "ce_bigram": self.ce_bigram,
             "weight_spikes": {str(b): v for b, v in self.spikes.items()},
+            "behind_parts": [[b, part] for b, part in self.behind_parts],
+            "part_spikes": {str(b): dict(v) for b, v in self.part_spikes.items()},
         }
 
     @classmethod
@@ -220,6 +122,8 @@ class WholeVerdict:
             ce_trained=data.get("ce_trained"),
             ce_bigram=data.get("ce_bigram"),
             spikes={int(b): v for b, v in data.get("weight_spikes", {}).items()},
+            behind_parts=tuple((int(b), str(part)) for b, part in data.get("behind_parts", [])),
+            part_spikes={int(b): dict(v) for b, v in data.get("part_spikes", {}).items()},
         )
 
 
@@ -263,6 +167,15 @@ def whole_model_verdict(
             "initialization"
         )
         untrained = []
+    # A sub-block whose weights never trained while the same sub-block of most blocks did: a
+    # frozen attention or MLP, which leaves its block's work and its other weights trained
+    # (docs/validation.md: trained sub-blocks grow outliers of 1.7-3.4 by step 30, one frozen
+    # at its initialization stays at 1.0).
+    fresh_parts: list[tuple[int, str]] = []
+    for part in ("attn", "mlp") if not barely else ():
+        fresh = [b.block for b in blocks if b.untrained_part(part)]
+        if len(fresh) * 2 < len(blocks):
+            fresh_parts += [(b, part) for b in fresh if b not in untrained]
     # Behind means idle or never trained; a gap that stands out is the most improvable block,
     # which is another answer (docs/validation.md: a planted fault seldom makes its block the
     # most improvable), shown but not called behind.
@@ -276,9 +189,15 @@ def whole_model_verdict(
     # weights still at their initialization do.
     if above_bigram:
         idle = []
-    behind = tuple(dict.fromkeys([*untrained, *idle]))
+    behind = tuple(dict.fromkeys([*untrained, *(b for b, _ in fresh_parts), *idle]))
     for b in untrained:
         reasons.append(f"block {b}'s weights still look like their random initialization")
+    for b, part in fresh_parts:
+        name = PART_NAMES[part]
+        reasons.append(
+            f"block {b}'s {name} weights still look like their random initialization, while "
+            f"the other blocks' {name} trained"
+        )
     for b in idle:
         if b not in untrained:
             reasons.append(f"block {b} does almost no work next to the other blocks")
@@ -343,6 +262,8 @@ def whole_model_verdict(
         ce_trained=ce_trained,
         ce_bigram=ce_bigram,
         spikes=dict(spikes or {}),
+        behind_parts=tuple(fresh_parts),
+        part_spikes={b.block: dict(b.part_spikes) for b in blocks if b.part_spikes},
     )
 
 
@@ -370,7 +291,9 @@ def _sentence(
 
 
 def block_evidence(
-    rows: Sequence[GapRow], spikes: dict[int, float | None] | None = None
+    rows: Sequence[GapRow],
+    spikes: dict[int, float | None] | None = None,
+    part_spikes: dict[int, dict[str, float | None]] | None = None,
 ) -> list[BlockEvidence]:
     """One `BlockEvidence` per block with P1 rows: its whole-block row, else its largest part."""
     by_block: dict[int, GapRow] = {}
@@ -387,6 +310,7 @@ def block_evidence(
             idle=bool(r.idle),
             work_ratio=r.work_ratio,
             spike=(spikes or {}).get(b),
+            part_spikes=dict((part_spikes or {}).get(b, {})),
         )
         for b, r in sorted(by_block.items())
     ]
@@ -399,13 +323,14 @@ def judge(
     spikes: dict[int, float | None] | None = None,
     trend: Trend | None = None,
     ce_bigram: float | None = None,
+    part_spikes: dict[int, dict[str, float | None]] | None = None,
 ) -> WholeVerdict:
     """The whole-model verdict of a report's rows and cascade (see `whole_model_verdict`)."""
     ce_trained = cascade.ce_trained if cascade is not None else None
     if ce_trained is None and rows:
         ce_trained = rows[0].ce_trained
     return whole_model_verdict(
-        block_evidence(rows, spikes),
+        block_evidence(rows, spikes, part_spikes),
         thresholds,
         trend,
         ce_trained=ce_trained,
@@ -418,12 +343,16 @@ def judge(
 def ranking(rows: Sequence[GapRow], verdict: WholeVerdict, thresholds: Thresholds) -> list[GapRow]:
     """Rows in the order to look at them: blocks behind first, then the most worrying rows.
 
+    In a block behind because one sub-block never trained, that sub-block's row comes first.
+
     Within each group rows go by `scoring.severity` (verdict, then how near the red line).
     """
     behind = {b: i for i, b in enumerate(verdict.behind)}
+    parts = set(verdict.behind_parts)
 
-    def key(r: GapRow) -> tuple[int, int, int, float]:
+    def key(r: GapRow) -> tuple[int, int, int, int, float]:
         level, alarm = severity(r, thresholds)
-        return (int(r.block in behind), -behind.get(r.block, 0), level, alarm)
+        fresh = int((r.block, r.part) in parts)
+        return (int(r.block in behind), -behind.get(r.block, 0), fresh, level, alarm)
 
     return sorted(rows, key=key, reverse=True)
