@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 from scipy.stats import spearmanr
 
+from .cases import SUB_BLOCK_FAULTS
 from .oracle import OracleRun, paired_margin
 
 Z = 2.0  # standard errors a difference must exceed to count
@@ -259,7 +260,35 @@ def verdict_table(judged: list[Judged]) -> list[str]:
         f"{sum(bool(v['behind']) for v in healthy)}/{len(healthy)}",
         f"green verdicts on uniform snapshots: "
         f"{sum(v['colour'] == 'green' for v in uniform)}/{len(uniform)}",
+        *_part_spike_lines(rows),
     ]
+    return lines
+
+
+def _part_spike_lines(rows: list[tuple[Judged, dict[str, Any]]]) -> list[str]:
+    """Sub-block weight spikes: the frozen sub-blocks against every sub-block without a fault.
+
+    The evidence for the rule that a sub-block whose weights never trained puts its block behind.
+    """
+    frozen, trained = [], []
+    for j, v in rows:
+        for b, parts in v.get("part_spikes", {}).items():
+            for part, spike in parts.items():
+                if spike is None:
+                    continue
+                if int(b) != j.block:
+                    trained.append(spike)
+                elif SUB_BLOCK_FAULTS.get(j.fault) == part:
+                    frozen.append(spike)
+    if not trained:
+        return []
+    lines = [f"sub-block weight spikes, blocks with no fault: {min(trained):.2f}-{max(trained):.2f}"
+             f" ({len(trained)} sub-blocks)"]  # fmt: skip
+    if frozen:
+        lines.append(
+            f"sub-block weight spikes, frozen at initialization: {min(frozen):.2f}-"
+            f"{max(frozen):.2f} ({len(frozen)} sub-blocks)"
+        )
     return lines
 
 
