@@ -9,7 +9,8 @@ and the answers to it are kept apart [design, docs/peeling.md]:
   blame;
 - *block behind*: a block does no work next to the others (once the model beats a bigram table;
   before, work is uneven while every block is still learning), or its weights still look like
-  their random initialization (never trained) while most blocks' do not;
+  their random initialization (never trained) while most blocks' do not, or those of its
+  attention or its MLP do while that sub-block of most blocks trained;
 - *no block improvable*: no gap above the yellow line and no falling loss.
 
 A block whose gap clears every other block's interval is named the most improvable, not behind,
