@@ -282,8 +282,10 @@ def _part_spike_lines(rows: list[tuple[Judged, dict[str, Any]]]) -> list[str]:
                     frozen.append(spike)
     if not trained:
         return []
-    lines = [f"sub-block weight spikes, blocks with no fault: {min(trained):.2f}-{max(trained):.2f}"
-             f" ({len(trained)} sub-blocks)"]  # fmt: skip
+    lines = [
+        f"sub-block weight spikes, blocks with no fault: {min(trained):.2f}-{max(trained):.2f}"
+        f" ({len(trained)} sub-blocks)"
+    ]
     if frozen:
         lines.append(
             f"sub-block weight spikes, frozen at initialization: {min(frozen):.2f}-"

@@ -173,9 +173,9 @@ def whole_model_verdict(
     # (docs/validation.md: trained sub-blocks grow outliers of 1.7-3.4 by step 30, one frozen
     # at its initialization stays at 1.0).
     fresh_parts: list[tuple[int, str]] = []
-    for part in ("attn", "mlp") if not barely else ():
+    for part in PART_NAMES:
         fresh = [b.block for b in blocks if b.untrained_part(part)]
-        if len(fresh) * 2 < len(blocks):
+        if not barely and len(fresh) * 2 < len(blocks):
             fresh_parts += [(b, part) for b in fresh if b not in untrained]
     # Behind means idle or never trained; a gap that stands out is the most improvable block,
     # which is another answer (docs/validation.md: a planted fault seldom makes its block the
