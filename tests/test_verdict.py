@@ -1,5 +1,6 @@
 """The whole-model verdict: each rule pinned with small inputs and a tiny random model."""
 
+import json
 import math
 
 import pytest
@@ -8,7 +9,7 @@ import torch
 from layerpeel import GPT, GPTConfig
 from layerpeel.peel.evidence import UNTRAINED_SPIKE, Trend, bigram_ce, loss_trend, weight_spike
 from layerpeel.peel.scoring import Thresholds
-from layerpeel.peel.verdict import Answer, BlockEvidence, whole_model_verdict
+from layerpeel.peel.verdict import Answer, BlockEvidence, WholeVerdict, whole_model_verdict
 from layerpeel.verdict import Verdict
 
 
@@ -82,26 +83,29 @@ def test_every_block_about_equally_improvable_is_still_training_not_one_block():
     assert v.colour is Verdict.YELLOW and v.improvable == (0, 1, 2, 3)
 
 
-def test_a_block_whose_gap_clears_every_other_interval_is_named_most_improvable_not_behind():
+STANDS_OUT = "P1 reference gains the most by a clear margin"
+
+
+def test_a_block_whose_gap_clears_every_other_interval_is_reported_not_behind():
     blocks = [ev(0, 0.004), ev(1, 0.080, 0.01), ev(2, 0.006), ev(3, 0.003)]
     v = whole_model_verdict(blocks, trend=FLAT)
     assert v.colour is Verdict.YELLOW and v.behind == () and v.improvable == (1,)
-    assert v.answers == () and "block 1 is the most improvable by a clear margin" in v.sentence
+    assert v.answers == () and f"block 1's {STANDS_OUT}" in v.sentence
     # the same top gap inside another block's interval does not stand out
     close = [ev(0, 0.070, 0.01), ev(1, 0.080, 0.01), ev(2, 0.006), ev(3, 0.003)]
-    assert "most improvable" not in whole_model_verdict(close, trend=FLAT).sentence
+    assert STANDS_OUT not in whole_model_verdict(close, trend=FLAT).sentence
 
 
-def test_while_the_whole_model_still_trains_no_gap_names_the_most_improvable_block():
+def test_while_the_whole_model_still_trains_no_gap_stands_out():
     blocks = [ev(0, 0.004), ev(1, 0.006), ev(2, 0.008), ev(3, 0.030)]  # block 3 stands out
-    assert "block 3 is the most improvable" in whole_model_verdict(blocks, trend=FLAT).sentence
+    assert f"block 3's {STANDS_OUT}" in whole_model_verdict(blocks, trend=FLAT).sentence
     falling = Trend(step=20, drop_per_doubling=0.9, stderr=0.05, points=10)
     for v in (
         whole_model_verdict(blocks, trend=falling),  # the loss still falls steeply
         whole_model_verdict(blocks, trend=FLAT, ce_trained=3.0, ce_bigram=2.5),  # above bigram
     ):
         assert v.answers == (Answer.STILL_TRAINING,) and v.behind == ()
-        assert "most improvable" not in v.sentence and "keep training" in v.sentence
+        assert STANDS_OUT not in v.sentence and "keep training" in v.sentence
         assert "none clearly more" not in v.sentence  # block 3 does stand out; it is not named
 
 
@@ -357,3 +361,89 @@ def test_the_summary_names_no_block_while_the_whole_model_is_still_training():
     behind = whole_model_verdict([ev(0, 0.0, idle=True), ev(1, 0.001), ev(2, 0.001)],
                                  Thresholds(), trend=falling)  # fmt: skip
     assert behind.behind == (0,) and first_to_look_at(_row(0, "green"), behind)
+
+
+# ------------------------------------------------------------- where more training gains most
+
+
+def test_most_improvable_is_the_block_not_behind_that_turns_the_residual_stream_most():
+    blocks = [
+        ev(0, 0.01, influence=0.40, idle=True, work_ratio=0.01),  # behind: not "most improvable"
+        ev(1, 0.01, influence=0.30),
+        ev(2, 0.01, influence=0.05),
+        ev(3, 0.03, influence=0.10),  # the largest P1 gap does not decide it
+    ]
+    v = whole_model_verdict(blocks, trend=FLAT, ce_trained=2.0, ce_bigram=2.6)
+    assert v.behind == (0,) and v.most_improvable == 1 and v.order == (0, 1, 3, 2)
+    assert "more training is likely to gain most in block 1" in v.sentence
+    again = WholeVerdict.from_dict(json.loads(json.dumps(v.to_dict())))
+    assert again == v and again.to_dict()["most_improvable"] == 1
+    # one block, or none with an influence: nothing to compare
+    assert whole_model_verdict([ev(0, 0.01, influence=0.4)], trend=FLAT).most_improvable is None
+    assert whole_model_verdict([ev(0, 0.01), ev(1, 0.02)], trend=FLAT).most_improvable is None
+
+
+def test_a_green_verdict_names_no_block_to_train_further():
+    blocks = [ev(0, 0.001, influence=0.3), ev(1, 0.0, influence=0.1)]
+    v = whole_model_verdict(blocks, trend=FLAT)
+    assert v.colour is Verdict.GREEN and "likely to gain" not in v.sentence
+    assert v.most_improvable == 0  # still recorded, for the ranking
+
+
+def _gap_row(block, part, gap, verdict, influence=None):
+    from layerpeel.peel.rows import GapRow
+
+    return GapRow(block, part, gap, gap - 0.001, gap + 0.001, Verdict(verdict), 2.0, 2.0 - gap,
+                  "closed", 0.0, part, None, influence=influence)  # fmt: skip
+
+
+def test_ranking_puts_blocks_behind_then_red_rows_then_the_most_improvable_blocks():
+    from layerpeel.peel.verdict import judge, ranking
+
+    rows = [
+        _gap_row(0, "block", 0.002, "green", influence=0.50),
+        _gap_row(0, "mlp", 0.011, "yellow"),
+        _gap_row(1, "block", 0.001, "green", influence=0.20),
+        _gap_row(2, "block", 0.030, "red", influence=0.01),
+        _gap_row(3, "block", 0.012, "yellow", influence=0.05),
+    ]
+    t = Thresholds()
+    v = judge(rows, None, t, trend=FLAT)
+    assert v.behind == () and v.most_improvable == 0
+    order = [(r.block, r.part) for r in ranking(rows, v, t)]
+    assert order == [(2, "block"), (0, "mlp"), (0, "block"), (1, "block"), (3, "block")]
+
+
+def test_block_influence_matches_cosines_of_each_blocks_input_and_output_by_hand():
+    """1 - mean cos(block input, block output) per held-out token, from forward hooks."""
+    from layerpeel.arch.table import model_view
+    from layerpeel.peel.analysis import PeelConfig, peel
+    from layerpeel.peel.context import build_context
+    from layerpeel.peel.gap import block_influence
+
+    torch.manual_seed(2)
+    model = GPT(TINY).eval()
+    mset = _mset(4)
+    held = mset.inputs("held")
+    seen: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+    hooks = [
+        block.register_forward_hook(
+            lambda _m, args, out, b=b: seen.__setitem__(b, (args[0].detach(), out.detach()))
+        )
+        for b, block in enumerate(model.blocks)
+    ]
+    with torch.no_grad():
+        model(held)
+    for h in hooks:
+        h.remove()
+    by_hand = [
+        1.0 - float(torch.nn.functional.cosine_similarity(x.double(), y.double(), dim=-1).mean())
+        for x, y in (seen[b] for b in range(TINY.n_layer))
+    ]
+    ctx = build_context(model_view(model), mset)
+    got = [block_influence(ctx, b, chunk=3) for b in range(TINY.n_layer)]
+    assert got == pytest.approx(by_hand, rel=1e-6, abs=1e-9)
+    report = peel(model, mset, PeelConfig(n_boot=20, search_sequences=4), trend=FLAT)
+    rows = {r.block: r.influence for r in report.layers if r.part == "block"}
+    assert [rows[b] for b in range(TINY.n_layer)] == pytest.approx(by_hand, rel=1e-6, abs=1e-9)
+    assert report.whole().influence == pytest.approx(dict(enumerate(by_hand)))

@@ -3,11 +3,15 @@
 Every detector returns a `Detection`: one score per block, larger = more suspect, the block it
 ranks first, and, for a detector with a line of its own, the blocks it marks red.
 - lp-default: layerpeel's default analysis (closed-form P1 on block, attention and MLP, with
-  each block's work); its order is the report's ranking (`PeelReport.ranked`), its reds the
-  blocks with a red row; it also records the report's whole-model verdict (`PeelReport.whole`),
-  judged with the run's loss trend.
+  each block's work and influence); its first block is the verdict's `most_improvable`, its
+  order the verdict's `order` (blocks behind last), its reds the blocks with a red row; it also
+  records the report's whole-model verdict (`PeelReport.whole`), judged with the run's loss
+  trend.
+- lp-behind: the same verdict's other answer, the blocks behind (first: the first of them,
+  -1 when none is).
 - lp-gap: the same report's whole-block P1 gaps alone, ranked by gap (reds: red by gap).
-- lp-adam: layerpeel with its other solver (local Adam), whole blocks, ranked like lp-default.
+- lp-adam: layerpeel with its other solver (local Adam), whole blocks, ranked by its rows'
+  severity (`PeelReport.ranked`: verdict, then how near the red line).
 - loo: leave-one-out ablation (SLEB's metric): held-out CE without the block minus with it;
   the block whose removal costs least is the most suspect.
 - shortgpt: block influence, 1 - mean cos(block input, block output) over tokens; the block
@@ -96,7 +100,11 @@ def layerpeel_detections(
         values[f"gap_{part}"] = [r["gap"] for r in rows if r["part"] == part]
         values[f"ci_low_{part}"] = [r["ci_low"] for r in rows if r["part"] == part]
     values["work"] = [r.get("work") or 0.0 for r in rows if r["part"] == "block"]
+    values["influence"] = [r.get("influence") or 0.0 for r in rows if r["part"] == "block"]
+    whole = report.whole()
     order: list[int] = []
+    if solver == "closed":  # the verdict's order, blocks behind last
+        order = [b for b in whole.order if b not in whole.behind] + list(whole.behind)
     for row in report.ranked():
         if row.block not in order:
             order.append(int(row.block))
@@ -105,7 +113,11 @@ def layerpeel_detections(
     label = "lp-default" if solver == "closed" else f"lp-{solver}"
     out = [Detection(label, list(scores), order[0], reds, values, seconds)]
     if solver == "closed":
-        out[0].verdict = report.whole().to_dict()
+        out[0].verdict = whole.to_dict()
+        behind = list(whole.behind)
+        out.append(
+            Detection("lp-behind", _order_scores(behind, n), behind[0] if behind else -1, None)
+        )
         gaps = values["gap_block"]
         by_gap = sorted(range(n), key=lambda b: -gaps[b])
         gap_reds = sorted(

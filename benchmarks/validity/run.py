@@ -42,7 +42,7 @@ from validity.tables import (  # noqa: E402
 )
 
 DETECTORS = [
-    "lp-default", "lp-gap", "lp-adam", "loo", "shortgpt", "gradnorm", "update-ratio", "gain-rate",
+    "lp-default", "lp-behind", "lp-gap", "lp-adam", "loo", "shortgpt", "gradnorm", "update-ratio", "gain-rate",
     "ww", "depth",
 ]  # fmt: skip
 

@@ -43,7 +43,7 @@ log = logging.getLogger(__name__)
 # detectors again, not its oracle (4: the verdict judged with the run's loss trend, gain-rate
 # and depth; 5: P1's line search scores every 4th position; 6: idleness counts once the model
 # beats a bigram table; 7: a sub-block that never trained puts its block behind).
-DETECTORS_VERSION = 7
+DETECTORS_VERSION = 8
 
 
 @dataclass(frozen=True)

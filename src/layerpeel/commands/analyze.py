@@ -110,11 +110,11 @@ def print_report(report: PeelReport, out: TextIO, color: bool) -> None:
     head = f"{'block':>5}  {'part':<5}  {'gap':>8}  {'95% interval':>19}  {'verdict':<8}  {'CE ref':>7}  {'CE trained':>10}"
     if q:
         head += f"  {'optim':>7}  {'quant':>7}"
-    head += f"  {'work':>8}  {'/median':>7}  {'time':>6}"
+    head += f"  {'work':>8}  {'/median':>7}  {'turn':>6}  {'time':>6}"
     print(
         f"P1 layer gaps (nats/token, held-out; red when the interval clears {report.config.get('red')}"
         " or the block is idle; work = CE without the block - CE with it, /median = over the other"
-        " blocks' median work):",
+        " blocks' median work; turn = 1 - cos of the block's input and output residual):",
         file=out,
     )
     print(head, file=out)
@@ -129,6 +129,7 @@ def print_report(report: PeelReport, out: TextIO, color: bool) -> None:
         line += f"  {work:>+8.4f}" if work is not None else f"  {'':>8}"
         ratio = r.work_ratio
         line += f"  {ratio:>7.2f}" if ratio is not None else f"  {'':>7}"
+        line += f"  {r.influence:>6.3f}" if r.influence is not None else f"  {'':>6}"
         line += f"  {r.time_s:>5.1f}s" + ("  idle" if r.idle else "")
         print(line, file=out)
     if report.ladder:
@@ -172,9 +173,16 @@ def print_verdict(report: PeelReport, out: TextIO, color: bool) -> None:
                 "blocks' work.",
                 file=out,
             )
-    else:
-        print("\nno red layer.", file=out)
     whole = report.whole()
+    if not reds:
+        behind = ", ".join(str(b) for b in whole.behind)
+        plural = "s" if len(whole.behind) > 1 else ""
+        print(
+            f"\nno red row; the verdict below names block{plural} {behind} behind."
+            if whole.behind
+            else "\nno red layer.",
+            file=out,
+        )
     order = report.in_order()
     top = order[0] if order else None
     if top is not None and first_to_look_at(top, whole):

@@ -34,6 +34,26 @@ def _kept(ctx: PeelContext, index: int, ref: nn.Module) -> nn.Module:
     return ctx.view.reference_copy(index) if ref is ctx.view.blocks[index] else ref
 
 
+def block_influence(ctx: PeelContext, index: int, chunk: int = 16) -> float:
+    """How much block `index` turns the residual stream: 1 - mean cos(G_index, G_index+1).
+
+    ShortGPT's block influence, per held-out token. Under a scale-free optimizer (Adam moves each
+    weight by about the same fraction) a block's reach over the output grows with its share of
+    the residual stream, which this measures: the block that turns the stream most is the one
+    whose further training moves the loss most (docs/validation.md measures it against training
+    each block alone).
+    """
+    x, y = ctx.held[index], ctx.held[index + 1]
+    total, count = 0.0, 0
+    for s in range(0, x.shape[0], chunk):
+        cos = torch.nn.functional.cosine_similarity(
+            x[s : s + chunk].double(), y[s : s + chunk].double(), dim=-1
+        )
+        total += float(cos.sum())
+        count += cos.numel()
+    return 1.0 - total / max(count, 1)
+
+
 def _rms(t: torch.Tensor) -> float:
     return float(t.double().pow(2).mean().sqrt())
 
@@ -236,8 +256,10 @@ def block_gaps(
             moved=moved,
             quant=scheme,
         )
-        if part == "block" and opts.work:
-            row.work, row.work_ci_low, row.work_ci_high = block_work(ctx, index, trained, opts)
+        if part == "block":
+            row.influence = block_influence(ctx, index)
+            if opts.work:
+                row.work, row.work_ci_low, row.work_ci_high = block_work(ctx, index, trained, opts)
         if scheme is not None and twins:
             ref_fp = solver.twin(part, eta, moved)
             if keep_fp is not None:

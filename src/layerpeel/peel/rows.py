@@ -86,6 +86,8 @@ class GapRow(Row):
     work: float | None = optional()  # CE without the block - CE with it
     work_ci_low: float | None = optional()
     work_ci_high: float | None = optional()
+    # whole-block rows: 1 - the mean cosine of the block's input and output residual per token
+    influence: float | None = optional()
     # quantized models: the same peel in full precision
     ce_reference_fp: float | None = optional()  # held-out CE with the full-precision twin
     opt_part: float | None = optional()  # the gap (what optimization left)

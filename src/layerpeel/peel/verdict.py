@@ -13,8 +13,12 @@ and the answers to it are kept apart [design, docs/peeling.md]:
   attention or its MLP do while that sub-block of most blocks trained;
 - *no block improvable*: no gap above the yellow line and no falling loss.
 
-A block whose gap clears every other block's interval is named the most improvable, not behind,
-and only once the model has stopped training as a whole.
+Apart from these answers the verdict names the block *most likely to gain from more training*:
+of the blocks not behind, the one that turns the residual stream most (`gap.block_influence`).
+Training each block alone, the block that wins most is that one in 28 of 29 fault cases whose
+most improvable block is clear (docs/validation.md), where P1's gaps order the blocks against it.
+A block whose P1 gap clears every other block's interval is reported as such, and only once the
+model has stopped training as a whole.
 
 Every rule is a comparison that can come out either way. The P3 cascade enters only through
 YES-0 (a network fitted block by block onto the targets, no anchors): its CE below the trained
@@ -60,6 +64,7 @@ class BlockEvidence:
     work_ratio: float | None = None  # its work over the other blocks' median
     spike: float | None = None  # weight_spike; below UNTRAINED_SPIKE: never trained
     part_spikes: dict[str, float | None] = field(default_factory=dict)  # "attn" / "mlp" -> spike
+    influence: float | None = None  # gap.block_influence: how much it turns the residual stream
 
     @property
     def untrained(self) -> bool:
@@ -87,6 +92,14 @@ class WholeVerdict:
     # (block, "attn" / "mlp"): a sub-block that never trained while most blocks' did
     behind_parts: tuple[tuple[int, str], ...] = ()
     part_spikes: dict[int, dict[str, float | None]] = field(default_factory=dict)
+    # the block most likely to gain from more training (largest influence, not behind)
+    most_improvable: int | None = None
+    influence: dict[int, float] = field(default_factory=dict)  # gap.block_influence per block
+
+    @property
+    def order(self) -> tuple[int, ...]:
+        """The blocks by how much more training is likely to gain in each, most first."""
+        return tuple(sorted(self.influence, key=lambda b: -self.influence[b]))
 
     @property
     def question(self) -> str:
@@ -107,6 +120,8 @@ class WholeVerdict:
             "weight_spikes": {str(b): v for b, v in self.spikes.items()},
             "behind_parts": [[b, part] for b, part in self.behind_parts],
             "part_spikes": {str(b): dict(v) for b, v in self.part_spikes.items()},
+            "most_improvable": self.most_improvable,
+            "influence": {str(b): v for b, v in self.influence.items()},
         }
 
     @classmethod
@@ -125,6 +140,8 @@ class WholeVerdict:
             spikes={int(b): v for b, v in data.get("weight_spikes", {}).items()},
             behind_parts=tuple((int(b), str(part)) for b, part in data.get("behind_parts", [])),
             part_spikes={int(b): dict(v) for b, v in data.get("part_spikes", {}).items()},
+            most_improvable=data.get("most_improvable"),
+            influence={int(b): float(v) for b, v in data.get("influence", {}).items()},
         )
 
 
@@ -210,7 +227,7 @@ def whole_model_verdict(
     if named is not None:
         top = next(b for b in blocks if b.block == named)
         reasons.append(
-            f"block {named} is the most improvable by a clear margin "
+            f"block {named}'s P1 reference gains the most by a clear margin "
             f"(gap {top.gap:+.3f} nats/token, interval above every other block's)"
         )
     everywhere = len(blocks) >= 2 and len(improvable) * 2 >= len(blocks) and named is None
@@ -252,6 +269,14 @@ def whole_model_verdict(
         colour = Verdict.GREEN
     else:
         colour = Verdict.YELLOW
+    influence = {b.block: b.influence for b in blocks if b.influence is not None}
+    most = _most_improvable(influence, behind)
+    if most is not None and colour is not Verdict.GREEN:
+        others = [v for b, v in influence.items() if b != most]
+        reasons.append(
+            f"more training is likely to gain most in block {most}, which turns the residual "
+            f"stream most (influence {influence[most]:.3f}, next {max(others):.3f})"
+        )
     return WholeVerdict(
         colour=colour,
         answers=tuple(answers),
@@ -265,7 +290,17 @@ def whole_model_verdict(
         spikes=dict(spikes or {}),
         behind_parts=tuple(fresh_parts),
         part_spikes={b.block: dict(b.part_spikes) for b in blocks if b.part_spikes},
+        most_improvable=most,
+        influence=influence,
     )
+
+
+def _most_improvable(influence: dict[int, float], behind: tuple[int, ...]) -> int | None:
+    """The block not behind that turns the residual stream most; None with fewer than 2 known."""
+    if len(influence) < 2:
+        return None
+    candidates = [b for b in influence if b not in behind]
+    return max(candidates, key=lambda b: influence[b]) if candidates else None
 
 
 def _sentence(
@@ -312,6 +347,7 @@ def block_evidence(
             work_ratio=r.work_ratio,
             spike=(spikes or {}).get(b),
             part_spikes=dict((part_spikes or {}).get(b, {})),
+            influence=r.influence if r.part == "block" else None,
         )
         for b, r in sorted(by_block.items())
     ]
@@ -342,18 +378,22 @@ def judge(
 
 
 def ranking(rows: Sequence[GapRow], verdict: WholeVerdict, thresholds: Thresholds) -> list[GapRow]:
-    """Rows in the order to look at them: blocks behind first, then the most worrying rows.
+    """Rows in the order to look at them: blocks behind, red rows, then by `WholeVerdict.order`.
 
-    In a block behind because one sub-block never trained, that sub-block's row comes first.
-
-    Within each group rows go by `scoring.severity` (verdict, then how near the red line).
+    Blocks behind come first, and in a block behind because one sub-block never trained, that
+    sub-block's row leads it; then every red row (a reference that already wins past the red
+    line); then the blocks most likely to gain from more training first. Ties (blocks without
+    an influence, rows of one block) go by `scoring.severity` (verdict, then how near red).
     """
     behind = {b: i for i, b in enumerate(verdict.behind)}
     parts = set(verdict.behind_parts)
+    order = {b: i for i, b in enumerate(verdict.order)}
 
-    def key(r: GapRow) -> tuple[int, int, int, int, float]:
+    def key(r: GapRow) -> tuple[int, int, int, int, int, int, float]:
         level, alarm = severity(r, thresholds)
         fresh = int((r.block, r.part) in parts)
-        return (int(r.block in behind), -behind.get(r.block, 0), fresh, level, alarm)
+        red = int(level == Verdict.RED.rank)
+        place = -order.get(r.block, len(order))
+        return (int(r.block in behind), -behind.get(r.block, 0), fresh, red, place, level, alarm)
 
     return sorted(rows, key=key, reverse=True)

@@ -33,6 +33,7 @@ LAYER_NUMBERS = (
     "work_ci_low",
     "work_ci_high",
     "work_ratio",
+    "influence",
     "gap_given_first",
 )
 
