@@ -8,7 +8,13 @@ Definitions used by every table:
   A fault case counts toward the first-ranked floor only then ("cost-bearing": the oracle's
   spread exceeds its noise).
 - the oracle's spread is significant when the most and least improvable blocks differ by more
-  than two paired standard errors; Spearman is averaged over those cases.
+  than two paired standard errors; Spearman is averaged over those cases. Its *noise ceiling*
+  is the mean Spearman a ranking by the measured gains themselves gets against the same gains
+  measured again with the oracle's noise (each block's SE and the seed spread, simulated): on
+  four blocks a perfect detector cannot expect more.
+- a pair of blocks is *told apart* when one's best model beats the other's by more than two
+  paired standard errors and by more than the seed spread; a detector orders it right when it
+  scores the better block higher.
 - "whole model still training" (uniform): every block's gap is above twice its own standard
   error and the smallest is at least half the largest: the blocks are about equally improvable.
 - a false red is a red block other than the faulty one; on a healthy model every red is false.
@@ -54,6 +60,7 @@ class Judged:
     spread_sig: bool
     uniform: bool
     seed_spread: float  # |gain of the top block trained again on other windows - its gain|
+    pairs: list[tuple[int, int]] = field(default_factory=list)  # (better, worse), told apart
     detectors: dict[str, dict[str, Any]] = field(default_factory=dict)  # name -> judged fields
     cost: float | None = None  # held-out CE above the healthy model of the same seed
 
@@ -76,6 +83,12 @@ def judge(result: dict[str, Any]) -> Judged:
     seed_spread = abs(repeat["gain"] - top.gain) if repeat else 0.0
     identifiable = m > Z * se and m > seed_spread
     sig = [r.gain > Z * r.se for r in runs]
+    pairs = []
+    for a in range(len(runs)):
+        for b in range(len(runs)):
+            m_ab, se_ab = paired_margin(runs[a], runs[b])
+            if m_ab > Z * se_ab and m_ab > seed_spread:
+                pairs.append((a, b))
     j = Judged(
         name=f"{result['name']}@{result['step']}",
         fault=case["fault"],
@@ -94,6 +107,7 @@ def judge(result: dict[str, Any]) -> Judged:
         spread_sig=ms > Z * ses,
         uniform=all(sig) and min(gains) >= UNIFORM * max(gains),
         seed_spread=seed_spread,
+        pairs=pairs,
     )
     for d in result["detections"]:
         reds = d["reds"]
@@ -107,8 +121,23 @@ def judge(result: dict[str, Any]) -> Judged:
             "faulty_red": None if reds is None or j.block < 0 else j.block in reds,
             "false_reds": false_reds,
             "verdict": d.get("verdict"),
+            "pairs_right": sum(d["scores"][a] > d["scores"][b] for a, b in pairs),
         }
     return j
+
+
+def noise_ceiling(judged: list[Judged], draws: int = 400, seed: int = 0) -> float:
+    """Mean Spearman of the measured gains against themselves measured again with their noise."""
+    rng = np.random.default_rng(seed)
+    means = []
+    for j in judged:
+        if not j.spread_sig:
+            continue
+        g = np.asarray(j.gains)
+        sd = np.sqrt(np.asarray(j.ses) ** 2 + j.seed_spread**2)
+        rhos = [_spearman(list(g), list(g + rng.normal(0.0, sd))) for _ in range(draws)]
+        means.append(np.nanmean(rhos))
+    return float(np.mean(means)) if means else math.nan
 
 
 def add_costs(judged: list[Judged]) -> None:
@@ -169,9 +198,10 @@ def summary_table(judged: list[Judged], names: list[str]) -> list[str]:
         f"{len(faults)} fault cases ({len(costly)} with an identifiable oracle top), "
         f"{len(healthy)} healthy models, {len(spread)} snapshots with oracle spread > noise",
         f"{'detector':<13} {'top=oracle':>12} {'top=fault':>10} {'mean rho':>9} "
-        f"{'faulty red':>11} {'false reds healthy':>19} {'false reds faults':>18}"
-        f" {'top=oracle, any identifiable':>10}",
+        f"{'pairs right':>12} {'faulty red':>11} {'false reds healthy':>19} "
+        f"{'false reds faults':>18} {'top=oracle, any identifiable':>10}",
     ]
+    n_pairs = sum(len(j.pairs) for j in judged)
     for name in names:
         rows = [j.detectors[name] for j in judged if name in j.detectors]
         if not rows:
@@ -189,11 +219,17 @@ def summary_table(judged: list[Judged], names: list[str]) -> list[str]:
         lines.append(
             f"{name:<13} {rate(costly, 'hit'):>12} {rate(faults, 'on_fault'):>10} "
             f"{_f(float(np.mean(rhos)) if rhos else None, '+.2f'):>9} "
+            f"{sum(j.detectors[name]['pairs_right'] for j in judged if name in j.detectors):>5}"
+            f"/{n_pairs:<6} "
             f"{rate(faults, 'faulty_red'):>11} "
             f"{'-' if not fr_h or None in fr_h else sum(fr_h):>19}"
             f" {'-' if not fr_f or None in fr_f else sum(fr_f):>18}"
             f" {rate(identified, 'hit'):>10}"
         )
+    lines.append(
+        f"noise ceiling of mean rho (the oracle's own gains against a re-measurement with its "
+        f"noise): {noise_ceiling(judged):+.2f}; {n_pairs} block pairs told apart by the oracle"
+    )
     return lines
 
 

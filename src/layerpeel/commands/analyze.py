@@ -110,11 +110,11 @@ def print_report(report: PeelReport, out: TextIO, color: bool) -> None:
     head = f"{'block':>5}  {'part':<5}  {'gap':>8}  {'95% interval':>19}  {'verdict':<8}  {'CE ref':>7}  {'CE trained':>10}"
     if q:
         head += f"  {'optim':>7}  {'quant':>7}"
-    head += f"  {'work':>8}  {'/median':>7}  {'turn':>6}  {'time':>6}"
+    head += f"  {'work':>8}  {'/median':>7}  {'influence':>9}  {'time':>6}"
     print(
         f"P1 layer gaps (nats/token, held-out; red when the interval clears {report.config.get('red')}"
         " or the block is idle; work = CE without the block - CE with it, /median = over the other"
-        " blocks' median work; turn = 1 - cos of the block's input and output residual):",
+        " blocks' median work; influence = 1 - cos of the block's input and output residual):",
         file=out,
     )
     print(head, file=out)
@@ -129,7 +129,7 @@ def print_report(report: PeelReport, out: TextIO, color: bool) -> None:
         line += f"  {work:>+8.4f}" if work is not None else f"  {'':>8}"
         ratio = r.work_ratio
         line += f"  {ratio:>7.2f}" if ratio is not None else f"  {'':>7}"
-        line += f"  {r.influence:>6.3f}" if r.influence is not None else f"  {'':>6}"
+        line += f"  {r.influence:>9.3f}" if r.influence is not None else f"  {'':>9}"
         line += f"  {r.time_s:>5.1f}s" + ("  idle" if r.idle else "")
         print(line, file=out)
     if report.ladder:

@@ -316,7 +316,7 @@
     { key: "ci_low", label: "95% interval", digits: 4, render: function (r) { return "[" + num(r.ci_low, 4) + ", " + num(r.ci_high, 4) + "]"; } },
     { key: "verdict", label: "verdict", text: true },
     { key: "work", label: "work (nats)", digits: 4, render: function (r) { return num(r.work, 4) + (r.work_ratio !== null && r.work_ratio !== undefined ? " (" + num(r.work_ratio, 2) + "\u00D7 median)" : "") + (r.idle ? " idle" : ""); } },
-    { key: "influence", label: "turn (1 \u2212 cos)", digits: 3 },
+    { key: "influence", label: "influence (1 \u2212 cos)", digits: 3 },
     { key: "ce_reference", label: "reference CE", digits: 4 },
     { key: "ce_trained", label: "trained CE", digits: 4 },
     { key: "opt_part", label: "optimization part", digits: 4 },
