@@ -15,7 +15,8 @@ best gains and whether it names the oracle's top block:
 
 then micro models (2 and 3 blocks, d_model 32, a synthetic sequence) in which a later block is
 damaged, re-initialised or never trained, with what training each block alone for 150 steps
-wins next to each block's gain rate.
+wins next to each block's gain rate and layerpeel's verdict: each block's influence, the blocks
+behind and the block it names most likely to gain.
 """
 
 from __future__ import annotations
@@ -35,6 +36,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/, for
 
 from layerpeel import GPT, GPTConfig  # noqa: E402
 from layerpeel.arch.table import model_view  # noqa: E402
+from layerpeel.data.monitoring import monitoring_set  # noqa: E402
+from layerpeel.peel.analysis import PeelConfig, peel  # noqa: E402
 from validity.cases import lm_loss, load_corpus, load_snapshot, part_parameters  # noqa: E402
 from validity.detectors import adam_halves, gain_rates  # noqa: E402
 from validity.oracle import sequence_ce  # noqa: E402
@@ -149,7 +152,8 @@ def micro_models() -> None:
     gen = torch.Generator().manual_seed(5)
     text = torch.randint(1, 3, (600, 17), generator=gen).cumsum(1) % 16  # +1 or +2 mod 16
     train, held = text[:400], text[400:]
-    print(f"\n{'micro model':<34} {'gain, each block alone (150 steps)':<36} gain rate")
+    print(f"\n{'micro model':<34} {'gain, each block alone (150 steps)':<36} "
+          f"{'gain rate':<24} influence; behind; most likely to gain")  # fmt: skip
     for n_layer, block, fault in [(2, 1, "never trained"), (3, 1, "never trained"),
                                   (2, 1, "re-initialised"), (2, 1, "damaged")]:  # fmt: skip
         cfg = GPTConfig(vocab_size=16, n_layer=n_layer, n_head=2, d_model=32, block_size=16)
@@ -180,9 +184,12 @@ def micro_models() -> None:
             m = _train_alone(model, b, train, 150, 1e-3, seed=0)
             gains.append(float(base - sequence_ce(m, held[128:, :-1], held[128:, 1:]).mean()))
         rates = gain_rates(model, held[:128, :-1], held[:128, 1:]).scores
+        whole = peel(model, monitoring_set(held), PeelConfig(ladder=False, cascade=False)).whole()
         label = f"{n_layer} blocks, block {block} {fault}"
         print(f"{label:<34} {' '.join(f'{v:+.4f}' for v in gains):<36} "
-              + " ".join(f"{v:.5f}" for v in rates))  # fmt: skip
+              f"{' '.join(f'{v:.5f}' for v in rates):<24} "
+              f"{' '.join(f'{whole.influence[b]:.3f}' for b in range(n_layer))}; "
+              f"{list(whole.behind)}; {whole.most_improvable}")  # fmt: skip
 
 
 def main() -> None:

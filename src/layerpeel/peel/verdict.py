@@ -15,8 +15,8 @@ and the answers to it are kept apart [design, docs/peeling.md]:
 
 Apart from these answers the verdict names the block *most likely to gain from more training*:
 of the blocks not behind, the one that turns the residual stream most (`gap.block_influence`).
-Training each block alone, the block that wins most is that one in 28 of 29 fault cases whose
-most improvable block is clear (docs/validation.md), where P1's gaps order the blocks against it.
+Training each block alone, the block that wins most is that one in 25 of 26 fault cases whose
+most improvable block is clear (docs/validation.md), where P1's gaps order the blocks poorly.
 A block whose P1 gap clears every other block's interval is reported as such, and only once the
 model has stopped training as a whole.
 
