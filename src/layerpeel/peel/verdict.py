@@ -14,7 +14,8 @@ and the answers to it are kept apart [design, docs/peeling.md]:
 - *no block improvable*: no gap above the yellow line and no falling loss.
 
 Apart from these answers the verdict names the block *most likely to gain from more training*:
-of the blocks not behind, the one that turns the residual stream most (`gap.block_influence`).
+of the blocks not behind, the one that turns the residual stream most (`gap.block_influence`),
+unless most blocks still look like their initialization.
 Training each block alone, the block that wins most is that one in 25 of 26 fault cases whose
 most improvable block is clear (docs/validation.md), where P1's gaps order the blocks poorly.
 A block whose P1 gap clears every other block's interval is reported as such, and only once the
@@ -270,7 +271,9 @@ def whole_model_verdict(
     else:
         colour = Verdict.YELLOW
     influence = {b.block: b.influence for b in blocks if b.influence is not None}
-    most = _most_improvable(influence, behind)
+    # A block at its initialization turns the stream by nothing whatever training it would win
+    # (docs/validation.md, "Where the influence fails"): with most blocks there, name none.
+    most = None if barely else _most_improvable(influence, behind)
     if most is not None and colour is not Verdict.GREEN:
         others = [v for b, v in influence.items() if b != most]
         reasons.append(
