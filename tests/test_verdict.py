@@ -249,6 +249,15 @@ def test_a_report_finds_the_one_mlp_that_kept_its_initialization_and_ranks_its_r
     assert all(whole.part_spikes[b]["mlp"] > UNTRAINED_SPIKE for b in (0, 2))
     top = report.in_order()[0]
     assert (top.block, top.part) == (1, "mlp")
+    # the summary says why a red verdict may sit under a table with no red row
+    import io
+
+    from layerpeel.commands.analyze import print_verdict
+
+    out = io.StringIO()
+    print_verdict(report, out, color=False)
+    assert not any(r.verdict == "red" for r in report.layers)
+    assert "no red row; the verdict below names block 1 behind." in out.getvalue()
 
 
 def test_reports_without_a_recorded_verdict_are_judged_from_their_rows():
