@@ -394,7 +394,7 @@ def test_most_improvable_is_the_block_not_behind_that_turns_the_residual_stream_
     fresh = [ev(0, 0.01, influence=0.4, spike=1.9), ev(1, 0.01, influence=0.0, spike=1.0),
              ev(2, 0.01, influence=0.01, spike=1.01)]  # fmt: skip
     v = whole_model_verdict(fresh, trend=FLAT)
-    assert v.most_improvable is None and "likely to gain" not in v.sentence
+    assert v.most_improvable is None and "likely to gain" not in v.sentence and v.order == ()
 
 
 def test_a_green_verdict_names_no_block_to_train_further():

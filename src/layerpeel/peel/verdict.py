@@ -99,7 +99,12 @@ class WholeVerdict:
 
     @property
     def order(self) -> tuple[int, ...]:
-        """The blocks by how much more training is likely to gain in each, most first."""
+        """The blocks by how much more training is likely to gain in each, most first.
+
+        Empty when no block is named most likely to gain (see `whole_model_verdict`).
+        """
+        if self.most_improvable is None:
+            return ()
         return tuple(sorted(self.influence, key=lambda b: -self.influence[b]))
 
     @property
