@@ -461,3 +461,10 @@ def test_block_influence_matches_cosines_of_each_blocks_input_and_output_by_hand
     rows = {r.block: r.influence for r in report.layers if r.part == "block"}
     assert [rows[b] for b in range(TINY.n_layer)] == pytest.approx(by_hand, rel=1e-6, abs=1e-9)
     assert report.whole().influence == pytest.approx(dict(enumerate(by_hand)))
+
+
+def test_when_every_block_is_idle_none_is_behind_the_others():
+    blocks = [ev(b, 0.001, idle=True, work_ratio=0.5) for b in range(3)]
+    v = whole_model_verdict(blocks, trend=FLAT, ce_trained=4.1, ce_bigram=4.3)
+    assert v.behind == () and v.answers == (Answer.STILL_TRAINING,)
+    assert "none of the 3 blocks does measurable work" in v.sentence

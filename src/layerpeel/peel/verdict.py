@@ -175,7 +175,7 @@ def whole_model_verdict(
     above YES-0. Yellow: the model is still training -- the loss falls by more than the red
     line per doubling of steps; or the trained CE does not beat a bigram table of the fit tokens
     by more than the red line; or at least half the blocks still look like their initialization,
-    or have gap intervals above the yellow line with none standing out -- or some gap is above
+    or every block is idle, or at least half have gap intervals above the yellow line with none standing out -- or some gap is above
     the yellow line. Green otherwise: no block improvable and no falling loss.
     """
     t = thresholds or Thresholds()
@@ -213,6 +213,11 @@ def whole_model_verdict(
     # weights still at their initialization do.
     if above_bigram:
         idle = []
+    # Every block idle: none is behind the others; the model has learned nothing a block does.
+    idle_all = len(blocks) >= 2 and len(idle) == len(blocks)
+    if idle_all:
+        reasons.append(f"none of the {len(blocks)} blocks does measurable work")
+        idle = []
     behind = tuple(dict.fromkeys([*untrained, *(b for b, _ in fresh_parts), *idle]))
     for b in untrained:
         reasons.append(f"block {b}'s weights still look like their random initialization")
@@ -242,7 +247,7 @@ def whole_model_verdict(
             f"the model's held-out CE {ce_trained:.3f} does not clearly beat a bigram table of the "
             f"fit tokens ({ce_bigram:.3f}), which uses no block at all"
         )
-    still = falling or everywhere or above_bigram or barely
+    still = falling or everywhere or above_bigram or barely or idle_all
     if falling:
         assert trend is not None
         reasons.append(
