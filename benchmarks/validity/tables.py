@@ -24,6 +24,7 @@ Definitions used by every table:
 
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -84,11 +85,10 @@ def judge(result: dict[str, Any]) -> Judged:
     identifiable = m > Z * se and m > seed_spread
     sig = [r.gain > Z * r.se for r in runs]
     pairs = []
-    for a in range(len(runs)):
-        for b in range(len(runs)):
-            m_ab, se_ab = paired_margin(runs[a], runs[b])
-            if m_ab > Z * se_ab and m_ab > seed_spread:
-                pairs.append((a, b))
+    for a, b in itertools.combinations(range(len(runs)), 2):
+        m_ab, se_ab = paired_margin(runs[a], runs[b])  # (b, a) is (-m_ab, se_ab)
+        if abs(m_ab) > Z * se_ab and abs(m_ab) > seed_spread:
+            pairs.append((a, b) if m_ab > 0 else (b, a))
     j = Judged(
         name=f"{result['name']}@{result['step']}",
         fault=case["fault"],

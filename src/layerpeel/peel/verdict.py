@@ -175,8 +175,10 @@ def whole_model_verdict(
     above YES-0. Yellow: the model is still training -- the loss falls by more than the red
     line per doubling of steps; or the trained CE does not beat a bigram table of the fit tokens
     by more than the red line; or at least half the blocks still look like their initialization,
-    or every block is idle, or at least half have gap intervals above the yellow line with none standing out -- or some gap is above
-    the yellow line. Green otherwise: no block improvable and no falling loss.
+    or every block is idle, or at least half have gap intervals above the yellow line with none
+    standing out -- or some gap is above the yellow line. Green otherwise: no block improvable
+    and no falling loss. Apart from the colour, it names the block most likely to gain from more
+    training (`_most_improvable`).
     """
     t = thresholds or Thresholds()
     reasons: list[str] = []
@@ -200,9 +202,8 @@ def whole_model_verdict(
         fresh = [b.block for b in blocks if b.untrained_part(part)]
         if not barely and len(fresh) * 2 < len(blocks):
             fresh_parts += [(b, part) for b in fresh if b not in untrained]
-    # Behind means idle or never trained; a gap that stands out is the most improvable block,
-    # which is another answer (docs/validation.md: a planted fault seldom makes its block the
-    # most improvable), shown but not called behind.
+    # Behind means idle or never trained; a P1 gap that stands out is reported, not called
+    # behind (docs/validation.md: a planted fault seldom makes its block the most improvable).
     standout = _standout(blocks, t)
     above_bigram = (
         ce_trained is not None and ce_bigram is not None and ce_trained > ce_bigram - t.red
